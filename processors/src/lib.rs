@@ -1,0 +1,21 @@
+//! # voxline-processors
+//!
+//! The processors a voice agent is built from, one family per module:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`codec`] | G.711 μ-law / A-law, Opus (feature `opus`) |
+//! | [`audio`] | resampling, sample-format conversion, mixer, VAD, call recorder |
+//! | [`stt`] | Deepgram live speech-to-text |
+//! | [`llm`] | OpenAI-compatible and Anthropic streaming LLMs, context, aggregators |
+//! | [`tts`] | ElevenLabs text-to-speech |
+//! | [`tools`] | tool registry and the tool executor processor |
+//! | [`text`] | sentence aggregation between LLM and TTS |
+
+pub mod audio;
+pub mod codec;
+pub mod llm;
+pub mod stt;
+pub mod text;
+pub mod tools;
+pub mod tts;

@@ -1,0 +1,3 @@
+//! # voxline-transports
+//!
+//! Transports connect a pipeline to the outside world.
