@@ -338,8 +338,4 @@ impl<A> Outbox<A> {
     pub(crate) fn retain(&mut self, f: impl Fn(&A) -> bool) {
         self.items.retain(|(_, _, a)| f(a));
     }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
 }
