@@ -1137,6 +1137,8 @@ async fn http_handle(
     tokio::spawn(async move {
         for (i, piece) in pieces.into_iter().enumerate() {
             if cut_after == Some(i) {
+                // Let hyper flush the chunks already sent before the connection is aborted.
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 let _ = tx
                     .send(Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,

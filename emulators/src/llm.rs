@@ -324,6 +324,8 @@ pub(crate) async fn pump(
                 }
             }
             Frame::Cut => {
+                // Let hyper flush what was already sent, so the client sees a cut after data.
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 let _ = tx
                     .send(Err(std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
