@@ -189,7 +189,7 @@ impl ToneVoice {
             .map(|i| {
                 let edge = i.min(n_samples - 1 - i);
                 // Keep a floor so even the fade edges are never exactly zero.
-                let env = ((edge as f64 + 1.0) / fade as f64).min(1.0).max(0.2);
+                let env = ((edge as f64 + 1.0) / fade as f64).clamp(0.2, 1.0);
                 let v = (self.phase.sin() * amp * env).round();
                 self.phase = (self.phase + step) % (2.0 * PI);
                 v as i16

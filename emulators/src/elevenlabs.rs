@@ -713,15 +713,17 @@ impl TtsConn {
         };
         if auto {
             // auto_mode: speak up to the last sentence end, keep the rest buffered.
-            let cut = ctx
-                .buffer
-                .char_indices()
-                .filter(|(i, c)| {
-                    matches!(c, '.' | '!' | '?')
-                        && ctx.buffer[i + c.len_utf8()..].starts_with(char::is_whitespace)
-                })
-                .map(|(i, c)| i + c.len_utf8() + 1)
-                .last();
+            let cut = ctx.buffer.char_indices().rev().find_map(|(i, c)| {
+                if !matches!(c, '.' | '!' | '?') {
+                    return None;
+                }
+                let after = i + c.len_utf8();
+                let ws = ctx.buffer[after..]
+                    .chars()
+                    .next()
+                    .filter(|n| n.is_whitespace())?;
+                Some(after + ws.len_utf8())
+            });
             if let Some(cut) = cut {
                 let rest = ctx.buffer.split_off(cut);
                 let now_text = std::mem::replace(&mut ctx.buffer, rest);

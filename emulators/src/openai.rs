@@ -571,13 +571,13 @@ impl Render {
         let frags: Vec<Vec<String>> = calls.iter().map(|c| s.fragments(&c.arguments)).collect();
         match s.tool_call_style {
             ToolCallStyle::Sequential => {
-                for i in 0..calls.len() {
+                for (i, call_frags) in frags.iter().enumerate() {
                     if !(i == 0 && first_header_in_role) {
                         out.push(Frame::Data(
                             self.chunk(json!({"tool_calls": [header(i)]}), None),
                         ));
                     }
-                    for f in &frags[i] {
+                    for f in call_frags {
                         out.push(Frame::Data(
                             self.chunk(json!({"tool_calls": [frag(i, f)]}), None),
                         ));
