@@ -257,7 +257,8 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
                 let new_utt = self.utterance.as_ref().is_none_or(|u| u.context_id != t.context_id);
                 if new_utt {
                     let start_offset = self.clock.chunk() * u32::try_from(self.clock_k()).unwrap_or(u32::MAX);
-                    self.utterance = Some(Utterance { context_id: t.context_id.clone(), start_offset, written: Duration::ZERO });
+                    self.utterance =
+                        Some(Utterance { context_id: t.context_id.clone(), start_offset, written: Duration::ZERO });
                 }
                 self.accept(&t.audio.data, t.audio.format, cx).await
             }

@@ -437,13 +437,22 @@ impl Frame {
         }
     }
 
-    /// Whether this frame survives an interruption by default (control that must stay ordered,
-    /// and results that keep the conversation consistent).
+    /// Whether this frame survives an interruption by default: ordered control, results that
+    /// keep the conversation consistent, and everything the *caller* produced (their audio,
+    /// words and key presses are exactly what a barge-in is about; only the bot's side of the
+    /// turn is discarded).
     #[must_use]
     pub fn uninterruptible_by_default(&self) -> bool {
         matches!(
             self,
-            Self::Start(_) | Self::End | Self::ToolResult(_) | Self::LlmMessagesAppend(_) | Self::PlayedUpTo { .. }
+            Self::Start(_)
+                | Self::End
+                | Self::InputAudio(_)
+                | Self::Transcript(_)
+                | Self::Dtmf(_)
+                | Self::ToolResult(_)
+                | Self::LlmMessagesAppend(_)
+                | Self::PlayedUpTo { .. }
         )
     }
 }

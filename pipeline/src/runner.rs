@@ -117,7 +117,7 @@ struct AudioLane {
 /// A cloneable handle to a running pipeline: inject frames and events, subscribe to events.
 #[derive(Clone)]
 pub struct PipelineHandle {
-    frames: mpsc::Sender<(Direction, Frame)>,
+    frames: mpsc::Sender<(Direction, Frame, u64)>,
     shared: Arc<Shared>,
     audio: Arc<AudioLane>,
     events: broadcast::Sender<Event>,
@@ -131,18 +131,18 @@ pub struct Closed;
 impl PipelineHandle {
     /// Push a frame into the first stage, waiting while the input lane is full.
     pub async fn push(&self, frame: Frame) -> Result<(), Closed> {
-        self.frames.send((Direction::Downstream, frame)).await.map_err(|_| Closed)
+        self.frames.send((Direction::Downstream, frame, self.epoch())).await.map_err(|_| Closed)
     }
 
     /// Push a frame into the last stage, travelling upstream.
     pub async fn push_upstream(&self, frame: Frame) -> Result<(), Closed> {
-        self.frames.send((Direction::Upstream, frame)).await.map_err(|_| Closed)
+        self.frames.send((Direction::Upstream, frame, self.epoch())).await.map_err(|_| Closed)
     }
 
     /// Push without waiting; gives the frame back when the lane is full or closed.
     pub fn try_push(&self, frame: Frame) -> Result<(), Frame> {
-        self.frames.try_send((Direction::Downstream, frame)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full((_, f)) | mpsc::error::TrySendError::Closed((_, f)) => f,
+        self.frames.try_send((Direction::Downstream, frame, self.epoch())).map_err(|e| match e {
+            mpsc::error::TrySendError::Full((_, f, _)) | mpsc::error::TrySendError::Closed((_, f, _)) => f,
         })
     }
 
@@ -180,8 +180,10 @@ impl PipelineHandle {
         self.shared.external.send(External::Event(event)).map_err(|_| Closed)
     }
 
-    /// Interrupt the pipeline (barge-in).
+    /// Interrupt the pipeline (barge-in). Frames this handle pushed before the call belong to
+    /// the old epoch and are discarded; frames pushed after it are kept.
     pub fn interrupt(&self) -> Result<(), Closed> {
+        self.shared.epoch.fetch_add(1, Ordering::AcqRel);
         self.emit(Event::Interrupt)
     }
 
@@ -236,19 +238,20 @@ impl PipelineTask {
         // this lane so they keep their order relative to the events those tasks emit.
         let (ext_tx, ext_rx) = mpsc::unbounded_channel();
         let (events_tx, _) = broadcast::channel(1024);
-        let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(0),
-            turn: Mutex::new(CancellationToken::new()),
-            external: ext_tx,
-        });
+        let shared =
+            Arc::new(Shared { epoch: AtomicU64::new(0), turn: Mutex::new(CancellationToken::new()), external: ext_tx });
         let audio = Arc::new(AudioLane {
             queue: Mutex::new(VecDeque::with_capacity(params.input_audio_capacity + 1)),
             capacity: params.input_audio_capacity.max(1),
             dropped: AtomicU64::new(0),
             waker: AtomicWaker::new(),
         });
-        let handle =
-            PipelineHandle { frames: frames_tx, shared: shared.clone(), audio: audio.clone(), events: events_tx.clone() };
+        let handle = PipelineHandle {
+            frames: frames_tx,
+            shared: shared.clone(),
+            audio: audio.clone(),
+            events: events_tx.clone(),
+        };
         let name = params.name.clone();
         let driver = Driver::new(pipeline, params, shared, frames_rx, ext_rx, audio, events_tx);
         Self { driver, handle, name }
@@ -352,8 +355,8 @@ struct Driver {
     slots: Vec<Slot>,
     params: PipelineParams,
     shared: Arc<Shared>,
-    frames_rx: mpsc::Receiver<(Direction, Frame)>,
-    held_input: Option<(Direction, Frame)>,
+    frames_rx: mpsc::Receiver<(Direction, Frame, u64)>,
+    held_input: Option<(Direction, Frame, u64)>,
     ext_rx: mpsc::UnboundedReceiver<External>,
     audio: Arc<AudioLane>,
     events_tx: broadcast::Sender<Event>,
@@ -379,7 +382,7 @@ impl Driver {
         pipeline: Pipeline,
         params: PipelineParams,
         shared: Arc<Shared>,
-        frames_rx: mpsc::Receiver<(Direction, Frame)>,
+        frames_rx: mpsc::Receiver<(Direction, Frame, u64)>,
         ext_rx: mpsc::UnboundedReceiver<External>,
         audio: Arc<AudioLane>,
         events_tx: broadcast::Sender<Event>,
@@ -401,7 +404,8 @@ impl Driver {
             .enumerate()
             .map(|(i, spec)| {
                 let name: Arc<str> = Arc::from(spec.proc.dyn_name());
-                let capacity = spec.capacity.or_else(|| spec.proc.dyn_capacity()).unwrap_or(params.default_capacity).max(1);
+                let capacity =
+                    spec.capacity.or_else(|| spec.proc.dyn_capacity()).unwrap_or(params.default_capacity).max(1);
                 let mut cx = Context::new(i, name.clone(), shared.clone());
                 cx.start = Some(start.clone());
                 let waker = Waker::from(Arc::new(SlotWaker { set: wake.clone(), index: i }));
@@ -504,32 +508,32 @@ impl Driver {
                 break;
             }
         }
-        if let Some(idle) = self.idle.as_mut() {
-            if idle.as_mut().poll(cx).is_ready() {
-                if self.active {
-                    self.active = false;
-                    if let Some(d) = self.params.idle_timeout {
-                        idle.as_mut().reset(tokio::time::Instant::now() + d);
-                        let _ = idle.as_mut().poll(cx);
-                    }
-                } else if matches!(self.phase, Phase::Running) {
-                    tracing::info!("idle timeout: cancelling pipeline");
-                    self.idle = None;
-                    self.event_queue.push_back((Event::IdleTimeout, None));
-                    self.event_queue.push_back((Event::Cancel, None));
-                    cx.waker().wake_by_ref();
+        if let Some(idle) = self.idle.as_mut()
+            && idle.as_mut().poll(cx).is_ready()
+        {
+            if self.active {
+                self.active = false;
+                if let Some(d) = self.params.idle_timeout {
+                    idle.as_mut().reset(tokio::time::Instant::now() + d);
+                    let _ = idle.as_mut().poll(cx);
                 }
+            } else if matches!(self.phase, Phase::Running) {
+                tracing::info!("idle timeout: cancelling pipeline");
+                self.idle = None;
+                self.event_queue.push_back((Event::IdleTimeout, None));
+                self.event_queue.push_back((Event::Cancel, None));
+                cx.waker().wake_by_ref();
             }
         }
-        if let Some(deadline) = self.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                tracing::warn!("stages did not stop within the cancel timeout; abandoning them");
-                for s in &mut self.slots {
-                    s.state = State::Dead;
-                }
-                self.phase = Phase::Done;
-                return Poll::Ready(self.report());
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            tracing::warn!("stages did not stop within the cancel timeout; abandoning them");
+            for s in &mut self.slots {
+                s.state = State::Dead;
             }
+            self.phase = Phase::Done;
+            return Poll::Ready(self.report());
         }
         Poll::Pending
     }
@@ -594,7 +598,8 @@ impl Driver {
             let Some(frame) = next else { break };
             self.active = true;
             progress = true;
-            let env = Envelope { frame, epoch: self.epoch, uninterruptible: false };
+            let uninterruptible = frame.uninterruptible_by_default();
+            let env = Envelope { frame, epoch: self.epoch, uninterruptible };
             self.enqueue(first, Direction::Downstream, env, None);
         }
         loop {
@@ -611,7 +616,7 @@ impl Driver {
                     Poll::Pending => break,
                 }
             }
-            let Some((dir, frame)) = self.held_input.take() else { break };
+            let Some((dir, frame, epoch)) = self.held_input.take() else { break };
             let target = if dir == Direction::Downstream { first } else { last };
             let audio_pending = matches!(frame, Frame::End)
                 && match self.audio.queue.lock() {
@@ -619,13 +624,16 @@ impl Driver {
                     Err(p) => !p.into_inner().is_empty(),
                 };
             if self.room(target) == 0 || audio_pending {
-                self.held_input = Some((dir, frame));
+                self.held_input = Some((dir, frame, epoch));
                 break;
             }
             self.active = true;
             progress = true;
             let unint = frame.uninterruptible_by_default();
-            let env = Envelope { frame, epoch: self.epoch, uninterruptible: unint };
+            let env = Envelope { frame, epoch, uninterruptible: unint };
+            if env.epoch < self.epoch && !env.uninterruptible {
+                continue;
+            }
             self.enqueue(target, dir, env, None);
         }
         progress
@@ -769,10 +777,10 @@ impl Driver {
                         continue;
                     }
                     let kind = env.frame.kind();
-                    if let Frame::Start(info) = &env.frame {
-                        if let State::Idle(o) = &mut self.slots[i].state {
-                            o.cx.start = Some(info.clone());
-                        }
+                    if let Frame::Start(info) = &env.frame
+                        && let State::Idle(o) = &mut self.slots[i].state
+                    {
+                        o.cx.start = Some(info.clone());
                     }
                     self.slots[i].counters.processed += 1;
                     self.begin_call(i, Call::Process(env.frame, dir), Some(kind), env.uninterruptible);
@@ -904,7 +912,8 @@ impl Driver {
     }
 
     fn fail(&mut self, i: usize, message: String) {
-        let ev = ErrorEvent { processor: self.slots[i].name.clone(), message: Arc::from(message.as_str()), fatal: true };
+        let ev =
+            ErrorEvent { processor: self.slots[i].name.clone(), message: Arc::from(message.as_str()), fatal: true };
         let _ = self.events_tx.send(Event::Error(ev.clone()));
         for o in &self.observers {
             o.on_event(&Event::Error(ev.clone()), Instant::now());
@@ -991,7 +1000,9 @@ impl Driver {
             return;
         }
         self.interruptions += 1;
-        self.epoch += 1;
+        // A handle bumps the shared epoch before sending Interrupt so its later pushes are
+        // already stamped with the new epoch; take whichever is newer.
+        self.epoch = (self.epoch + 1).max(self.shared.epoch.load(Ordering::Acquire));
         self.shared.epoch.store(self.epoch, Ordering::Release);
         {
             let mut turn = match self.shared.turn.lock() {
@@ -1007,7 +1018,8 @@ impl Driver {
                 self.poll_busy_with(i, true);
             }
             let before = self.slots[i].inbox.len();
-            self.slots[i].inbox.retain(|(_, e)| e.uninterruptible);
+            let epoch = self.epoch;
+            self.slots[i].inbox.retain(|(_, e)| e.uninterruptible || e.epoch >= epoch);
             let dropped = before - self.slots[i].inbox.len();
             self.slots[i].counters.dropped_interrupted += dropped as u64;
             if dropped > 0 {

@@ -51,11 +51,7 @@ impl Output {
     /// Kinds of the downstream frames, without `Start` and `End`.
     #[must_use]
     pub fn kinds(&self) -> Vec<FrameKind> {
-        self.downstream
-            .iter()
-            .map(Frame::kind)
-            .filter(|k| !matches!(k, FrameKind::Start | FrameKind::End))
-            .collect()
+        self.downstream.iter().map(Frame::kind).filter(|k| !matches!(k, FrameKind::Start | FrameKind::End)).collect()
     }
 
     /// Text carried by downstream `Text`, `LlmText`, `TtsText` and final transcript frames.
