@@ -1,1 +1,5 @@
-//! Placeholder: filled in by the audio work.
+//! Audio processing (in progress).
+pub(crate) mod pcm;
+mod resample;
+pub use pcm::{AudioCounters, AudioPath};
+pub use resample::{Resampler, ResamplerError, SUPPORTED_RATES, StreamResampler};

@@ -1,0 +1,100 @@
+//! μ-law (G.711, Twilio's wire format) decoder and encoder processors.
+//!
+//! - [`MulawDecoder`] consumes μ-law `InputAudio` (any rate, any channel count) and produces
+//!   PCM16 at the same rate and layout. Empty frames are dropped (and counted).
+//! - [`MulawEncoder`] consumes PCM16 8 kHz `OutputAudio` and `TtsAudio` and produces μ-law,
+//!   keeping TTS word timings and context ids.
+//!
+//! Both forward every other frame unchanged and reject a wrong format with
+//! `FlowError::NotNegotiated` naming both formats. Trade-off: no resampling inside the encoder;
+//! put a [`crate::audio::Resampler`] before it so a rate mismatch is an explicit stage, not a
+//! hidden cost.
+
+use std::sync::Arc;
+
+use voxline_pipeline::{AudioFrame, Context, Direction, FlowError, FlowResult, Frame, Processor};
+
+use super::transcoder::{Law, Op, Transcoder};
+use crate::audio::pcm::{AudioCounters, AudioPath};
+
+/// Decodes μ-law caller audio to PCM16. See the module docs.
+pub struct MulawDecoder(Transcoder);
+
+impl MulawDecoder {
+    /// A decoder for `InputAudio`.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(Transcoder::new("mulaw_decoder", Law::Mulaw, Op::Decode, AudioPath::Input))
+    }
+    /// Decode the frames on `path` instead (e.g. μ-law TTS audio headed for a PCM transport).
+    #[must_use]
+    pub fn on(mut self, path: AudioPath) -> Self {
+        self.0.path = path;
+        self
+    }
+    /// Shared counters (frames, dropped empty frames, rejections).
+    #[must_use]
+    pub fn counters(&self) -> Arc<AudioCounters> {
+        self.0.counters.clone()
+    }
+    /// Decode one frame outside a pipeline; `Ok(None)` for an empty payload.
+    pub fn convert(&mut self, audio: &AudioFrame) -> Result<Option<AudioFrame>, FlowError> {
+        self.0.convert(audio)
+    }
+}
+
+impl Default for MulawDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Processor for MulawDecoder {
+    fn name(&self) -> &str {
+        self.0.name
+    }
+    async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
+        self.0.process(frame, direction, cx).await
+    }
+}
+
+/// Encodes PCM16 8 kHz bot audio to μ-law. See the module docs.
+pub struct MulawEncoder(Transcoder);
+
+impl MulawEncoder {
+    /// An encoder for `OutputAudio` and `TtsAudio` at 8 kHz.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(Transcoder::new("mulaw_encoder", Law::Mulaw, Op::Encode { rate: 8000 }, AudioPath::Output))
+    }
+    /// Encode the frames on `path` instead (e.g. caller audio for a μ-law-only recogniser).
+    #[must_use]
+    pub fn on(mut self, path: AudioPath) -> Self {
+        self.0.path = path;
+        self
+    }
+    /// Shared counters (frames, dropped empty frames, rejections).
+    #[must_use]
+    pub fn counters(&self) -> Arc<AudioCounters> {
+        self.0.counters.clone()
+    }
+    /// Encode one frame outside a pipeline; `Ok(None)` for an empty payload.
+    pub fn convert(&mut self, audio: &AudioFrame) -> Result<Option<AudioFrame>, FlowError> {
+        self.0.convert(audio)
+    }
+}
+
+impl Default for MulawEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Processor for MulawEncoder {
+    fn name(&self) -> &str {
+        self.0.name
+    }
+    async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
+        self.0.process(frame, direction, cx).await
+    }
+}

@@ -1,0 +1,102 @@
+//! The shared body of the G.711 encoder and decoder processors (μ-law and A-law differ only in
+//! their sample functions), so the four public processors stay one screen each.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use voxline_pipeline::{AudioEncoding, AudioFormat, AudioFrame, Context, Direction, FlowResult, Frame};
+
+use super::g711;
+use crate::audio::pcm::{self, AudioCounters, AudioPath};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Law {
+    Mulaw,
+    Alaw,
+}
+
+impl Law {
+    fn encoding(self) -> AudioEncoding {
+        match self {
+            Self::Mulaw => AudioEncoding::Mulaw,
+            Self::Alaw => AudioEncoding::Alaw,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Decode,
+    /// Encode PCM16 at this rate (G.711 is defined at 8 kHz; other rates need a resampler first).
+    Encode { rate: u32 },
+}
+
+pub(crate) struct Transcoder {
+    pub(crate) name: &'static str,
+    pub(crate) law: Law,
+    pub(crate) op: Op,
+    pub(crate) path: AudioPath,
+    /// Reused output buffer: once the previous frame's `Bytes` is dropped downstream, `reserve`
+    /// reclaims the same allocation, so steady state allocates nothing per frame.
+    out: BytesMut,
+    pub(crate) counters: Arc<AudioCounters>,
+}
+
+impl Transcoder {
+    pub(crate) fn new(name: &'static str, law: Law, op: Op, path: AudioPath) -> Self {
+        Self { name, law, op, path, out: BytesMut::with_capacity(2048), counters: Arc::default() }
+    }
+
+    pub(crate) async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
+        let (audio, wrap) = match pcm::split(frame, self.path) {
+            Ok(v) => v,
+            Err(other) => {
+                cx.push(other, direction).await;
+                return Ok(());
+            }
+        };
+        let result = self.convert(&audio);
+        let out = pcm::counted(&self.counters, result)?;
+        match out {
+            Some(out) => {
+                self.counters.frame();
+                cx.push(wrap.wrap(out), direction).await;
+            }
+            None => self.counters.empty(),
+        }
+        Ok(())
+    }
+
+    /// `Ok(None)` for an empty payload (dropped: nothing to play and no samples to time).
+    pub(crate) fn convert(&mut self, audio: &AudioFrame) -> Result<Option<AudioFrame>, voxline_pipeline::FlowError> {
+        let fmt = audio.format;
+        let (encoding, rate) = match self.op {
+            Op::Decode => {
+                if fmt.encoding != self.law.encoding() || fmt.channels == 0 {
+                    let expected = format!("{:?} (any rate, any channels)", self.law.encoding());
+                    return Err(pcm::not_negotiated(self.name, expected, &fmt));
+                }
+                (AudioEncoding::Pcm16, fmt.sample_rate)
+            }
+            Op::Encode { rate } => {
+                if fmt.encoding != AudioEncoding::Pcm16 || fmt.sample_rate != rate || fmt.channels == 0 {
+                    let expected = format!("Pcm16 {rate} Hz (any channels)");
+                    return Err(pcm::not_negotiated(self.name, expected, &fmt));
+                }
+                pcm::check_whole_samples(self.name, audio.data.len(), 2 * usize::from(fmt.channels))?;
+                (self.law.encoding(), rate)
+            }
+        };
+        if audio.data.is_empty() {
+            return Ok(None);
+        }
+        match (self.op, self.law) {
+            (Op::Decode, Law::Mulaw) => g711::decode_mulaw_into(&audio.data, &mut self.out),
+            (Op::Decode, Law::Alaw) => g711::decode_alaw_into(&audio.data, &mut self.out),
+            (Op::Encode { .. }, Law::Mulaw) => g711::encode_mulaw_into(&audio.data, &mut self.out),
+            (Op::Encode { .. }, Law::Alaw) => g711::encode_alaw_into(&audio.data, &mut self.out),
+        }
+        let format = AudioFormat { encoding, sample_rate: rate, channels: fmt.channels };
+        Ok(Some(AudioFrame { data: self.out.split().freeze(), format, pts: audio.pts }))
+    }
+}
