@@ -1,14 +1,23 @@
-//! The benchmark binary of `bench/SPEC.md`: `cargo run --release --example bench -- <workload> [options]`.
-//! Prints exactly one JSON line on stdout per invocation.
+//! The benchmark binary of `bench/SPEC.md`:
+//! `cargo run --release --example bench -- <workload> [options]`.
+//!
+//! Every invocation prints exactly one JSON line on stdout (logs go to stderr). Pin it to one
+//! core for comparable figures: `taskset -c 0 target/release/examples/bench w1`.
 
+mod common;
+mod w1;
 mod w2;
+mod w3;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or(&[]);
     match args.first().map(String::as_str) {
-        Some("w2") => w2::main(&args[1..]),
+        Some("w1") => w1::main(rest),
+        Some("w2") => w2::main(rest),
+        Some("w3") => w3::main(rest),
         _ => {
-            eprintln!("usage: bench w1|w2|w3|w4|w5 [options]");
+            eprintln!("usage: bench w1|w2|w3 [options]   (see bench/SPEC.md)");
             std::process::exit(2);
         }
     }
