@@ -1,0 +1,750 @@
+//! Plumbing shared by live (websocket) recognisers: one spawned task per stream that owns the
+//! socket, with reconnect, audio replay, keepalive, `Finalize` with a timeout fallback, TTFB,
+//! and transcripts that survive barge-in. The provider is a [`LiveProtocol`]: URL, control
+//! messages and message parsing only.
+//!
+//! Trade-offs:
+//! - Audio reaches the task through a bounded queue filled with `try_send`, so a wedged socket
+//!   never stalls the pipeline; what does not fit is dropped and counted.
+//! - While disconnected, audio goes to a replay buffer bounded by duration (oldest dropped and
+//!   counted) and is sent first on the next connection. Audio already sent on a socket that
+//!   dropped is not re-sent: we cannot know what the provider transcribed, and duplicated words
+//!   are worse for the LLM than a lost fragment.
+//! - Transcripts are pushed through a [`SenderSlot`] that the processor refreshes on every
+//!   interruption, so a transcript produced after a barge-in is stamped with the new epoch and is
+//!   not dropped as stale. A transcript already queued at the next hop when an interruption
+//!   lands is still discarded by the runner (the core has no uninterruptible push for spawned
+//!   tasks); the window is the next stage's queueing time.
+//! - After `Finalize`, if no final arrives within the timeout, the best interim is pushed as final
+//!   (so the bot is never left mute); with no interim and audio unanswered, an error event is
+//!   emitted instead.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use voxline_pipeline::{
+    AudioFormat, Direction, ErrorEvent, Event, Frame, FrameSender, MetricsEvent, Transcript, WordTiming,
+};
+
+use super::{Backoff, ReconnectPolicy, is_permanent_status};
+
+/// Default gap without audio after which a keepalive is sent (Deepgram closes after ~10 s).
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Default wait for a final transcript after `Finalize` before falling back.
+pub const DEFAULT_FINALIZE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Default audio kept for replay while the socket is down.
+pub const DEFAULT_REPLAY_BUFFER: Duration = Duration::from_secs(5);
+/// Default handshake timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default bound on one websocket send: a half-dead TCP peer otherwise blocks sends forever.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default wait for the provider's last results and close after `CloseStream`.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default audio queue between the processor and the socket task (frames; 256 ≈ 5 s of 20 ms).
+pub const DEFAULT_AUDIO_QUEUE: usize = 256;
+/// Default for forwarding input audio downstream (a recorder after the STT still sees it).
+pub const DEFAULT_PASS_THROUGH_AUDIO: bool = true;
+
+/// How long a spawned push waits for the processor to hand over a sender of the current epoch.
+const SENDER_REFRESH_WAIT: Duration = Duration::from_millis(100);
+
+/// Plumbing settings common to live recognisers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    /// Send a keepalive after this long without audio.
+    pub keepalive_interval: Duration,
+    /// Wait this long for a final after `Finalize`, then push the best interim as final (or emit
+    /// an error event when there is none and the audio went unanswered).
+    pub finalize_timeout: Duration,
+    /// Audio kept while disconnected and replayed on reconnect.
+    pub replay_buffer: Duration,
+    /// Handshake timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of one websocket send; expiry counts as a dropped socket.
+    pub send_timeout: Duration,
+    /// Wait for the provider's last results after the close message.
+    pub close_timeout: Duration,
+    /// Reconnect backoff.
+    pub reconnect: ReconnectPolicy,
+    /// Frames queued between the processor and the socket task.
+    pub audio_queue: usize,
+    /// Forward `InputAudio` downstream after handing it to the recogniser.
+    pub pass_through_audio: bool,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        Self {
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            finalize_timeout: DEFAULT_FINALIZE_TIMEOUT,
+            replay_buffer: DEFAULT_REPLAY_BUFFER,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            reconnect: ReconnectPolicy::default(),
+            audio_queue: DEFAULT_AUDIO_QUEUE,
+            pass_through_audio: DEFAULT_PASS_THROUGH_AUDIO,
+        }
+    }
+}
+
+/// Live counters of one recogniser, readable while the pipeline runs.
+#[derive(Debug, Default)]
+pub struct SttStats {
+    connections: AtomicU64,
+    reconnects: AtomicU64,
+    audio_bytes_sent: AtomicU64,
+    audio_bytes_replayed: AtomicU64,
+    audio_bytes_dropped: AtomicU64,
+    keepalives_sent: AtomicU64,
+    finalizes_sent: AtomicU64,
+    finalize_timeouts: AtomicU64,
+    interims_promoted: AtomicU64,
+    unknown_messages: AtomicU64,
+    malformed_messages: AtomicU64,
+}
+
+/// A snapshot of [`SttStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SttCounters {
+    /// Sockets opened.
+    pub connections: u64,
+    /// Sockets opened after a drop.
+    pub reconnects: u64,
+    /// Audio bytes sent (replay included).
+    pub audio_bytes_sent: u64,
+    /// Audio bytes sent from the replay buffer after a reconnect.
+    pub audio_bytes_replayed: u64,
+    /// Audio bytes lost: replay buffer overflow or a full queue to the socket task.
+    pub audio_bytes_dropped: u64,
+    /// Keepalives sent.
+    pub keepalives_sent: u64,
+    /// `Finalize` messages sent.
+    pub finalizes_sent: u64,
+    /// Finalize waits that timed out.
+    pub finalize_timeouts: u64,
+    /// Interims pushed as finals by the timeout fallback.
+    pub interims_promoted: u64,
+    /// Server messages of a type we do not know (ignored).
+    pub unknown_messages: u64,
+    /// Server messages that did not parse.
+    pub malformed_messages: u64,
+}
+
+impl SttStats {
+    /// Current values.
+    #[must_use]
+    pub fn snapshot(&self) -> SttCounters {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SttCounters {
+            connections: g(&self.connections),
+            reconnects: g(&self.reconnects),
+            audio_bytes_sent: g(&self.audio_bytes_sent),
+            audio_bytes_replayed: g(&self.audio_bytes_replayed),
+            audio_bytes_dropped: g(&self.audio_bytes_dropped),
+            keepalives_sent: g(&self.keepalives_sent),
+            finalizes_sent: g(&self.finalizes_sent),
+            finalize_timeouts: g(&self.finalize_timeouts),
+            interims_promoted: g(&self.interims_promoted),
+            unknown_messages: g(&self.unknown_messages),
+            malformed_messages: g(&self.malformed_messages),
+        }
+    }
+
+    pub(crate) fn add_dropped(&self, n: usize) {
+        bump(&self.audio_bytes_dropped, n as u64);
+    }
+}
+
+fn bump(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A word with timings relative to the current connection's stream start.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RawWord {
+    pub(crate) word: Arc<str>,
+    pub(crate) start: Duration,
+    pub(crate) end: Duration,
+}
+
+/// A recognition result as the provider reported it (connection-relative times).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RawTranscript {
+    pub(crate) text: String,
+    pub(crate) is_final: bool,
+    pub(crate) speech_final: bool,
+    pub(crate) from_finalize: bool,
+    pub(crate) confidence: f32,
+    pub(crate) words: Vec<RawWord>,
+    pub(crate) start: Duration,
+    pub(crate) duration: Duration,
+    pub(crate) language: Option<Arc<str>>,
+}
+
+/// A server message, provider-neutral.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ServerEvent {
+    Transcript(RawTranscript),
+    SpeechStarted,
+    UtteranceEnd,
+    Metadata {
+        request_id: Option<String>,
+    },
+    ProviderError(String),
+    /// A message type we do not know: providers add types over time.
+    Other(String),
+    Malformed(String),
+}
+
+/// What a live provider maps; everything else is plumbing.
+pub(crate) trait LiveProtocol: Send + Sync + 'static {
+    /// Handshake request (URL and auth headers) for audio in `format`.
+    fn request(&self, format: AudioFormat) -> Result<Request, String>;
+    /// Text message that keeps an idle socket open.
+    fn keepalive(&self) -> &'static str;
+    /// Text message that flushes buffered audio into a final.
+    fn finalize(&self) -> &'static str;
+    /// Text message that ends the stream gracefully.
+    fn close_stream(&self) -> &'static str;
+    /// Maps one server text frame.
+    fn parse(&self, text: &str) -> ServerEvent;
+}
+
+/// The sender spawned tasks push with; the processor swaps in a fresh one after interruptions.
+#[derive(Clone)]
+pub(crate) struct SenderSlot(Arc<Mutex<FrameSender>>);
+
+impl SenderSlot {
+    pub(crate) fn new(sender: FrameSender) -> Self {
+        Self(Arc::new(Mutex::new(sender)))
+    }
+
+    pub(crate) fn set(&self, sender: FrameSender) {
+        match self.0.lock() {
+            Ok(mut g) => *g = sender,
+            Err(p) => *p.into_inner() = sender,
+        }
+    }
+
+    pub(crate) fn get(&self) -> FrameSender {
+        match self.0.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// A sender of the current epoch, waiting briefly for the processor to provide one.
+    pub(crate) async fn current(&self) -> FrameSender {
+        let deadline = Instant::now() + SENDER_REFRESH_WAIT;
+        loop {
+            let s = self.get();
+            if s.is_current() || Instant::now() >= deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Control messages from the processor to the socket task.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The VAD says the user stopped: flush, and start the TTFB clock at `at`.
+    Finalize { at: Instant },
+    /// End of stream: send the close message, wait for the last results, exit.
+    Close,
+}
+
+/// The processor's side of a running stream.
+pub(crate) struct LiveHandle {
+    pub(crate) format: AudioFormat,
+    audio: mpsc::Sender<Bytes>,
+    /// Unbounded because `on_event` cannot wait: it carries one message per VAD transition plus
+    /// one close, bounded by how fast a human can start and stop talking.
+    control: mpsc::UnboundedSender<Control>,
+    task: Option<JoinHandle<()>>,
+    stats: Arc<SttStats>,
+}
+
+impl LiveHandle {
+    /// Hands audio to the socket task without waiting; `false` if it was dropped.
+    pub(crate) fn send_audio(&self, data: Bytes) -> bool {
+        let n = data.len();
+        match self.audio.try_send(data) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.add_dropped(n);
+                false
+            }
+            // The task gave up (e.g. a rejected key); the error was reported when it did.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub(crate) fn control(&self, c: Control) {
+        let _ = self.control.send(c);
+    }
+
+    /// Asks for a graceful close and waits (bounded) for the task to finish.
+    pub(crate) async fn shutdown(mut self, wait: Duration) {
+        self.control(Control::Close);
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(wait, task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// Starts a socket task for audio in `format`.
+pub(crate) fn spawn<P: LiveProtocol>(
+    proto: Arc<P>,
+    format: AudioFormat,
+    settings: LiveSettings,
+    sender: SenderSlot,
+    stats: Arc<SttStats>,
+    name: Arc<str>,
+) -> LiveHandle {
+    let (audio_tx, audio_rx) = mpsc::channel(settings.audio_queue.max(1));
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let replay_cap = format.bytes_per_ms(u32::try_from(settings.replay_buffer.as_millis()).unwrap_or(u32::MAX));
+    let session = Session {
+        proto,
+        format,
+        backoff: Backoff::new(settings.reconnect),
+        settings,
+        sender,
+        stats: stats.clone(),
+        name,
+        audio_rx,
+        control_rx,
+        inputs_open: true,
+        replay: VecDeque::new(),
+        replay_bytes: 0,
+        replay_cap: replay_cap.unwrap_or(0),
+        dropped_offline: 0,
+        offset: Duration::ZERO,
+        conn_audio: Duration::ZERO,
+        pending: None,
+        ttfb_from: None,
+        best_interim: None,
+        audio_since_result: false,
+        closing: false,
+        connected_once: false,
+    };
+    let task = tokio::spawn(session.run());
+    LiveHandle { format, audio: audio_tx, control: control_tx, task: Some(task), stats }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+enum Input {
+    Audio(Bytes),
+    Control(Control),
+    InputsClosed,
+    FinalizeTimeout,
+}
+
+struct Pending {
+    deadline: tokio::time::Instant,
+    /// Any result arrived since the `Finalize`.
+    answered: bool,
+    /// Audio had been sent that no result covered yet when `Finalize` went out.
+    had_audio: bool,
+}
+
+struct Session<P> {
+    proto: Arc<P>,
+    format: AudioFormat,
+    settings: LiveSettings,
+    backoff: Backoff,
+    sender: SenderSlot,
+    stats: Arc<SttStats>,
+    name: Arc<str>,
+    audio_rx: mpsc::Receiver<Bytes>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    inputs_open: bool,
+    replay: VecDeque<Bytes>,
+    replay_bytes: usize,
+    replay_cap: usize,
+    dropped_offline: usize,
+    /// Stream time covered by previous connections: each reconnect restarts the provider's
+    /// timeline at zero, and transcripts are reported in call time.
+    offset: Duration,
+    conn_audio: Duration,
+    pending: Option<Pending>,
+    ttfb_from: Option<Instant>,
+    best_interim: Option<Transcript>,
+    audio_since_result: bool,
+    closing: bool,
+    connected_once: bool,
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<P: LiveProtocol> Session<P> {
+    async fn run(mut self) {
+        while !self.closing {
+            let Some(ws) = self.connect().await else { break };
+            self.stream(ws).await;
+            self.offset += std::mem::take(&mut self.conn_audio);
+        }
+        // Inputs that can no longer be served: a pending Finalize still gets its fallback.
+        if self.pending.is_some() {
+            self.on_finalize_timeout().await;
+        }
+        tracing::debug!(processor = %self.name, "stt session ended");
+    }
+
+    async fn next_input(&mut self) -> Input {
+        let deadline = self.pending.as_ref().map(|p| p.deadline);
+        // Audio first: a Finalize must not overtake the audio queued before it.
+        tokio::select! {
+            biased;
+            a = self.audio_rx.recv(), if self.inputs_open => match a {
+                Some(b) => Input::Audio(b),
+                None => Input::InputsClosed,
+            },
+            c = self.control_rx.recv(), if self.inputs_open => match c {
+                Some(c) => Input::Control(c),
+                None => Input::InputsClosed,
+            },
+            () = sleep_until_opt(deadline) => Input::FinalizeTimeout,
+        }
+    }
+
+    /// Handles an input while there is no socket; `false` means stop.
+    async fn offline_input(&mut self, input: Input) -> bool {
+        match input {
+            Input::Audio(b) => {
+                self.buffer(b);
+                true
+            }
+            Input::Control(Control::Finalize { at }) => {
+                // Nothing to flush to; the timeout fallback promotes the interim we have.
+                self.arm_finalize(at);
+                true
+            }
+            Input::Control(Control::Close) | Input::InputsClosed => {
+                self.inputs_open = false;
+                self.closing = true;
+                false
+            }
+            Input::FinalizeTimeout => {
+                self.on_finalize_timeout().await;
+                true
+            }
+        }
+    }
+
+    fn buffer(&mut self, b: Bytes) {
+        self.audio_since_result = true;
+        self.replay_bytes += b.len();
+        self.replay.push_back(b);
+        while self.replay_bytes > self.replay_cap {
+            let Some(old) = self.replay.pop_front() else { break };
+            self.replay_bytes -= old.len();
+            self.dropped_offline += old.len();
+            self.offset += self.format.duration_of(old.len()).unwrap_or_default();
+            self.stats.add_dropped(old.len());
+        }
+    }
+
+    fn arm_finalize(&mut self, at: Instant) {
+        self.ttfb_from = Some(at);
+        self.pending = Some(Pending {
+            deadline: tokio::time::Instant::now() + self.settings.finalize_timeout,
+            answered: false,
+            had_audio: self.audio_since_result,
+        });
+    }
+
+    async fn connect(&mut self) -> Option<Ws> {
+        loop {
+            if self.closing {
+                return None;
+            }
+            let req = match self.proto.request(self.format) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.error(format!("cannot build the request: {e}"));
+                    return None;
+                }
+            };
+            let attempt = tokio::time::timeout(
+                self.settings.connect_timeout,
+                tokio_tungstenite::connect_async_with_config(req, None, true),
+            );
+            tokio::pin!(attempt);
+            let result = loop {
+                tokio::select! {
+                    r = &mut attempt => break r,
+                    input = self.next_input() => if !self.offline_input(input).await { return None },
+                }
+            };
+            let (message, permanent) = match result {
+                Ok(Ok((ws, _))) => return Some(ws),
+                Ok(Err(WsError::Http(resp))) => {
+                    let status = resp.status().as_u16();
+                    let reason = resp
+                        .headers()
+                        .get("dg-error")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                        .or_else(|| resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+                        .unwrap_or_default();
+                    (format!("handshake rejected with HTTP {status}: {reason}"), is_permanent_status(status))
+                }
+                Ok(Err(e)) => (format!("connect failed: {e}"), false),
+                Err(_) => (format!("connect timed out after {:?}", self.settings.connect_timeout), false),
+            };
+            if permanent && self.backoff.permanent_failure() {
+                self.error(format!("{message}; giving up"));
+                return None;
+            }
+            self.error(message);
+            let sleep = tokio::time::sleep(self.backoff.next_delay());
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    input = self.next_input() => if !self.offline_input(input).await { return None },
+                }
+            }
+        }
+    }
+
+    async fn send(&self, tx: &mut futures::stream::SplitSink<Ws, Message>, msg: Message) -> bool {
+        match tokio::time::timeout(self.settings.send_timeout, tx.send(msg)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(processor = %self.name, error = %e, "stt socket send failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(processor = %self.name, "stt socket send timed out; treating the socket as dead");
+                false
+            }
+        }
+    }
+
+    async fn stream(&mut self, ws: Ws) {
+        bump(&self.stats.connections, 1);
+        if std::mem::replace(&mut self.connected_once, true) {
+            bump(&self.stats.reconnects, 1);
+        }
+        let (mut tx, mut rx) = ws.split();
+        let (replayed, dropped) = (self.replay_bytes, std::mem::take(&mut self.dropped_offline));
+        while let Some(chunk) = self.replay.pop_front() {
+            let n = chunk.len();
+            if !self.send(&mut tx, Message::Binary(chunk.clone())).await {
+                self.replay.push_front(chunk);
+                return;
+            }
+            self.replay_bytes -= n;
+            self.sent_audio(n);
+            bump(&self.stats.audio_bytes_replayed, n as u64);
+        }
+        if replayed > 0 || dropped > 0 {
+            let ms = |n: usize| self.format.duration_of(n).unwrap_or_default().as_millis();
+            tracing::info!(processor = %self.name, replayed_ms = ms(replayed), dropped_ms = ms(dropped), "stt reconnected");
+        }
+        let mut last_sent = tokio::time::Instant::now();
+        let mut close_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let keepalive_at = last_sent + self.settings.keepalive_interval;
+            tokio::select! {
+                msg = rx.next() => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        self.backoff.reset();
+                        self.on_server_text(t.as_str()).await;
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        if !self.closing {
+                            let (code, reason) = frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or_default();
+                            self.error(format!("socket closed by the server ({code} {reason}); reconnecting"));
+                        }
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        if !self.closing {
+                            self.error(format!("socket dropped ({e}); reconnecting"));
+                        }
+                        return;
+                    }
+                    None => {
+                        if !self.closing {
+                            self.error("socket ended; reconnecting".into());
+                        }
+                        return;
+                    }
+                },
+                input = self.next_input(), if !self.closing => match input {
+                    Input::Audio(b) => {
+                        let n = b.len();
+                        if !self.send(&mut tx, Message::Binary(b.clone())).await {
+                            self.buffer(b);
+                            return;
+                        }
+                        self.sent_audio(n);
+                        last_sent = tokio::time::Instant::now();
+                    }
+                    Input::Control(Control::Finalize { at }) => {
+                        self.arm_finalize(at);
+                        if !self.send(&mut tx, Message::text(self.proto.finalize())).await {
+                            return;
+                        }
+                        bump(&self.stats.finalizes_sent, 1);
+                        last_sent = tokio::time::Instant::now();
+                    }
+                    Input::Control(Control::Close) | Input::InputsClosed => {
+                        self.inputs_open = false;
+                        self.closing = true;
+                        if !self.send(&mut tx, Message::text(self.proto.close_stream())).await {
+                            return;
+                        }
+                        close_deadline = Some(tokio::time::Instant::now() + self.settings.close_timeout);
+                    }
+                    Input::FinalizeTimeout => self.on_finalize_timeout().await,
+                },
+                () = tokio::time::sleep_until(keepalive_at), if !self.closing => {
+                    if !self.send(&mut tx, Message::text(self.proto.keepalive())).await {
+                        return;
+                    }
+                    bump(&self.stats.keepalives_sent, 1);
+                    last_sent = tokio::time::Instant::now();
+                }
+                () = sleep_until_opt(close_deadline) => {
+                    tracing::debug!(processor = %self.name, "no close from the server after the close message");
+                    let _ = tx.close().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn sent_audio(&mut self, n: usize) {
+        self.audio_since_result = true;
+        self.conn_audio += self.format.duration_of(n).unwrap_or_default();
+        bump(&self.stats.audio_bytes_sent, n as u64);
+    }
+
+    async fn on_server_text(&mut self, text: &str) {
+        match self.proto.parse(text) {
+            ServerEvent::Transcript(raw) => self.on_transcript(raw).await,
+            ServerEvent::SpeechStarted => tracing::trace!(processor = %self.name, "provider heard speech start"),
+            ServerEvent::UtteranceEnd => tracing::trace!(processor = %self.name, "provider utterance end"),
+            ServerEvent::Metadata { request_id } => {
+                tracing::debug!(processor = %self.name, request_id = request_id.as_deref().unwrap_or(""), "stt metadata");
+            }
+            ServerEvent::ProviderError(m) => self.error(format!("provider error: {m}")),
+            ServerEvent::Other(ty) => {
+                bump(&self.stats.unknown_messages, 1);
+                tracing::debug!(processor = %self.name, message_type = %ty, "ignoring unknown stt message type");
+            }
+            ServerEvent::Malformed(e) => {
+                bump(&self.stats.malformed_messages, 1);
+                self.error(format!("malformed server message: {e}"));
+            }
+        }
+    }
+
+    async fn on_transcript(&mut self, raw: RawTranscript) {
+        self.audio_since_result = false;
+        if let Some(p) = self.pending.as_mut() {
+            p.answered = true;
+        }
+        let offset = self.offset;
+        let t = Transcript {
+            text: Arc::from(raw.text.as_str()),
+            is_final: raw.is_final,
+            confidence: raw.confidence,
+            words: raw
+                .words
+                .into_iter()
+                .map(|w| WordTiming { word: w.word, start: offset + w.start, end: offset + w.end })
+                .collect(),
+            start: offset + raw.start,
+            duration: raw.duration,
+            language: raw.language,
+        };
+        if !raw.is_final {
+            if !t.text.is_empty() {
+                self.best_interim = Some(t.clone());
+                self.push(Frame::Transcript(t)).await;
+            }
+            return;
+        }
+        self.best_interim = None;
+        if raw.from_finalize {
+            self.pending = None;
+        }
+        if t.text.is_empty() {
+            return;
+        }
+        self.ttfb_stop();
+        self.push(Frame::Transcript(t)).await;
+    }
+
+    async fn on_finalize_timeout(&mut self) {
+        let Some(p) = self.pending.take() else { return };
+        if let Some(mut t) = self.best_interim.take() {
+            bump(&self.stats.finalize_timeouts, 1);
+            bump(&self.stats.interims_promoted, 1);
+            tracing::warn!(
+                processor = %self.name,
+                timeout_ms = self.settings.finalize_timeout.as_millis(),
+                "no final transcript after Finalize; pushing the last interim as final"
+            );
+            t.is_final = true;
+            self.ttfb_stop();
+            self.push(Frame::Transcript(t)).await;
+        } else if !p.answered && p.had_audio {
+            bump(&self.stats.finalize_timeouts, 1);
+            let ms = self.settings.finalize_timeout.as_millis();
+            self.error(format!("no transcript within {ms} ms of Finalize; the provider may be stalled"));
+        }
+        self.ttfb_from = None;
+    }
+
+    fn ttfb_stop(&mut self) {
+        if let Some(at) = self.ttfb_from.take() {
+            let value = at.elapsed();
+            tracing::debug!(processor = %self.name, ttfb_ms = value.as_secs_f64() * 1e3, "stt ttfb");
+            let ev = Event::Metrics(MetricsEvent::Ttfb { processor: self.name.clone(), value });
+            self.sender.get().emit(ev);
+        }
+    }
+
+    async fn push(&self, frame: Frame) {
+        let sender = self.sender.current().await;
+        if !sender.is_current() {
+            tracing::warn!(processor = %self.name, "no current sender after an interruption; transcript may be dropped");
+        }
+        sender.push(frame, Direction::Downstream);
+    }
+
+    fn error(&self, message: String) {
+        tracing::warn!(processor = %self.name, %message, "stt error");
+        let ev = ErrorEvent { processor: self.name.clone(), message: Arc::from(message), fatal: false };
+        self.sender.get().emit(Event::Error(ev));
+    }
+}

@@ -1,0 +1,336 @@
+//! `DeepgramStt` against the Deepgram emulator on 127.0.0.1, through the pipeline harness.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use voxline_emulators::deepgram::{
+    ControlMessage, DeepgramConfig, DeepgramEmulator, DeepgramFault, TranscriptScript, Trigger,
+};
+use voxline_pipeline::testing::Harness;
+use voxline_pipeline::{
+    AudioFormat, AudioFrame, Event, Frame, MetricsEvent, Pipeline, PipelineParams, StartInfo, Transcript,
+};
+use voxline_processors::stt::{DeepgramSettings, DeepgramStt, SttStats};
+
+const KEY: &str = "test-key";
+const WAIT: Duration = Duration::from_secs(5);
+
+fn settings(emu: &DeepgramEmulator) -> DeepgramSettings {
+    let mut s = DeepgramSettings { api_key: Some(KEY.into()), base_url: emu.base_url(), ..Default::default() };
+    s.live.finalize_timeout = Duration::from_millis(400);
+    s.live.reconnect.initial_backoff = Duration::from_millis(50);
+    s
+}
+
+fn harness(stt: DeepgramStt, input: AudioFormat) -> Harness {
+    let params =
+        PipelineParams { start: StartInfo { input_audio: input, ..StartInfo::default() }, ..PipelineParams::default() };
+    Harness::with_params(Pipeline::new().with(stt), params)
+}
+
+fn start(s: DeepgramSettings, input: AudioFormat) -> (Harness, std::sync::Arc<SttStats>) {
+    let stt = DeepgramStt::new(s).unwrap();
+    let stats = stt.stats();
+    (harness(stt, input), stats)
+}
+
+fn mulaw_frame() -> Frame {
+    Frame::InputAudio(AudioFrame::new(Bytes::from(vec![0xFFu8; 160]), AudioFormat::mulaw_8k()))
+}
+
+async fn push_audio(h: &Harness, frames: usize, frame: impl Fn() -> Frame) {
+    for _ in 0..frames {
+        h.push(frame()).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn transcripts(h: &Harness) -> Vec<Transcript> {
+    h.collected()
+        .into_iter()
+        .filter_map(|(_, f)| match f {
+            Frame::Transcript(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finals(h: &Harness) -> Vec<String> {
+    transcripts(h).into_iter().filter(|t| t.is_final).map(|t| t.text.to_string()).collect()
+}
+
+async fn wait_final(h: &Harness, text: &str) -> bool {
+    h.wait_for(WAIT, |fs| fs.iter().any(|(_, f)| matches!(f, Frame::Transcript(t) if t.is_final && &*t.text == text)))
+        .await
+}
+
+fn is_error(e: &Event, needle: &str) -> bool {
+    matches!(e, Event::Error(err) if err.message.contains(needle) && !err.fatal)
+}
+
+#[tokio::test]
+async fn mulaw_stream_params_auth_interims_and_final() {
+    let script = vec![TranscriptScript::new("Book a table for two.", Trigger::AudioMs(600)).with_interims(2)];
+    let emu =
+        DeepgramEmulator::start(DeepgramConfig { script, ..DeepgramConfig::default().with_api_key(KEY) }).unwrap();
+    let (h, stats) = start(settings(&emu), AudioFormat::mulaw_8k());
+    push_audio(&h, 40, mulaw_frame).await;
+    assert!(wait_final(&h, "Book a table for two.").await, "no final: {:?}", transcripts(&h));
+
+    let ts = transcripts(&h);
+    let interims: Vec<_> = ts.iter().filter(|t| !t.is_final).collect();
+    assert_eq!(interims.len(), 2, "{ts:?}");
+    let fin = ts.iter().find(|t| t.is_final).unwrap();
+    assert_eq!(fin.words.len(), 5);
+    assert_eq!(&*fin.words[0].word, "Book");
+    assert!(fin.words.windows(2).all(|w| w[0].start <= w[1].start && w[0].start < w[0].end));
+    assert_eq!(fin.language.as_deref(), Some("en"));
+    assert!(fin.confidence > 0.9);
+
+    let rec = emu.wait_for(|r| r.total_audio_bytes() >= 40 * 160, WAIT).await.expect("audio not received");
+    let c = &rec.connections[0];
+    assert_eq!(c.authorization.as_deref(), Some("Token test-key"));
+    for (k, v) in [
+        ("model", "nova-3"),
+        ("language", "en"),
+        ("encoding", "mulaw"),
+        ("sample_rate", "8000"),
+        ("channels", "1"),
+        ("interim_results", "true"),
+        ("punctuate", "true"),
+        ("smart_format", "false"),
+        ("vad_events", "false"),
+        ("utterance_end_ms", "1000"),
+    ] {
+        assert_eq!(c.query_param(k), Some(v), "query param {k}");
+    }
+    assert_eq!(c.audio_frames, 40, "one binary frame per input frame");
+
+    let out = h.finish().await;
+    // Audio passes through for a recorder downstream.
+    let audio = out.downstream.iter().filter(|f| matches!(f, Frame::InputAudio(_))).count();
+    assert_eq!(audio, 40);
+    let rec = emu.wait_for(|r| r.connections[0].closed, WAIT).await.expect("socket not closed");
+    assert_eq!(rec.connections[0].count_controls(|c| *c == ControlMessage::CloseStream), 1);
+    assert_eq!(stats.snapshot().audio_bytes_sent, 40 * 160);
+    assert_eq!(stats.snapshot().connections, 1);
+}
+
+#[tokio::test]
+async fn pcm16_is_linear16_and_pass_through_can_be_off() {
+    let emu = DeepgramEmulator::start(DeepgramConfig::default()).unwrap();
+    let mut s = settings(&emu);
+    s.live.pass_through_audio = false;
+    let (h, _) = start(s, AudioFormat::pcm16(16_000));
+    let pcm = || Frame::InputAudio(AudioFrame::new(Bytes::from(vec![0u8; 640]), AudioFormat::pcm16(16_000)));
+    push_audio(&h, 5, pcm).await;
+    let rec = emu.wait_for(|r| r.total_audio_bytes() >= 5 * 640, WAIT).await.expect("audio");
+    assert_eq!(rec.connections[0].query_param("encoding"), Some("linear16"));
+    assert_eq!(rec.connections[0].query_param("sample_rate"), Some("16000"));
+    let out = h.finish().await;
+    assert!(!out.downstream.iter().any(|f| matches!(f, Frame::InputAudio(_))));
+}
+
+#[tokio::test]
+async fn format_learnt_from_frames_reopens_the_stream() {
+    let emu = DeepgramEmulator::start(DeepgramConfig::default()).unwrap();
+    // StartInfo says PCM16, but the transport actually delivers μ-law.
+    let (h, _) = start(settings(&emu), AudioFormat::pcm16(16_000));
+    push_audio(&h, 5, mulaw_frame).await;
+    let rec = emu
+        .wait_for(
+            |r| r.connections.iter().any(|c| c.query_param("encoding") == Some("mulaw") && c.audio_bytes >= 800),
+            WAIT,
+        )
+        .await
+        .expect("mulaw stream");
+    // The PCM stream opened at Start (if it got that far) carried no audio.
+    assert!(rec.connections.iter().all(|c| c.query_param("encoding") == Some("mulaw") || c.audio_bytes == 0));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn finalize_on_user_stopped_speaking_and_ttfb() {
+    let script = vec![TranscriptScript::new("I need a refund", Trigger::Finalize)];
+    let emu = DeepgramEmulator::start(DeepgramConfig { script, ..Default::default() }).unwrap();
+    let (mut h, stats) = start(settings(&emu), AudioFormat::mulaw_8k());
+    push_audio(&h, 20, mulaw_frame).await;
+    emu.wait_for(|r| r.total_audio_bytes() >= 20 * 160, WAIT).await.expect("audio");
+    h.emit(Event::UserStoppedSpeaking);
+    assert!(wait_final(&h, "I need a refund").await);
+    let ttfb = h
+        .wait_event(
+            WAIT,
+            |e| matches!(e, Event::Metrics(MetricsEvent::Ttfb { processor, .. }) if &**processor == "deepgram_stt"),
+        )
+        .await;
+    assert!(ttfb.is_some(), "no TTFB metric");
+    let rec = emu.received();
+    assert_eq!(rec.connections[0].count_controls(|c| *c == ControlMessage::Finalize), 1);
+    assert_eq!(stats.snapshot().finalizes_sent, 1);
+    assert_eq!(stats.snapshot().finalize_timeouts, 0);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn keepalive_when_idle() {
+    let emu = DeepgramEmulator::start(DeepgramConfig::default()).unwrap();
+    let mut s = settings(&emu);
+    s.live.keepalive_interval = Duration::from_millis(100);
+    let (h, stats) = start(s, AudioFormat::mulaw_8k());
+    let rec = emu
+        .wait_for(
+            |r| r.connections.first().is_some_and(|c| c.count_controls(|c| *c == ControlMessage::KeepAlive) >= 3),
+            WAIT,
+        )
+        .await;
+    assert!(rec.is_some(), "no keepalives: {:?}", emu.received());
+    // While audio flows, no keepalive is needed.
+    let before = emu.received().connections[0].count_controls(|c| *c == ControlMessage::KeepAlive);
+    for _ in 0..15 {
+        h.push(mulaw_frame()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = emu.received().connections[0].count_controls(|c| *c == ControlMessage::KeepAlive);
+    assert!(after <= before + 1, "keepalives while streaming: {before} -> {after}");
+    assert!(stats.snapshot().keepalives_sent >= 3);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn reconnects_replays_buffered_audio_and_keeps_transcribing() {
+    // Connection 0 drops after 10 frames; the next handshake is refused once (so audio piles
+    // up in the replay buffer during the backoff); the third attempt works.
+    let cfg = DeepgramConfig {
+        faults: vec![DeepgramFault::DropAfterBytes(1600), DeepgramFault::RejectHandshake(503)],
+        connection_scripts: vec![vec![], vec![TranscriptScript::new("still here", Trigger::AudioMs(400))]],
+        ..Default::default()
+    };
+    let emu = DeepgramEmulator::start(cfg).unwrap();
+    let mut s = settings(&emu);
+    s.live.reconnect.initial_backoff = Duration::from_millis(150);
+    let (mut h, stats) = start(s, AudioFormat::mulaw_8k());
+    for _ in 0..80 {
+        h.push(mulaw_frame()).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(wait_final(&h, "still here").await, "no transcript after reconnect: {:?}", transcripts(&h));
+    let snap = stats.snapshot();
+    assert_eq!(snap.reconnects, 1, "{snap:?}");
+    assert!(snap.audio_bytes_replayed > 0, "nothing replayed: {snap:?}");
+    let rec = emu.received();
+    assert_eq!(rec.connection_count(), 2);
+    assert_eq!(rec.rejected.len(), 1);
+    assert!(rec.connections[1].audio_bytes >= snap.audio_bytes_replayed);
+    // Call-time offsets: the second connection's timeline starts after the first one's audio.
+    let fin = transcripts(&h).into_iter().find(|t| t.is_final).unwrap();
+    assert!(fin.start >= Duration::from_millis(200), "offset not applied: {:?}", fin.start);
+    let out = h.finish().await;
+    assert!(out.events.iter().any(|e| is_error(e, "reconnecting")), "{:?}", out.events);
+}
+
+#[tokio::test]
+async fn unknown_message_type_is_ignored() {
+    let cfg = DeepgramConfig {
+        faults: vec![DeepgramFault::UnknownMessage],
+        script: vec![TranscriptScript::new("hello", Trigger::AudioMs(200))],
+        ..Default::default()
+    };
+    let emu = DeepgramEmulator::start(cfg).unwrap();
+    let (h, stats) = start(settings(&emu), AudioFormat::mulaw_8k());
+    push_audio(&h, 15, mulaw_frame).await;
+    assert!(wait_final(&h, "hello").await);
+    assert_eq!(stats.snapshot().unknown_messages, 1);
+    let out = h.finish().await;
+    assert!(!out.events.iter().any(|e| matches!(e, Event::Error(_))), "{:?}", out.events);
+}
+
+#[tokio::test]
+async fn malformed_json_is_an_error_event_not_a_crash() {
+    let cfg = DeepgramConfig {
+        faults: vec![DeepgramFault::MalformedJson],
+        script: vec![TranscriptScript::new("still working", Trigger::AudioMs(200))],
+        ..Default::default()
+    };
+    let emu = DeepgramEmulator::start(cfg).unwrap();
+    let (mut h, stats) = start(settings(&emu), AudioFormat::mulaw_8k());
+    push_audio(&h, 15, mulaw_frame).await;
+    assert!(h.wait_event(WAIT, |e| is_error(e, "malformed")).await.is_some());
+    assert!(wait_final(&h, "still working").await);
+    assert_eq!(stats.snapshot().malformed_messages, 1);
+    let out = h.finish().await;
+    assert_eq!(out.report.outcome, voxline_pipeline::TaskOutcome::Ended);
+}
+
+#[tokio::test]
+async fn never_answering_server_times_out_with_an_error() {
+    let cfg = DeepgramConfig { faults: vec![DeepgramFault::NeverAnswer], ..Default::default() };
+    let emu = DeepgramEmulator::start(cfg).unwrap();
+    let (mut h, stats) = start(settings(&emu), AudioFormat::mulaw_8k());
+    push_audio(&h, 20, mulaw_frame).await;
+    emu.wait_for(|r| r.total_audio_bytes() >= 20 * 160, WAIT).await.expect("audio");
+    let t0 = std::time::Instant::now();
+    h.emit(Event::UserStoppedSpeaking);
+    assert!(h.wait_event(WAIT, |e| is_error(e, "no transcript within")).await.is_some());
+    assert!(t0.elapsed() >= Duration::from_millis(350), "fired early: {:?}", t0.elapsed());
+    assert_eq!(stats.snapshot().finalize_timeouts, 1);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn missing_final_promotes_the_last_interim() {
+    // The Finalize answer is scripted as a lone interim: no final ever comes.
+    let mut lone = TranscriptScript::new("cancel my order", Trigger::Finalize);
+    lone.is_final = false;
+    let emu = DeepgramEmulator::start(DeepgramConfig { script: vec![lone], ..Default::default() }).unwrap();
+    let (mut h, stats) = start(settings(&emu), AudioFormat::mulaw_8k());
+    push_audio(&h, 10, mulaw_frame).await;
+    emu.wait_for(|r| r.total_audio_bytes() >= 1600, WAIT).await.expect("audio");
+    h.emit(Event::UserStoppedSpeaking);
+    assert!(wait_final(&h, "cancel my order").await, "{:?}", transcripts(&h));
+    assert!(h.wait_event(WAIT, |e| matches!(e, Event::Metrics(MetricsEvent::Ttfb { .. }))).await.is_some());
+    assert_eq!(stats.snapshot().interims_promoted, 1);
+    let ts = transcripts(&h);
+    assert_eq!(ts.iter().filter(|t| !t.is_final).count(), 1);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn transcripts_survive_an_interruption() {
+    let script = vec![
+        TranscriptScript::new("first words", Trigger::Finalize),
+        TranscriptScript::new("wait stop", Trigger::Finalize),
+    ];
+    let emu = DeepgramEmulator::start(DeepgramConfig { script, ..Default::default() }).unwrap();
+    let (h, _) = start(settings(&emu), AudioFormat::mulaw_8k());
+    push_audio(&h, 10, mulaw_frame).await;
+    emu.wait_for(|r| r.total_audio_bytes() >= 1600, WAIT).await.expect("audio");
+    h.emit(Event::UserStoppedSpeaking);
+    assert!(wait_final(&h, "first words").await);
+    // Barge-in: the epoch moves on; the next transcript must still come out.
+    h.interrupt();
+    push_audio(&h, 10, mulaw_frame).await;
+    emu.wait_for(|r| r.total_audio_bytes() >= 3200, WAIT).await.expect("audio");
+    h.emit(Event::UserStoppedSpeaking);
+    assert!(wait_final(&h, "wait stop").await, "transcript lost after interruption: {:?}", finals(&h));
+    let out = h.finish().await;
+    assert_eq!(out.report.interruptions, 1);
+}
+
+#[tokio::test]
+async fn rejected_key_gives_up_without_crashing() {
+    let emu = DeepgramEmulator::start(DeepgramConfig::default().with_api_key("right")).unwrap();
+    let mut s = settings(&emu);
+    s.api_key = Some("wrong".into());
+    s.live.reconnect.initial_backoff = Duration::from_millis(10);
+    let (mut h, _) = start(s, AudioFormat::mulaw_8k());
+    push_audio(&h, 5, mulaw_frame).await;
+    assert!(h.wait_event(WAIT, |e| is_error(e, "giving up")).await.is_some());
+    let rec = emu.received();
+    assert_eq!(rec.rejected.len(), 3, "stops after max_permanent_failures");
+    assert!(rec.rejected.iter().all(|r| r.status == 401));
+    // Audio keeps flowing through the pipeline.
+    push_audio(&h, 5, mulaw_frame).await;
+    let out = h.finish().await;
+    assert_eq!(out.downstream.iter().filter(|f| matches!(f, Frame::InputAudio(_))).count(), 10);
+}
