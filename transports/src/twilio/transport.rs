@@ -17,7 +17,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -145,6 +146,10 @@ struct Shared {
     playout: Mutex<Playout>,
     media_out: AtomicU64,
     clears: AtomicU64,
+    /// The pipeline, once running: the sink reports speaking state through it.
+    handle: OnceLock<PipelineHandle>,
+    /// Audio queued at Twilio and not yet confirmed played by a mark echo.
+    speaking: AtomicBool,
 }
 
 impl Shared {
@@ -196,6 +201,14 @@ impl AudioSink for TwilioSink {
         };
         let dur = AudioFormat::mulaw_8k().duration_of(mulaw.len()).unwrap_or_default();
         self.shared.playout().written += dur;
+        // The output stage announces only the first utterance when play-out is reported by the
+        // sink, so each utterance after a mark-confirmed silence is announced here (the VAD needs
+        // it to allow barge-in).
+        if !self.shared.speaking.swap(true, Ordering::AcqRel) {
+            if let Some(h) = self.shared.handle.get() {
+                let _ = h.emit(Event::BotStartedSpeaking);
+            }
+        }
         // A closed writer means the socket is gone; the session is ending, so the chunk is moot.
         if self.shared.out.send(Out::Text(serializer::encode_media(&self.shared.stream_sid, &mulaw))).is_ok() {
             self.shared.media_out.fetch_add(1, Ordering::Relaxed);
@@ -209,6 +222,7 @@ impl AudioSink for TwilioSink {
             p.pending.clear();
             p.written = Duration::ZERO;
         }
+        self.shared.speaking.store(false, Ordering::Release);
         self.shared.clears.fetch_add(1, Ordering::Relaxed);
         let _ = self.shared.out.send(Out::Text(serializer::encode_clear(&self.shared.stream_sid)));
     }
@@ -269,6 +283,8 @@ pub async fn accept(mut socket: WebSocket, params: TwilioParams) -> Result<Twili
         playout: Mutex::new(Playout::default()),
         media_out: AtomicU64::new(0),
         clears: AtomicU64::new(0),
+        handle: OnceLock::new(),
+        speaking: AtomicBool::new(false),
     });
     Ok(TwilioSession { socket, start, params, shared, out_rx })
 }
@@ -340,6 +356,7 @@ impl TwilioSession {
     pub async fn run(self, handle: PipelineHandle, pipeline_done: CancellationToken) -> SessionReport {
         let TwilioSession { socket, start, params, shared, mut out_rx } = self;
         let call_sid = start.call_sid.clone();
+        let _ = shared.handle.set(handle.clone());
         let (mut ws_tx, mut ws_rx) = socket.split();
 
         let writer = tokio::spawn(async move {
@@ -496,7 +513,8 @@ fn on_mark(shared: &Shared, name: &str, handle: &PipelineHandle, ctl: &mpsc::Sen
         match p.pending.iter().position(|m| m.name == name) {
             Some(i) => {
                 let done: Vec<PendingMark> = p.pending.drain(..=i).collect();
-                (done, p.pending.is_empty())
+                // Idle only if nothing was written after the last mark either.
+                (done, p.pending.is_empty() && p.written.is_zero())
             }
             None => (Vec::new(), false),
         }
@@ -507,7 +525,7 @@ fn on_mark(shared: &Shared, name: &str, handle: &PipelineHandle, ctl: &mpsc::Sen
             tracing::warn!("play-out report dropped: control lane full");
         }
     }
-    if !done.is_empty() && now_idle {
+    if !done.is_empty() && now_idle && shared.speaking.swap(false, Ordering::AcqRel) {
         let _ = handle.emit(Event::BotStoppedSpeaking);
     }
 }

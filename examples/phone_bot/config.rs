@@ -1,0 +1,586 @@
+//! Typed configuration: YAML file → env overrides → typed structs → validation.
+//!
+//! Overrides: every env var `VOXLINE__A__B=value` sets `a.b` in the YAML tree before it is
+//! deserialized (segments lowercased), so any field can be overridden without code. A value is
+//! kept as a string where the file has a string (numbers-as-text like phone numbers stay text),
+//! otherwise parsed as a YAML scalar. Secrets never appear here: the config names the env var
+//! that holds each one, and [`Secrets`] reads them without ever logging the values.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub telephony: TelephonyConfig,
+    pub stt: SttConfig,
+    pub llm: LlmConfig,
+    pub tts: TtsConfig,
+    pub vad: VadConfig,
+    pub interruptions: InterruptionConfig,
+    pub persona: PersonaConfig,
+    pub skills: SkillsConfig,
+    pub workflow: WorkflowConfig,
+    pub storage: StorageConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Public base URL Twilio reaches us on (signatures are computed over it).
+    pub public_url: String,
+    /// Largest websocket text message accepted from Twilio (bytes).
+    pub max_message_bytes: usize,
+    /// Concurrent calls accepted; more are refused.
+    pub max_calls: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            public_url: "http://localhost:8080".into(),
+            max_message_bytes: 64 * 1024,
+            max_calls: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelephonyConfig {
+    /// Only `twilio` for now.
+    pub provider: String,
+    /// REST base URL.
+    pub api_base_url: String,
+    /// Env var holding the account SID.
+    pub account_sid_env: String,
+    /// Env var holding the auth token.
+    pub auth_token_env: String,
+    /// Check `X-Twilio-Signature` (turn off only for local experiments).
+    pub validate_signatures: bool,
+    /// Where `transfer_to_human` dials.
+    pub transfer_number: String,
+    /// Hang up through REST when the bot ends the call.
+    pub hang_up_on_end: bool,
+}
+
+impl Default for TelephonyConfig {
+    fn default() -> Self {
+        Self {
+            provider: "twilio".into(),
+            api_base_url: "https://api.twilio.com".into(),
+            account_sid_env: "TWILIO_ACCOUNT_SID".into(),
+            auth_token_env: "TWILIO_AUTH_TOKEN".into(),
+            validate_signatures: true,
+            transfer_number: String::new(),
+            hang_up_on_end: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SttConfig {
+    pub provider: String,
+    pub model: String,
+    pub language: String,
+    pub base_url: String,
+    pub api_key_env: String,
+    /// Deepgram endpointing (ms of silence that ends an utterance).
+    pub endpointing_ms: u32,
+}
+
+impl Default for SttConfig {
+    fn default() -> Self {
+        Self {
+            provider: "deepgram".into(),
+            model: "nova-3".into(),
+            language: "en-US".into(),
+            base_url: "wss://api.deepgram.com".into(),
+            api_key_env: "DEEPGRAM_API_KEY".into(),
+            endpointing_ms: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// `openai` (or any OpenAI-compatible server) or `anthropic`.
+    pub provider: String,
+    pub model: String,
+    pub base_url: String,
+    pub api_key_env: String,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    /// Model for post-call summaries (defaults to `model`).
+    pub summary_model: Option<String>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            base_url: "https://api.openai.com/v1".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            temperature: 0.4,
+            max_tokens: 300,
+            summary_model: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtsConfig {
+    pub provider: String,
+    pub model: String,
+    pub voice_id: String,
+    pub base_url: String,
+    pub api_key_env: String,
+}
+
+impl Default for TtsConfig {
+    fn default() -> Self {
+        Self {
+            provider: "elevenlabs".into(),
+            model: "eleven_flash_v2_5".into(),
+            voice_id: "21m00Tcm4TlvDq8ikWAM".into(),
+            base_url: "wss://api.elevenlabs.io".into(),
+            api_key_env: "ELEVENLABS_API_KEY".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VadConfig {
+    /// Speech must last this long before the user counts as speaking.
+    pub start_ms: u32,
+    /// Silence this long ends the user's turn.
+    pub stop_ms: u32,
+    /// Speech-probability / energy threshold in 0..1.
+    pub threshold: f32,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        Self { start_ms: 60, stop_ms: 500, threshold: 0.5 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterruptionConfig {
+    /// Let the caller barge in on the bot.
+    pub enabled: bool,
+}
+
+impl Default for InterruptionConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersonaConfig {
+    pub name: String,
+    pub company: String,
+    /// Spoken first, before the caller says anything.
+    pub greeting: String,
+    /// Spoken by `end_call` before hanging up.
+    pub goodbye: String,
+    pub system_prompt: String,
+}
+
+impl Default for PersonaConfig {
+    fn default() -> Self {
+        Self {
+            name: "Ava".into(),
+            company: "Acme Supply".into(),
+            greeting: "Hello, thanks for calling Acme Supply. This is Ava. How can I help you today?".into(),
+            goodbye: "Thank you for calling Acme Supply. Goodbye!".into(),
+            system_prompt: "You are Ava, a friendly and efficient phone agent for Acme Supply. Keep answers short \
+                            and conversational: this is a phone call. Use the tools to look up customers and orders, \
+                            open tickets and schedule callbacks. Never invent order details."
+                .into(),
+        }
+    }
+}
+
+/// The skills the bot may use.
+pub const ALL_SKILLS: &[&str] = &[
+    "lookup_customer",
+    "check_order_status",
+    "create_support_ticket",
+    "schedule_callback",
+    "transfer_to_human",
+    "end_call",
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SkillsConfig {
+    pub enabled: Vec<String>,
+    /// Per-tool timeout.
+    pub timeout_ms: u64,
+}
+
+impl Default for SkillsConfig {
+    fn default() -> Self {
+        Self { enabled: ALL_SKILLS.iter().map(|s| (*s).to_string()).collect(), timeout_ms: 5000 }
+    }
+}
+
+/// The post-call steps.
+pub const ALL_STEPS: &[&str] = &["summary", "crm_update", "follow_up_email", "support_ticket"];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkflowConfig {
+    pub enabled: bool,
+    /// Steps, in order.
+    pub steps: Vec<String>,
+    /// Sender of follow-up emails.
+    pub email_from: String,
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            steps: ALL_STEPS.iter().map(|s| (*s).to_string()).collect(),
+            email_from: "support@acme.example".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://path.db` (created and seeded on first run) or `postgres://…`.
+    pub url: String,
+    /// Seed demo customers and orders when the tables are empty.
+    pub seed_demo_data: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { url: "sqlite://voxline.db".into(), seed_demo_data: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Env var holding the bearer token for `/admin/*` and `/metrics`.
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { token_env: "VOXLINE_ADMIN_TOKEN".into() }
+    }
+}
+
+/// Env override prefix.
+pub const ENV_PREFIX: &str = "VOXLINE__";
+
+impl Config {
+    /// Load `yaml`, apply `VOXLINE__…` overrides from `env`, deserialize and validate.
+    pub fn from_yaml(yaml: &str, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let mut tree: Value = if yaml.trim().is_empty() {
+            Value::Object(serde_json::Map::new())
+        } else {
+            serde_saphyr::from_str(yaml).context("config: invalid YAML")?
+        };
+        if tree.is_null() {
+            tree = Value::Object(serde_json::Map::new());
+        }
+        let overrides: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        for (key, value) in overrides {
+            let path: Vec<String> = key[ENV_PREFIX.len()..].split("__").map(str::to_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                bail!("config: bad override variable {key}");
+            }
+            set_path(&mut tree, &path, &value).with_context(|| format!("config: override {key}"))?;
+        }
+        let cfg: Config = serde_json::from_value(tree).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Load a file with the process environment's overrides.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let yaml = std::fs::read_to_string(path).with_context(|| format!("config: cannot read {}", path.display()))?;
+        Self::from_yaml(&yaml, std::env::vars())
+    }
+
+    /// Startup checks; the message names the offending field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let url_ok = |u: &str, schemes: &[&str]| schemes.iter().any(|s| u.starts_with(s));
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("config: server.listen {:?} is not an address like 0.0.0.0:8080", self.server.listen);
+        }
+        if !url_ok(&self.server.public_url, &["http://", "https://"]) {
+            bail!("config: server.public_url must start with http:// or https://");
+        }
+        if self.server.max_message_bytes < 1024 {
+            bail!("config: server.max_message_bytes must be at least 1024");
+        }
+        if self.server.max_calls == 0 {
+            bail!("config: server.max_calls must be at least 1");
+        }
+        if self.telephony.provider != "twilio" {
+            bail!("config: telephony.provider {:?} is not supported (twilio)", self.telephony.provider);
+        }
+        if !url_ok(&self.telephony.api_base_url, &["http://", "https://"]) {
+            bail!("config: telephony.api_base_url must be an http(s) URL");
+        }
+        if self.stt.provider != "deepgram" {
+            bail!("config: stt.provider {:?} is not supported (deepgram)", self.stt.provider);
+        }
+        if !url_ok(&self.stt.base_url, &["ws://", "wss://"]) {
+            bail!("config: stt.base_url must be a ws(s) URL");
+        }
+        if !matches!(self.llm.provider.as_str(), "openai" | "anthropic") {
+            bail!("config: llm.provider {:?} is not supported (openai, anthropic)", self.llm.provider);
+        }
+        if self.llm.model.trim().is_empty() {
+            bail!("config: llm.model is empty");
+        }
+        if !url_ok(&self.llm.base_url, &["http://", "https://"]) {
+            bail!("config: llm.base_url must be an http(s) URL");
+        }
+        if !(0.0..=2.0).contains(&self.llm.temperature) {
+            bail!("config: llm.temperature must be within 0..=2");
+        }
+        if self.tts.provider != "elevenlabs" {
+            bail!("config: tts.provider {:?} is not supported (elevenlabs)", self.tts.provider);
+        }
+        if self.tts.voice_id.trim().is_empty() {
+            bail!("config: tts.voice_id is empty");
+        }
+        if !url_ok(&self.tts.base_url, &["ws://", "wss://", "http://", "https://"]) {
+            bail!("config: tts.base_url must be a ws(s) or http(s) URL");
+        }
+        if !(0.0..=1.0).contains(&self.vad.threshold) {
+            bail!("config: vad.threshold must be within 0..=1");
+        }
+        if self.vad.stop_ms < 100 || self.vad.stop_ms > 5000 {
+            bail!("config: vad.stop_ms must be within 100..=5000");
+        }
+        if self.persona.system_prompt.trim().is_empty() {
+            bail!("config: persona.system_prompt is empty");
+        }
+        for (i, s) in self.skills.enabled.iter().enumerate() {
+            if !ALL_SKILLS.contains(&s.as_str()) {
+                bail!("config: skills.enabled[{i}] {s:?} is not a known skill ({})", ALL_SKILLS.join(", "));
+            }
+        }
+        if self.skills.enabled.iter().any(|s| s == "transfer_to_human") && self.telephony.transfer_number.is_empty() {
+            bail!("config: telephony.transfer_number is required when transfer_to_human is enabled");
+        }
+        for (i, s) in self.workflow.steps.iter().enumerate() {
+            if !ALL_STEPS.contains(&s.as_str()) {
+                bail!("config: workflow.steps[{i}] {s:?} is not a known step ({})", ALL_STEPS.join(", "));
+            }
+        }
+        if !url_ok(&self.storage.url, &["sqlite:", "postgres://", "postgresql://"]) {
+            bail!("config: storage.url must be sqlite:… or postgres://…");
+        }
+        for (field, name) in [
+            ("telephony.account_sid_env", &self.telephony.account_sid_env),
+            ("telephony.auth_token_env", &self.telephony.auth_token_env),
+            ("stt.api_key_env", &self.stt.api_key_env),
+            ("llm.api_key_env", &self.llm.api_key_env),
+            ("tts.api_key_env", &self.tts.api_key_env),
+            ("admin.token_env", &self.admin.token_env),
+        ] {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                bail!("config: {field} must name an environment variable, got {name:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_path(tree: &mut Value, path: &[String], raw: &str) -> anyhow::Result<()> {
+    let mut node = tree;
+    for (i, seg) in path.iter().enumerate() {
+        let Value::Object(map) = node else { bail!("{} is not a section", path[..i].join(".")) };
+        if i + 1 == path.len() {
+            let keep_string = matches!(map.get(seg), Some(Value::String(_)));
+            let v = if keep_string { Value::String(raw.to_string()) } else { parse_scalar(raw) };
+            map.insert(seg.clone(), v);
+            return Ok(());
+        }
+        node = map.entry(seg.clone()).or_insert_with(|| Value::Object(serde_json::Map::new()));
+    }
+    Ok(())
+}
+
+fn parse_scalar(raw: &str) -> Value {
+    // Lists are given as YAML/JSON (`["a","b"]`) or comma-separated.
+    if raw.starts_with('[') || raw.starts_with('{') {
+        if let Ok(v) = serde_saphyr::from_str::<Value>(raw) {
+            return v;
+        }
+    }
+    match raw {
+        "true" => return Value::Bool(true),
+        "false" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(n) = raw.parse::<i64>() {
+        return Value::from(n);
+    }
+    if let Ok(f) = raw.parse::<f64>() {
+        return Value::from(f);
+    }
+    if raw.contains(',') {
+        return Value::Array(raw.split(',').map(|s| Value::String(s.trim().to_string())).collect());
+    }
+    Value::String(raw.to_string())
+}
+
+/// Secrets resolved from the environment. `Debug` shows only which are set.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub deepgram: Option<String>,
+    pub llm: Option<String>,
+    pub elevenlabs: Option<String>,
+    pub twilio_account_sid: Option<String>,
+    pub twilio_auth_token: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |o: &Option<String>| if o.is_some() { "set" } else { "unset" };
+        f.debug_struct("Secrets")
+            .field("deepgram", &s(&self.deepgram))
+            .field("llm", &s(&self.llm))
+            .field("elevenlabs", &s(&self.elevenlabs))
+            .field("twilio_account_sid", &s(&self.twilio_account_sid))
+            .field("twilio_auth_token", &s(&self.twilio_auth_token))
+            .field("admin_token", &s(&self.admin_token))
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// Read every secret the config names from `get` (normally `std::env::var`).
+    pub fn resolve(cfg: &Config, get: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |name: &str| get(name).filter(|v| !v.is_empty());
+        Self {
+            deepgram: get(&cfg.stt.api_key_env),
+            llm: get(&cfg.llm.api_key_env),
+            elevenlabs: get(&cfg.tts.api_key_env),
+            twilio_account_sid: get(&cfg.telephony.account_sid_env),
+            twilio_auth_token: get(&cfg.telephony.auth_token_env),
+            admin_token: get(&cfg.admin.token_env),
+        }
+    }
+
+    /// Production needs every key; the message names the env var, never a value.
+    pub fn require_all(&self, cfg: &Config) -> anyhow::Result<()> {
+        for (name, v) in [
+            (&cfg.stt.api_key_env, &self.deepgram),
+            (&cfg.llm.api_key_env, &self.llm),
+            (&cfg.tts.api_key_env, &self.elevenlabs),
+            (&cfg.telephony.account_sid_env, &self.twilio_account_sid),
+            (&cfg.admin.token_env, &self.admin_token),
+        ] {
+            if v.is_none() {
+                bail!("config: environment variable {name} is not set");
+            }
+        }
+        if cfg.telephony.validate_signatures && self.twilio_auth_token.is_none() {
+            bail!(
+                "config: environment variable {} is not set (needed for telephony.validate_signatures)",
+                cfg.telephony.auth_token_env
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml")).unwrap_or_default();
+        let cfg = Config::from_yaml(&yaml, Vec::new());
+        assert!(cfg.is_ok(), "{cfg:?}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let cfg = Config::from_yaml(
+            "llm:\n  model: a\ntelephony:\n  transfer_number: '+1555'\n",
+            env(&[
+                ("VOXLINE__LLM__MODEL", "gpt-x"),
+                ("VOXLINE__LLM__MAX_TOKENS", "99"),
+                ("VOXLINE__TELEPHONY__TRANSFER_NUMBER", "15550001"),
+                ("VOXLINE__WORKFLOW__STEPS", "summary,crm_update"),
+                ("OTHER", "x"),
+            ]),
+        );
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => panic!("{e:#}"),
+        };
+        assert_eq!(cfg.llm.model, "gpt-x");
+        assert_eq!(cfg.llm.max_tokens, 99);
+        assert_eq!(cfg.telephony.transfer_number, "15550001");
+        assert_eq!(cfg.workflow.steps, vec!["summary", "crm_update"]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_yaml("llm:\n  modle: x\n", Vec::new()).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("modle"), "{e}");
+        let e = Config::from_yaml("llm:\n  temperature: 5\ntelephony:\n  transfer_number: '1'\n", Vec::new())
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(e.contains("llm.temperature"), "{e}");
+        let e = Config::from_yaml(
+            "skills:\n  enabled: [fly]\n",
+            env(&[("VOXLINE__TELEPHONY__TRANSFER_NUMBER", "1")]),
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(e.contains("skills.enabled[0]"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let cfg = Config::default();
+        let s = Secrets::resolve(&cfg, |k| (k == "OPENAI_API_KEY").then(|| "sk-very-secret".to_string()));
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("sk-very-secret"));
+        assert!(dbg.contains("llm: \"set\""));
+        let e = s.require_all(&cfg).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("DEEPGRAM_API_KEY") && !e.contains("sk-very"));
+    }
+}

@@ -1,0 +1,292 @@
+//! Per-call record: transcript with timestamps, tool calls, per-turn latency, interruptions.
+//!
+//! Fed from three places: tap processors in the pipeline (final transcripts after STT; bot text
+//! and the first bot audio of a turn before the output), the task's event stream (VAD turn
+//! boundaries, TTFB metrics, interruptions, errors) and the skill wrapper (tool calls with their
+//! arguments and results). A turn's latency is "user stopped speaking → first bot audio reaches
+//! the output stage", split into STT, LLM TTFB and TTS TTFB from the `Metrics` events seen
+//! inside that turn.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+use voxline_pipeline::{Direction, Event, Frame, MetricsEvent, Processor, processor_fn};
+
+/// A line printer for live output (the simulation prints the transcript as it happens).
+pub type LiveFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TranscriptLine {
+    pub role: &'static str,
+    pub text: String,
+    /// Milliseconds since the call started.
+    pub t_ms: u64,
+    /// For the bot: cut off by the caller.
+    pub interrupted: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallLine {
+    pub name: String,
+    pub arguments: Value,
+    pub result: Value,
+    pub t_ms: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct TurnLatency {
+    pub turn: u32,
+    /// User stopped speaking → first bot audio at the output.
+    pub total_ms: Option<f64>,
+    pub stt_ms: Option<f64>,
+    pub llm_ttfb_ms: Option<f64>,
+    pub tts_ttfb_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CallRecord {
+    pub call_sid: String,
+    pub from: String,
+    pub started_ms: i64,
+    pub transcript: Vec<TranscriptLine>,
+    pub tool_calls: Vec<ToolCallLine>,
+    pub turns: Vec<TurnLatency>,
+    pub interruptions: u32,
+    pub dtmf: String,
+    pub errors: Vec<String>,
+    pub greeting_first: bool,
+    /// Bot audio chunks that reached the output.
+    pub bot_audio_frames: u64,
+}
+
+struct State {
+    rec: CallRecord,
+    t0: Instant,
+    /// Open turn: when the user stopped speaking, and whether first audio was seen yet.
+    turn_start: Option<Instant>,
+    turn_first_audio: bool,
+    bot_speaking_line: Option<usize>,
+    user_spoke: bool,
+    live: Option<LiveFn>,
+}
+
+/// Shared recorder of one call.
+#[derive(Clone)]
+pub struct Recorder {
+    st: Arc<Mutex<State>>,
+}
+
+impl Recorder {
+    pub fn new(call_sid: &str, from: &str, live: Option<LiveFn>) -> Self {
+        let rec = CallRecord {
+            call_sid: call_sid.to_string(),
+            from: from.to_string(),
+            started_ms: crate::store::now_ms(),
+            ..CallRecord::default()
+        };
+        Self {
+            st: Arc::new(Mutex::new(State {
+                rec,
+                t0: Instant::now(),
+                turn_start: None,
+                turn_first_audio: false,
+                bot_speaking_line: None,
+                user_spoke: false,
+                live,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        crate::skills::lock(&self.st)
+    }
+
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.lock().t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn snapshot(&self) -> CallRecord {
+        self.lock().rec.clone()
+    }
+
+    fn say(st: &State, line: &str) {
+        if let Some(live) = &st.live {
+            live(line);
+        }
+    }
+
+    pub fn user_text(&self, text: &str) {
+        let mut st = self.lock();
+        let t_ms = ms(st.t0);
+        st.user_spoke = true;
+        st.rec.transcript.push(TranscriptLine { role: "user", text: text.to_string(), t_ms, interrupted: false });
+        Self::say(&st, &format!("[{:>6.2}s] caller: {text}", t_ms as f64 / 1e3));
+    }
+
+    /// A chunk of bot speech text (sentence) sent to TTS.
+    pub fn bot_text(&self, text: &str) {
+        let mut st = self.lock();
+        let t_ms = ms(st.t0);
+        if !st.user_spoke && st.rec.transcript.is_empty() {
+            st.rec.greeting_first = true;
+        }
+        match st.bot_speaking_line {
+            Some(i) if i + 1 == st.rec.transcript.len() => {
+                if let Some(l) = st.rec.transcript.get_mut(i) {
+                    l.text.push(' ');
+                    l.text.push_str(text.trim());
+                }
+            }
+            _ => {
+                st.rec.transcript.push(TranscriptLine { role: "bot", text: text.trim().to_string(), t_ms, interrupted: false });
+                st.bot_speaking_line = Some(st.rec.transcript.len() - 1);
+            }
+        }
+        Self::say(&st, &format!("[{:>6.2}s] bot:    {}", t_ms as f64 / 1e3, text.trim()));
+    }
+
+    pub fn tool_call(&self, name: &str, arguments: Value, result: Value, started: Instant) {
+        let mut st = self.lock();
+        let t_ms = ms(st.t0);
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+        Self::say(&st, &format!("[{:>6.2}s] tool:   {name}({arguments}) -> {result}", t_ms as f64 / 1e3));
+        st.rec.tool_calls.push(ToolCallLine { name: name.to_string(), arguments, result, t_ms, duration_ms });
+    }
+
+    pub fn error(&self, msg: String) {
+        let mut st = self.lock();
+        if st.rec.errors.len() < 100 {
+            st.rec.errors.push(msg);
+        }
+    }
+
+    fn first_audio(&self) {
+        let mut st = self.lock();
+        st.rec.bot_audio_frames += 1;
+        if st.turn_first_audio {
+            return;
+        }
+        let Some(t) = st.turn_start else { return };
+        st.turn_first_audio = true;
+        let total = t.elapsed().as_secs_f64() * 1e3;
+        let turn = {
+            let Some(turn) = st.rec.turns.last_mut() else { return };
+            turn.total_ms = Some(total);
+            turn.clone()
+        };
+        Self::say(
+            &st,
+            &format!(
+                "           latency turn {}: {:.0} ms to first audio (stt {}, llm ttfb {}, tts ttfb {})",
+                turn.turn,
+                total,
+                fmt_ms(turn.stt_ms),
+                fmt_ms(turn.llm_ttfb_ms),
+                fmt_ms(turn.tts_ttfb_ms)
+            ),
+        );
+    }
+
+    /// Apply one pipeline event.
+    pub fn event(&self, ev: &Event) {
+        let mut st = self.lock();
+        match ev {
+            Event::UserStoppedSpeaking => {
+                st.turn_start = Some(Instant::now());
+                st.turn_first_audio = false;
+                let turn = u32::try_from(st.rec.turns.len() + 1).unwrap_or(u32::MAX);
+                st.rec.turns.push(TurnLatency { turn, ..TurnLatency::default() });
+            }
+            Event::UserStartedSpeaking => {
+                st.bot_speaking_line = None;
+            }
+            Event::Interrupt => {
+                st.rec.interruptions += 1;
+                if let Some(i) = st.bot_speaking_line.take() {
+                    if let Some(l) = st.rec.transcript.get_mut(i) {
+                        l.interrupted = true;
+                    }
+                }
+                Self::say(&st, &format!("[{:>6.2}s] -- caller barged in --", ms(st.t0) as f64 / 1e3));
+            }
+            Event::BotStoppedSpeaking => {
+                st.bot_speaking_line = None;
+            }
+            Event::Metrics(MetricsEvent::Ttfb { processor, value }) => {
+                let v = value.as_secs_f64() * 1e3;
+                let name = processor.to_lowercase();
+                if st.turn_first_audio {
+                    return;
+                }
+                if let Some(turn) = st.rec.turns.last_mut() {
+                    let slot = if name.contains("stt") || name.contains("deepgram") {
+                        &mut turn.stt_ms
+                    } else if name.contains("llm") || name.contains("openai") || name.contains("anthropic") {
+                        &mut turn.llm_ttfb_ms
+                    } else if name.contains("tts") || name.contains("eleven") {
+                        &mut turn.tts_ttfb_ms
+                    } else {
+                        return;
+                    };
+                    if slot.is_none() {
+                        *slot = Some(v);
+                    }
+                }
+            }
+            Event::Error(e) => {
+                let msg = format!("{}: {}", e.processor, e.message);
+                if st.rec.errors.len() < 100 {
+                    st.rec.errors.push(msg);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Tap after STT: final transcripts and DTMF.
+    pub fn input_tap(&self) -> impl Processor {
+        let rec = self.clone();
+        processor_fn("record_input", move |frame, dir, cx| {
+            if dir == Direction::Downstream {
+                match &frame {
+                    Frame::Transcript(t) if t.is_final && !t.text.trim().is_empty() => rec.user_text(&t.text),
+                    Frame::Dtmf(d) => {
+                        rec.lock().rec.dtmf.push(*d);
+                        let st = rec.lock();
+                        Self::say(&st, &format!("[{:>6.2}s] dtmf:   {d}", ms(st.t0) as f64 / 1e3));
+                    }
+                    _ => {}
+                }
+            }
+            cx.push_now(frame, dir);
+            Ok(())
+        })
+    }
+
+    /// Tap before the output: bot text and audio.
+    pub fn output_tap(&self) -> impl Processor {
+        let rec = self.clone();
+        processor_fn("record_output", move |frame, dir, cx| {
+            if dir == Direction::Downstream {
+                match &frame {
+                    Frame::TtsText { text, .. } if !text.trim().is_empty() => rec.bot_text(text),
+                    Frame::TtsAudio(_) | Frame::OutputAudio(_) => rec.first_audio(),
+                    _ => {}
+                }
+            }
+            cx.push_now(frame, dir);
+            Ok(())
+        })
+    }
+}
+
+fn ms(t0: Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} ms"))
+}

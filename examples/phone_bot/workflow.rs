@@ -1,0 +1,304 @@
+//! Post-call workflow: summary + sentiment (LLM), CRM update, follow-up email, support ticket.
+//!
+//! Steps run in the configured order; each one's outcome (`ok`, `skipped` with why, or `failed`
+//! with the error) is recorded, and a failing step never stops the others: a summary the LLM
+//! could not produce falls back to an extractive one so the CRM note and email still go out.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::recorder::CallRecord;
+use crate::store::Store;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    pub step: String,
+    /// `ok`, `skipped` or `failed`.
+    pub status: &'static str,
+    pub detail: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WorkflowOutcome {
+    pub summary: Option<String>,
+    pub sentiment: Option<String>,
+    pub resolved: bool,
+    pub steps: Vec<StepResult>,
+}
+
+/// What the workflow needs besides the record.
+pub struct WorkflowInput<'a> {
+    pub record: &'a CallRecord,
+    pub customer_id: Option<String>,
+    pub end_reason: &'a str,
+    pub transferred: bool,
+    pub ended_by_bot: bool,
+}
+
+/// The LLM endpoint for summaries (same provider as the bot).
+#[derive(Clone)]
+pub struct SummaryLlm {
+    pub http: reqwest::Client,
+    pub provider: String,
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+}
+
+impl SummaryLlm {
+    pub fn from_config(cfg: &Config, api_key: Option<String>) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap_or_default();
+        Self {
+            http,
+            provider: cfg.llm.provider.clone(),
+            base_url: cfg.llm.base_url.trim_end_matches('/').to_string(),
+            model: cfg.llm.summary_model.clone().unwrap_or_else(|| cfg.llm.model.clone()),
+            api_key,
+        }
+    }
+
+    async fn complete(&self, system: &str, user: &str) -> anyhow::Result<String> {
+        let key = self.api_key.clone().unwrap_or_default();
+        if self.provider == "anthropic" {
+            let body = json!({"model": self.model, "max_tokens": 300, "system": system,
+                              "messages": [{"role": "user", "content": user}]});
+            let resp = self
+                .http
+                .post(format!("{}/messages", self.base_url))
+                .header("x-api-key", key)
+                .header("anthropic-version", "2023-06-01")
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?;
+            let v: Value = resp.json().await?;
+            let text = v["content"]
+                .as_array()
+                .map(|blocks| blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join(""))
+                .unwrap_or_default();
+            return Ok(text);
+        }
+        let body = json!({"model": self.model, "stream": false, "temperature": 0.2,
+                          "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]});
+        let resp = self
+            .http
+            .post(format!("{}/chat/completions", self.base_url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?;
+        let v: Value = resp.json().await?;
+        Ok(v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+const SUMMARY_PROMPT: &str = "You summarise customer-service phone calls. Answer with JSON only: \
+{\"summary\": \"two sentences\", \"sentiment\": \"positive|neutral|negative\", \"resolved\": true|false}";
+
+fn transcript_text(r: &CallRecord) -> String {
+    r.transcript.iter().map(|l| format!("{}: {}", l.role, l.text)).collect::<Vec<_>>().join("\n")
+}
+
+/// Keyword sentiment for when the LLM's answer is not usable.
+fn heuristic_sentiment(r: &CallRecord) -> &'static str {
+    let user: String = r.transcript.iter().filter(|l| l.role == "user").map(|l| l.text.to_lowercase()).collect();
+    let neg = ["angry", "terrible", "awful", "cancel", "ridiculous", "frustrat", "complain", "worst"];
+    let pos = ["thank", "great", "perfect", "awesome", "appreciate", "wonderful"];
+    let n = neg.iter().filter(|w| user.contains(*w)).count();
+    let p = pos.iter().filter(|w| user.contains(*w)).count();
+    if n > p {
+        "negative"
+    } else if p > n {
+        "positive"
+    } else {
+        "neutral"
+    }
+}
+
+fn extractive_summary(r: &CallRecord) -> String {
+    let first_user = r.transcript.iter().find(|l| l.role == "user").map(|l| l.text.clone());
+    let tools: Vec<&str> = r.tool_calls.iter().map(|t| t.name.as_str()).collect();
+    match first_user {
+        Some(u) => format!(
+            "Caller said: \"{u}\". Tools used: {}.",
+            if tools.is_empty() { "none".to_string() } else { tools.join(", ") }
+        ),
+        None => "The caller did not say anything.".to_string(),
+    }
+}
+
+fn heuristic_resolved(input: &WorkflowInput<'_>) -> bool {
+    let ok_tool = input
+        .record
+        .tool_calls
+        .iter()
+        .any(|t| t.result["success"] == true && !matches!(t.name.as_str(), "end_call" | "transfer_to_human"));
+    !input.transferred && (input.ended_by_bot || ok_tool) && input.record.errors.is_empty()
+}
+
+/// Run the configured steps.
+pub async fn run(cfg: &Config, store: &Store, llm: &SummaryLlm, input: WorkflowInput<'_>) -> WorkflowOutcome {
+    let r = input.record;
+    let mut out = WorkflowOutcome { resolved: heuristic_resolved(&input), ..WorkflowOutcome::default() };
+    if !cfg.workflow.enabled {
+        return out;
+    }
+    // The customer: found during the call, or matched by the caller's number now.
+    let customer = match &input.customer_id {
+        Some(id) => store.customer(id).await.ok().flatten(),
+        None => store.find_customer(Some(&r.from), None).await.ok().flatten(),
+    };
+    for step in &cfg.workflow.steps {
+        let res: anyhow::Result<(&'static str, Value)> = async {
+            match step.as_str() {
+                "summary" => {
+                    if r.transcript.is_empty() {
+                        out.summary = Some(extractive_summary(r));
+                        out.sentiment = Some("neutral".into());
+                        return Ok(("skipped", json!("empty transcript")));
+                    }
+                    let answer = llm.complete(SUMMARY_PROMPT, &transcript_text(r)).await;
+                    let answer = match answer {
+                        Ok(a) => a,
+                        Err(e) => {
+                            out.summary = Some(extractive_summary(r));
+                            out.sentiment = Some(heuristic_sentiment(r).into());
+                            return Err(e.context("summary LLM call failed (extractive fallback used)"));
+                        }
+                    };
+                    let parsed = extract_json(&answer);
+                    let summary = parsed
+                        .as_ref()
+                        .and_then(|v| v["summary"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| extractive_summary(r));
+                    let sentiment = parsed
+                        .as_ref()
+                        .and_then(|v| v["sentiment"].as_str().map(str::to_lowercase))
+                        .filter(|s| matches!(s.as_str(), "positive" | "neutral" | "negative"))
+                        .unwrap_or_else(|| heuristic_sentiment(r).to_string());
+                    if let Some(res) = parsed.as_ref().and_then(|v| v["resolved"].as_bool()) {
+                        out.resolved = res && !input.transferred;
+                    }
+                    out.summary = Some(summary.clone());
+                    out.sentiment = Some(sentiment.clone());
+                    Ok(("ok", json!({"summary": summary, "sentiment": sentiment, "from_llm": parsed.is_some()})))
+                }
+                "crm_update" => {
+                    let Some(c) = &customer else { return Ok(("skipped", json!("caller is not a known customer"))) };
+                    let note = out.summary.clone().unwrap_or_else(|| extractive_summary(r));
+                    store.update_customer_contact(&c.id, &note).await?;
+                    Ok(("ok", json!({"customer_id": c.id})))
+                }
+                "follow_up_email" => {
+                    let Some(c) = &customer else { return Ok(("skipped", json!("no customer email"))) };
+                    let body = format!(
+                        "Hi {},\n\nThanks for calling {}. {}\n\n{}\n",
+                        c.name,
+                        cfg.persona.company,
+                        out.summary.clone().unwrap_or_default(),
+                        if out.resolved {
+                            "We're glad we could help."
+                        } else {
+                            "A member of our team will follow up shortly."
+                        }
+                    );
+                    let id = store
+                        .queue_email(&c.email, &cfg.workflow.email_from, "Your call with us", &body, &r.call_sid)
+                        .await?;
+                    Ok(("ok", json!({"email_id": id, "to": c.email})))
+                }
+                "support_ticket" => {
+                    if out.resolved {
+                        return Ok(("skipped", json!("call resolved")));
+                    }
+                    let existing = store.tickets_for_call(&r.call_sid).await?;
+                    if !existing.is_empty() {
+                        return Ok(("skipped", json!({"already_open": existing})));
+                    }
+                    let desc = format!(
+                        "Unresolved call ({}). {}\n\nTranscript:\n{}",
+                        input.end_reason,
+                        out.summary.clone().unwrap_or_default(),
+                        transcript_text(r)
+                    );
+                    let id = store
+                        .create_ticket(customer.as_ref().map(|c| c.id.as_str()), &r.call_sid, "Follow up on unresolved call", &desc, "normal")
+                        .await?;
+                    Ok(("ok", json!({"ticket_id": id})))
+                }
+                other => Ok(("skipped", json!(format!("unknown step {other}")))),
+            }
+        }
+        .await;
+        let result = match res {
+            Ok((status, detail)) => StepResult { step: step.clone(), status, detail },
+            Err(e) => {
+                tracing::warn!(call_sid = %r.call_sid, step, error = %format!("{e:#}"), "workflow step failed");
+                StepResult { step: step.clone(), status: "failed", detail: json!(format!("{e:#}")) }
+            }
+        };
+        out.steps.push(result);
+    }
+    out
+}
+
+/// The first JSON object inside `text` (models wrap JSON in prose or code fences).
+fn extract_json(text: &str) -> Option<Value> {
+    let start = text.find('{')?;
+    let end = text.rfind('}')?;
+    serde_json::from_str(text.get(start..=end)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_extraction() {
+        assert_eq!(extract_json("```json\n{\"a\":1}\n```"), Some(json!({"a": 1})));
+        assert_eq!(extract_json("no json"), None);
+    }
+
+    #[tokio::test]
+    async fn failing_step_does_not_stop_others() {
+        let path = std::env::temp_dir().join(format!("voxline-wf-{}.db", crate::store::new_id("t")));
+        let store = match Store::connect(&format!("sqlite://{}", path.display()), true).await {
+            Ok(s) => s,
+            Err(e) => panic!("{e:#}"),
+        };
+        let cfg = Config::default();
+        // Nothing listens on port 9: the summary step fails.
+        let llm = SummaryLlm {
+            http: reqwest::Client::new(),
+            provider: "openai".into(),
+            base_url: "http://127.0.0.1:9/v1".into(),
+            model: "m".into(),
+            api_key: None,
+        };
+        let mut rec = CallRecord { call_sid: "CAwf".into(), from: "+15550001111".into(), ..CallRecord::default() };
+        rec.transcript.push(crate::recorder::TranscriptLine {
+            role: "user",
+            text: "this is terrible".into(),
+            t_ms: 0,
+            interrupted: false,
+        });
+        let out = run(
+            &cfg,
+            &store,
+            &llm,
+            WorkflowInput { record: &rec, customer_id: None, end_reason: "hangup", transferred: false, ended_by_bot: false },
+        )
+        .await;
+        let status: Vec<(&str, &str)> = out.steps.iter().map(|s| (s.step.as_str(), s.status)).collect();
+        assert_eq!(
+            status,
+            vec![("summary", "failed"), ("crm_update", "ok"), ("follow_up_email", "ok"), ("support_ticket", "ok")]
+        );
+        assert_eq!(out.sentiment.as_deref(), Some("negative"));
+        assert!(!out.resolved);
+    }
+}
