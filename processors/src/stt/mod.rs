@@ -17,6 +17,7 @@ pub mod live;
 use std::time::Duration;
 
 pub use deepgram::{DeepgramSettings, DeepgramStt, Endpointing};
+pub(crate) use deepgram_protocol::encode_query_value;
 pub use live::{LiveSettings, SttCounters, SttStats};
 
 /// Environment variable the Deepgram key is read from by [`DeepgramSettings::from_env`].

@@ -1,1 +1,43 @@
-//! Placeholder: filled in by the tts work.
+//! Text-to-speech: turn the bot's text into audio with word timings.
+//!
+//! | processor | provider | transport |
+//! |---|---|---|
+//! | [`ElevenLabsTts`] | ElevenLabs multi-context websocket, or HTTP streaming ([`TtsMode`]) | WebSocket / HTTP |
+//!
+//! Frame contract shared by the family: `Text` (a speakable chunk from the sentence aggregator)
+//! and `LlmText` (raw tokens, when no aggregator runs) are consumed as "speak this";
+//! `LlmResponseEnd` flushes the current utterance; each utterance (one per bot turn) produces
+//! `TtsStarted`, `TtsText` + `TtsAudio` (with word timings relative to the utterance start), and
+//! `TtsStopped`. On `Interrupt` the utterance is cancelled at the provider and none of its audio
+//! is pushed afterwards. Character-to-word alignment is shared in `alignment`.
+
+mod alignment;
+pub mod elevenlabs;
+mod elevenlabs_http;
+mod elevenlabs_protocol;
+mod elevenlabs_ws;
+
+pub use elevenlabs::{ElevenLabsSettings, ElevenLabsTts, TtsCounters, TtsMode, TtsStats, VoiceSettings};
+
+/// Environment variable the ElevenLabs key is read from by [`ElevenLabsSettings::from_env`].
+pub const ELEVENLABS_API_KEY_ENV: &str = "ELEVENLABS_API_KEY";
+
+/// Why a TTS processor could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TtsError {
+    /// No API key was configured.
+    #[error("missing API key: set the {env_var} environment variable or `api_key` in the settings")]
+    MissingApiKey {
+        /// The environment variable that holds the key.
+        env_var: &'static str,
+    },
+    /// A setting is out of range or malformed.
+    #[error("invalid setting `{field}`: {reason}")]
+    InvalidSetting {
+        /// Settings field name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
