@@ -53,7 +53,11 @@ pub(crate) fn not_negotiated(processor: &'static str, expected: impl Into<String
 }
 
 /// Check `got` is mono PCM16 at `rate` (any rate when `None`).
-pub(crate) fn expect_pcm16_mono(processor: &'static str, got: &AudioFormat, rate: Option<u32>) -> Result<(), FlowError> {
+pub(crate) fn expect_pcm16_mono(
+    processor: &'static str,
+    got: &AudioFormat,
+    rate: Option<u32>,
+) -> Result<(), FlowError> {
     let rate_ok = rate.is_none_or(|r| r == got.sample_rate);
     if got.encoding == AudioEncoding::Pcm16 && got.channels == 1 && rate_ok {
         Ok(())
@@ -68,7 +72,11 @@ pub(crate) fn expect_pcm16_mono(processor: &'static str, got: &AudioFormat, rate
 
 /// A PCM payload whose length is not a whole number of samples is a producer bug: say so and drop
 /// the frame rather than shift every later sample by one byte.
-pub(crate) fn check_whole_samples(processor: &'static str, len: usize, bytes_per_frame: usize) -> Result<(), FlowError> {
+pub(crate) fn check_whole_samples(
+    processor: &'static str,
+    len: usize,
+    bytes_per_frame: usize,
+) -> Result<(), FlowError> {
     if bytes_per_frame == 0 || len % bytes_per_frame != 0 {
         Err(FlowError::BadInput(format!(
             "{processor}: payload of {len} bytes is not a whole number of {bytes_per_frame}-byte sample frames"

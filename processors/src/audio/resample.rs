@@ -130,7 +130,11 @@ impl StreamResampler {
 
     /// Feed samples; every complete 20 ms chunk is resampled and its output passed to `sink`
     /// (as f32 in [-1, 1]).
-    pub fn push(&mut self, samples: impl IntoIterator<Item = i16>, mut sink: impl FnMut(&[f32])) -> Result<(), FlowError> {
+    pub fn push(
+        &mut self,
+        samples: impl IntoIterator<Item = i16>,
+        mut sink: impl FnMut(&[f32]),
+    ) -> Result<(), FlowError> {
         self.pending.extend(samples.into_iter().map(|s| f32::from(s) / 32768.0));
         let mut start = 0;
         while self.pending.len() - start >= self.chunk_in {

@@ -7,8 +7,8 @@
 //! | `OpusDecoder` / `OpusEncoder` (feature `opus`) | Opus packets / PCM16 | PCM16 / Opus packets |
 //! | [`g711`] | sample and buffer functions, 256-entry decode tables | |
 
-pub mod g711;
 mod alaw;
+pub mod g711;
 mod mulaw;
 #[cfg(feature = "opus")]
 mod opus;

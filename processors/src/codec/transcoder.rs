@@ -28,7 +28,9 @@ impl Law {
 pub(crate) enum Op {
     Decode,
     /// Encode PCM16 at this rate (G.711 is defined at 8 kHz; other rates need a resampler first).
-    Encode { rate: u32 },
+    Encode {
+        rate: u32,
+    },
 }
 
 pub(crate) struct Transcoder {

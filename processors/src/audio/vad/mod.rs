@@ -1,0 +1,362 @@
+//! Voice activity detection: a model behind [`VadAnalyzer`], and the engine's start/stop state
+//! machine ([`VadSegmenter`]) and processor ([`VadProcessor`]).
+//!
+//! The split follows Pipecat's: the model only scores windows; turning scores into "the user
+//! started / stopped speaking" is the engine's job, with the same parameters and meaning
+//! (`confidence`, `start_secs`, `stop_secs`, `min_volume`). A window counts as speech when the
+//! model's probability ≥ `confidence` **and** the smoothed loudness ([`volume`]) ≥ `min_volume`.
+//! States QUIET → STARTING → SPEAKING → STOPPING → QUIET; `start_secs` / `stop_secs` are
+//! turned into counts of consecutive windows (rounded, at least one). A single non-speech window
+//! while STARTING goes back to QUIET; a single speech window while STOPPING goes back to SPEAKING.
+//!
+//! One deliberate difference: **hysteresis on the model score**. Entering speech needs
+//! probability ≥ `confidence`; once STARTING or SPEAKING, a window still counts as speech down to
+//! `confidence − release_margin` (0.15, Silero's own `neg_threshold` convention). Without it the
+//! score dipping to 0.6 for one 16 ms window at a plosive inside the first word resets the start
+//! count, and a sentence beginning "Actually, ..." is detected 0.3 s late.
+//!
+//! The default model is earshot 1.2.2 ([`EarshotVad`]): pure Rust, 256-sample (16 ms) windows at
+//! 16 kHz, about 5 µs per window, ~8 KiB of state, no native or model-file dependency.
+
+mod processor;
+pub mod volume;
+
+pub use processor::{VadProcessor, VadTransition};
+pub use volume::VolumeMeter;
+
+use std::time::Duration;
+
+/// A speech-probability model: scores fixed-size windows of 16 kHz (by default) mono i16 audio.
+pub trait VadAnalyzer: Send + 'static {
+    /// Sample rate the model expects.
+    fn sample_rate(&self) -> u32 {
+        16_000
+    }
+    /// Samples per scored window.
+    fn window_samples(&self) -> usize;
+    /// Speech probability (0..1) of one window of exactly [`window_samples`](Self::window_samples).
+    fn speech_probability(&mut self, window: &[i16]) -> f32;
+    /// Forget all state (a new stream).
+    fn reset(&mut self);
+}
+
+/// The earshot 1.2.2 neural VAD (the default backend).
+pub struct EarshotVad {
+    detector: Box<earshot::Detector>,
+}
+
+impl EarshotVad {
+    /// A fresh detector (its ~8 KiB state lives on the heap).
+    #[must_use]
+    pub fn new() -> Self {
+        Self { detector: earshot::Detector::default_boxed() }
+    }
+}
+
+impl Default for EarshotVad {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VadAnalyzer for EarshotVad {
+    fn window_samples(&self) -> usize {
+        256
+    }
+    fn speech_probability(&mut self, window: &[i16]) -> f32 {
+        // earshot returns -1 for a wrong-sized window; the segmenter only hands it whole windows,
+        // the clamp keeps a future change from leaking a negative "probability".
+        self.detector.predict_i16(window).clamp(0.0, 1.0)
+    }
+    fn reset(&mut self) {
+        self.detector.reset();
+    }
+}
+
+/// Decision parameters, Pipecat's names and defaults except `stop_secs` (see [`DEFAULT_STOP_SECS`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VadParams {
+    /// Minimum model probability for a window to count as speech.
+    pub confidence: f32,
+    /// Consecutive speech needed to declare the user started speaking.
+    pub start_secs: f32,
+    /// Consecutive non-speech needed to declare the user stopped speaking.
+    pub stop_secs: f32,
+    /// Minimum smoothed loudness (0..1, see [`volume`]) for a window to count as speech.
+    pub min_volume: f32,
+    /// How long the user must have been speaking (from the onset) before it interrupts a
+    /// speaking bot: coughs, "uh-huh" and door slams stay below it.
+    pub min_barge_in_secs: f32,
+    /// How far below `confidence` the score may fall while speech is already under way.
+    pub release_margin: f32,
+}
+
+/// Default `confidence` (Pipecat's).
+pub const DEFAULT_CONFIDENCE: f32 = 0.7;
+/// Default `start_secs` (Pipecat's).
+pub const DEFAULT_START_SECS: f32 = 0.2;
+/// Default `stop_secs`: Pipecat's pre-1.0 value 0.8 would hide every pause shorter than 0.8 s
+/// (two sentences 0.5 s apart become one turn); Pipecat 1.x uses 0.2 but relies on a separate
+/// turn analyzer to avoid ending the turn at every comma. With no turn analyzer downstream, 0.5 s
+/// ends a turn half a second after the user goes quiet (responsive) while riding over the
+/// 150–400 ms pauses inside a sentence (commas, breaths, hesitations).
+pub const DEFAULT_STOP_SECS: f32 = 0.5;
+/// Default `min_volume` (Pipecat's).
+pub const DEFAULT_MIN_VOLUME: f32 = 0.6;
+/// Default `release_margin` (Silero's `threshold - 0.15`).
+pub const DEFAULT_RELEASE_MARGIN: f32 = 0.15;
+/// Default `min_barge_in_secs`.
+pub const DEFAULT_MIN_BARGE_IN_SECS: f32 = 0.3;
+
+impl Default for VadParams {
+    fn default() -> Self {
+        Self {
+            confidence: DEFAULT_CONFIDENCE,
+            start_secs: DEFAULT_START_SECS,
+            stop_secs: DEFAULT_STOP_SECS,
+            min_volume: DEFAULT_MIN_VOLUME,
+            min_barge_in_secs: DEFAULT_MIN_BARGE_IN_SECS,
+            release_margin: DEFAULT_RELEASE_MARGIN,
+        }
+    }
+}
+
+impl VadParams {
+    /// Check every field is finite and in range; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let unit =
+            [("confidence", self.confidence), ("min_volume", self.min_volume), ("release_margin", self.release_margin)];
+        for (name, v) in unit {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("vad.{name} must be within 0..=1, got {v}"));
+            }
+        }
+        let secs = [
+            ("start_secs", self.start_secs),
+            ("stop_secs", self.stop_secs),
+            ("min_barge_in_secs", self.min_barge_in_secs),
+        ];
+        for (name, v) in secs {
+            if !v.is_finite() || !(0.0..=30.0).contains(&v) {
+                return Err(format!("vad.{name} must be within 0..=30 seconds, got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the state machine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VadState {
+    /// No speech.
+    Quiet,
+    /// Speech heard, not yet long enough to count.
+    Starting,
+    /// The user is speaking.
+    Speaking,
+    /// Silence heard during speech, not yet long enough to count.
+    Stopping,
+}
+
+/// A confirmed change of the user's speaking state, from [`VadSegmenter::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VadChange {
+    /// The user started speaking; `onset` is the stream time of the first speech window.
+    Started {
+        /// Stream time (audio analysed so far) at which the first window of this speech began.
+        onset: Duration,
+    },
+    /// The user stopped speaking; `offset` is the stream time the last speech window ended.
+    Stopped {
+        /// Stream time at which the last speech window ended.
+        offset: Duration,
+    },
+}
+
+/// The engine's VAD state machine over any [`VadAnalyzer`]: feed samples, get confirmed changes.
+pub struct VadSegmenter {
+    analyzer: Box<dyn VadAnalyzer>,
+    params: VadParams,
+    window: Vec<i16>,
+    meter: VolumeMeter,
+    state: VadState,
+    run: u32,
+    start_windows: u32,
+    stop_windows: u32,
+    windows_done: u64,
+    onset_window: u64,
+    last_speech_window: u64,
+    last_probability: f32,
+}
+
+impl VadSegmenter {
+    /// A segmenter over `analyzer` with `params` (validated).
+    pub fn new(analyzer: Box<dyn VadAnalyzer>, params: VadParams) -> Result<Self, String> {
+        params.validate()?;
+        Ok(Self::build(analyzer, params))
+    }
+
+    fn build(analyzer: Box<dyn VadAnalyzer>, params: VadParams) -> Self {
+        let n = analyzer.window_samples().max(1);
+        let rate = analyzer.sample_rate().max(1);
+        let win_secs = n as f32 / rate as f32;
+        let count = |secs: f32| ((secs / win_secs).round() as u32).max(1);
+        Self {
+            meter: VolumeMeter::new(rate, n),
+            window: Vec::with_capacity(n),
+            start_windows: count(params.start_secs),
+            stop_windows: count(params.stop_secs),
+            analyzer,
+            params,
+            state: VadState::Quiet,
+            run: 0,
+            windows_done: 0,
+            onset_window: 0,
+            last_speech_window: 0,
+            last_probability: 0.0,
+        }
+    }
+
+    /// The parameters in use.
+    #[must_use]
+    pub fn params(&self) -> &VadParams {
+        &self.params
+    }
+
+    /// Current state.
+    #[must_use]
+    pub fn state(&self) -> VadState {
+        self.state
+    }
+
+    /// The analyser's sample rate.
+    #[must_use]
+    pub fn sample_rate(&self) -> u32 {
+        self.analyzer.sample_rate()
+    }
+
+    /// The start confirmation delay actually applied (whole windows).
+    #[must_use]
+    pub fn start_delay(&self) -> Duration {
+        self.windows_to_time(u64::from(self.start_windows))
+    }
+
+    /// The stop confirmation delay actually applied (whole windows).
+    #[must_use]
+    pub fn stop_delay(&self) -> Duration {
+        self.windows_to_time(u64::from(self.stop_windows))
+    }
+
+    /// Audio analysed so far.
+    #[must_use]
+    pub fn position(&self) -> Duration {
+        self.windows_to_time(self.windows_done)
+    }
+
+    /// How long the current speech has lasted since its onset (zero when quiet).
+    #[must_use]
+    pub fn speaking_for(&self) -> Duration {
+        match self.state {
+            VadState::Quiet => Duration::ZERO,
+            _ => self.windows_to_time(self.windows_done.saturating_sub(self.onset_window)),
+        }
+    }
+
+    /// The last window's model probability and smoothed volume, for diagnostics.
+    #[must_use]
+    pub fn last_scores(&self) -> (f32, f32) {
+        (self.last_probability, self.meter.volume())
+    }
+
+    fn windows_to_time(&self, w: u64) -> Duration {
+        let n = self.analyzer.window_samples() as u64;
+        Duration::from_nanos(w * n * 1_000_000_000 / u64::from(self.analyzer.sample_rate().max(1)))
+    }
+
+    /// Forget everything (a new stream).
+    pub fn reset(&mut self) {
+        self.analyzer.reset();
+        self.meter.reset();
+        self.window.clear();
+        self.state = VadState::Quiet;
+        self.run = 0;
+        self.windows_done = 0;
+    }
+
+    /// Feed samples at the analyser's rate; `on_change` is called for each confirmed change.
+    pub fn push(&mut self, samples: &[i16], mut on_change: impl FnMut(VadChange)) {
+        let n = self.analyzer.window_samples().max(1);
+        let mut rest = samples;
+        while !rest.is_empty() {
+            let take = (n - self.window.len()).min(rest.len());
+            self.window.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.window.len() == n {
+                if let Some(change) = self.analyse_window() {
+                    on_change(change);
+                }
+                self.window.clear();
+            }
+        }
+    }
+
+    fn analyse_window(&mut self) -> Option<VadChange> {
+        let p = self.analyzer.speech_probability(&self.window);
+        let volume = self.meter.push(&self.window);
+        self.last_probability = p;
+        let threshold = match self.state {
+            VadState::Quiet => self.params.confidence,
+            _ => self.params.confidence - self.params.release_margin,
+        };
+        let speech = p >= threshold && volume >= self.params.min_volume;
+        let w = self.windows_done;
+        self.windows_done += 1;
+        if speech {
+            self.last_speech_window = w;
+        }
+        let mut change = None;
+        match (self.state, speech) {
+            (VadState::Quiet, true) => {
+                self.state = VadState::Starting;
+                self.run = 1;
+                self.onset_window = w;
+            }
+            (VadState::Starting, true) | (VadState::Stopping, false) => self.run += 1,
+            (VadState::Starting, false) => {
+                self.state = VadState::Quiet;
+                self.run = 0;
+            }
+            (VadState::Speaking, false) => {
+                self.state = VadState::Stopping;
+                self.run = 1;
+            }
+            (VadState::Stopping, true) => {
+                self.state = VadState::Speaking;
+                self.run = 0;
+            }
+            (VadState::Quiet, false) | (VadState::Speaking, true) => {}
+        }
+        if self.state == VadState::Starting && self.run >= self.start_windows {
+            self.state = VadState::Speaking;
+            self.run = 0;
+            change = Some(VadChange::Started { onset: self.windows_to_time(self.onset_window) });
+        } else if self.state == VadState::Stopping && self.run >= self.stop_windows {
+            self.state = VadState::Quiet;
+            self.run = 0;
+            change = Some(VadChange::Stopped { offset: self.windows_to_time(self.last_speech_window + 1) });
+        }
+        change
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        assert!(VadParams::default().validate().is_ok());
+        let bad = VadParams { confidence: f32::NAN, ..VadParams::default() };
+        assert!(bad.validate().unwrap_err().contains("confidence"));
+    }
+}
