@@ -1,5 +1,7 @@
 //! `DeepgramStt` against the Deepgram emulator on 127.0.0.1, through the pipeline harness.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -209,7 +211,7 @@ async fn reconnects_replays_buffered_audio_and_keeps_transcribing() {
     let emu = DeepgramEmulator::start(cfg).unwrap();
     let mut s = settings(&emu);
     s.live.reconnect.initial_backoff = Duration::from_millis(150);
-    let (mut h, stats) = start(s, AudioFormat::mulaw_8k());
+    let (h, stats) = start(s, AudioFormat::mulaw_8k());
     for _ in 0..80 {
         h.push(mulaw_frame()).await;
         tokio::time::sleep(Duration::from_millis(5)).await;

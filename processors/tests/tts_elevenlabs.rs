@@ -1,5 +1,7 @@
 //! `ElevenLabsTts` against the ElevenLabs emulator on 127.0.0.1, through the pipeline harness.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -265,10 +265,11 @@ impl Processor for DeepgramStt {
             }
             Frame::InputAudio(audio) if direction == Direction::Downstream => {
                 // A zero-length binary frame reads as end-of-stream to Deepgram.
-                if !audio.data.is_empty() && self.ensure_session(audio.format, cx) {
-                    if let Some(s) = &self.session {
-                        s.send_audio(audio.data.clone());
-                    }
+                if !audio.data.is_empty()
+                    && self.ensure_session(audio.format, cx)
+                    && let Some(s) = &self.session
+                {
+                    s.send_audio(audio.data.clone());
                 }
                 if self.settings().live.pass_through_audio {
                     cx.push(Frame::InputAudio(audio), direction).await;

@@ -1,5 +1,5 @@
 //! Deepgram live wire mapping: the `/v1/listen` URL, control messages, and server messages to
-//! provider-neutral [`ServerEvent`]s. No I/O here, so all of it is unit-tested without sockets.
+//! provider-neutral `ServerEvent`s. No I/O here, so all of it is unit-tested without sockets.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Plumbing shared by live (websocket) recognisers: one spawned task per stream that owns the
 //! socket, with reconnect, audio replay, keepalive, `Finalize` with a timeout fallback, TTFB,
-//! and transcripts that survive barge-in. The provider is a [`LiveProtocol`]: URL, control
+//! and transcripts that survive barge-in. The provider is a `LiveProtocol`: URL, control
 //! messages and message parsing only.
 //!
 //! Trade-offs:
@@ -10,7 +10,7 @@
 //!   counted) and is sent first on the next connection. Audio already sent on a socket that
 //!   dropped is not re-sent: we cannot know what the provider transcribed, and duplicated words
 //!   are worse for the LLM than a lost fragment.
-//! - Transcripts are pushed through a [`SenderSlot`] that the processor refreshes on every
+//! - Transcripts are pushed through a `SenderSlot` that the processor refreshes on every
 //!   interruption, so a transcript produced after a barge-in is stamped with the new epoch and is
 //!   not dropped as stale. A transcript already queued at the next hop when an interruption
 //!   lands is still discarded by the runner (the core has no uninterruptible push for spawned
