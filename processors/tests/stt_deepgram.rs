@@ -336,3 +336,34 @@ async fn rejected_key_gives_up_without_crashing() {
     let out = h.finish().await;
     assert_eq!(out.downstream.iter().filter(|f| matches!(f, Frame::InputAudio(_))).count(), 10);
 }
+
+/// Run with `cargo test --release -p voxline-processors --test stt_deepgram -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check"]
+async fn measure_ttfb() {
+    let n = 20;
+    let script = (0..n).map(|i| TranscriptScript::new(&format!("utterance number {i}"), Trigger::Finalize)).collect();
+    let emu = DeepgramEmulator::start(DeepgramConfig { script, ..Default::default() }).unwrap();
+    let (mut h, _) = start(settings(&emu), AudioFormat::mulaw_8k());
+    let mut samples = Vec::new();
+    for i in 0..n {
+        push_audio(&h, 10, mulaw_frame).await;
+        emu.wait_for(|r| r.total_audio_bytes() >= (i as u64 + 1) * 1600, WAIT).await.unwrap();
+        h.emit(Event::UserStoppedSpeaking);
+        if let Some(Event::Metrics(MetricsEvent::Ttfb { value, .. })) =
+            h.wait_event(WAIT, |e| matches!(e, Event::Metrics(MetricsEvent::Ttfb { .. }))).await
+        {
+            samples.push(value);
+        }
+    }
+    samples.sort();
+    let us = |d: Duration| d.as_micros();
+    println!(
+        "deepgram emulator TTFB (UserStoppedSpeaking -> final), n={}: min {} us, p50 {} us, max {} us",
+        samples.len(),
+        us(samples[0]),
+        us(samples[samples.len() / 2]),
+        us(samples[samples.len() - 1])
+    );
+    h.finish().await;
+}

@@ -313,3 +313,35 @@ async fn llm_tokens_without_an_aggregator_are_spoken() {
     assert_eq!(words.first().map(String::as_str), Some("Hello"));
     h.finish().await;
 }
+
+/// Run with `cargo test --release -p voxline-processors --test tts_elevenlabs -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check"]
+async fn measure_ttfb() {
+    for mode in [TtsMode::WebSocket, TtsMode::HttpStreaming] {
+        let emu = ElevenLabsEmulator::start(ElevenLabsConfig::default()).unwrap();
+        let mut s = settings(&emu);
+        s.mode = mode;
+        let (mut h, _) = start(s, AudioFormat::mulaw_8k());
+        let mut samples = Vec::new();
+        for turn in 1..=20 {
+            say(&h, "Your order ships tomorrow morning.").await;
+            if let Some(Event::Metrics(MetricsEvent::Ttfb { value, .. })) =
+                h.wait_event(WAIT, |e| matches!(e, Event::Metrics(MetricsEvent::Ttfb { .. }))).await
+            {
+                samples.push(value);
+            }
+            assert!(wait_stopped(&h, &format!("turn-{turn}")).await);
+        }
+        samples.sort();
+        let us = |d: Duration| d.as_micros();
+        println!(
+            "elevenlabs emulator TTFB ({mode:?}, text sent -> first audio), n={}: min {} us, p50 {} us, max {} us",
+            samples.len(),
+            us(samples[0]),
+            us(samples[samples.len() / 2]),
+            us(samples[samples.len() - 1])
+        );
+        h.finish().await;
+    }
+}
