@@ -1,7 +1,7 @@
 //! The per-call pipeline and the skills executor.
 //!
 //! ```text
-//! twilio in → μ-law decode → VAD → record_input → Deepgram → UserAggregator → LLM
+//! twilio in → μ-law decode → VAD → Deepgram → record_input → UserAggregator → LLM
 //!   → AssistantAggregator → SkillExecutor → SentenceAggregator → ElevenLabs (ulaw_8000)
 //!   → PlayoutTap → record_output → AudioOutput(TwilioSink)
 //! ```
@@ -124,8 +124,8 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
     let pipeline = Pipeline::new()
         .with(MulawDecoder::new())
         .with(vad)
-        .with(parts.recorder.input_tap())
         .with(stt)
+        .with(parts.recorder.input_tap())
         .with(user)
         .with(llm)
         .with(assistant)
@@ -179,7 +179,9 @@ impl Processor for SkillExecutor {
             let ending = skills::lock(&ctx.end_requested).is_some();
             let transferred = *skills::lock(&ctx.transferred);
             if ending {
-                sender.push(Frame::Text(goodbye.into()), Direction::Downstream);
+                for f in spoken_line(&goodbye) {
+                    sender.push(f, Direction::Downstream);
+                }
                 end_call.notify_one();
             } else if transferred {
                 // Twilio ends the media stream itself once the <Dial> takes over.
@@ -189,6 +191,12 @@ impl Processor for SkillExecutor {
         });
         Ok(())
     }
+}
+
+/// A fixed line to speak, framed as a response so TTS flushes it as one utterance (and the
+/// output marks it) and the assistant aggregator records it.
+pub fn spoken_line(text: &str) -> [Frame; 3] {
+    [Frame::LlmResponseStart, Frame::Text(text.into()), Frame::LlmResponseEnd]
 }
 
 async fn run_one(store: &Store, ctx: &CallCtx, recorder: &Recorder, call: &ToolCall, timeout: Duration) -> ToolResult {

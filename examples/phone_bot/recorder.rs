@@ -145,7 +145,16 @@ impl Recorder {
                 st.bot_speaking_line = Some(st.rec.transcript.len() - 1);
             }
         }
-        Self::say(&st, &format!("[{:>6.2}s] bot:    {}", t_ms as f64 / 1e3, text.trim()));
+    }
+
+    /// The utterance finished (or was cut): print it as one line.
+    fn bot_done(&self) {
+        let mut st = self.lock();
+        let Some(i) = st.bot_speaking_line.take() else { return };
+        if let Some(l) = st.rec.transcript.get(i) {
+            let cut = if l.interrupted { " [cut off]" } else { "" };
+            Self::say(&st, &format!("[{:>6.2}s] bot:    {}{cut}", l.t_ms as f64 / 1e3, l.text));
+        }
     }
 
     pub fn tool_call(&self, name: &str, arguments: Value, result: Value, started: Instant) {
@@ -200,27 +209,20 @@ impl Recorder {
                 let turn = u32::try_from(st.rec.turns.len() + 1).unwrap_or(u32::MAX);
                 st.rec.turns.push(TurnLatency { turn, ..TurnLatency::default() });
             }
-            Event::UserStartedSpeaking => {
-                st.bot_speaking_line = None;
-            }
             Event::Interrupt => {
                 st.rec.interruptions += 1;
-                if let Some(i) = st.bot_speaking_line.take() {
+                Self::say(&st, &format!("[{:>6.2}s] -- caller barged in --", ms(st.t0) as f64 / 1e3));
+                if let Some(i) = st.bot_speaking_line {
                     if let Some(l) = st.rec.transcript.get_mut(i) {
                         l.interrupted = true;
                     }
                 }
-                Self::say(&st, &format!("[{:>6.2}s] -- caller barged in --", ms(st.t0) as f64 / 1e3));
-            }
-            Event::BotStoppedSpeaking => {
-                st.bot_speaking_line = None;
+                drop(st);
+                self.bot_done();
             }
             Event::Metrics(MetricsEvent::Ttfb { processor, value }) => {
                 let v = value.as_secs_f64() * 1e3;
                 let name = processor.to_lowercase();
-                if st.turn_first_audio {
-                    return;
-                }
                 if let Some(turn) = st.rec.turns.last_mut() {
                     let slot = if name.contains("stt") || name.contains("deepgram") {
                         &mut turn.stt_ms
@@ -274,6 +276,7 @@ impl Recorder {
                 match &frame {
                     Frame::TtsText { text, .. } if !text.trim().is_empty() => rec.bot_text(text),
                     Frame::TtsAudio(_) | Frame::OutputAudio(_) => rec.first_audio(),
+                    Frame::TtsStopped { .. } => rec.bot_done(),
                     _ => {}
                 }
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use serde_json::json;
 use tokio::sync::Notify;
-use voxline_pipeline::{CancellationToken, Event, Frame, PipelineParams, PipelineTask, TaskOutcome};
+use voxline_pipeline::{CancellationToken, Event, PipelineParams, PipelineTask, TaskOutcome};
 use voxline_transports::twilio::routes::BoxFuture;
 use voxline_transports::twilio::{
     CallHandler, EndReason, RoutesConfig, StatusUpdate, TwilioParams, TwilioRest, TwilioSession, router,
@@ -130,7 +130,9 @@ impl App {
                     }
                 });
                 // The bot speaks first.
-                let _ = handle.push(Frame::Text(self.cfg.persona.greeting.clone().into())).await;
+                for f in bot::spoken_line(&self.cfg.persona.greeting) {
+                    let _ = handle.push(f).await;
+                }
                 let done = CancellationToken::new();
                 let end_handle = handle.clone();
                 let ender = tokio::spawn(async move {

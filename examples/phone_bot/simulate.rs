@@ -340,10 +340,12 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
             if let Some((step, since)) = waiting.clone() {
                 let done = match step {
                     Step::WaitQuiet(d) => {
+                        // The bot must have answered (audio after this step began), finished
+                        // playing, and stayed quiet for `d`.
                         let p = crate::skills::lock(&pb);
                         p.marks.is_empty()
                             && p.play_end + d <= now
-                            && p.last_audio.is_some_and(|t| t + d <= now)
+                            && p.last_audio.is_some_and(|t| t >= since && t + d <= now)
                     }
                     Step::WaitBotTalking(d) => {
                         let p = crate::skills::lock(&pb);

@@ -234,6 +234,7 @@ impl AudioSink for TwilioSink {
             let name = format!("{}#{}", context_id, p.marks_sent);
             let position = std::mem::take(&mut p.written);
             p.pending.push_back(PendingMark { name: name.clone(), context_id: context_id.clone(), position });
+            tracing::debug!(mark = %name, ?position, "utterance sent, mark queued");
             name
         };
         let _ = self.shared.out.send(Out::Text(serializer::encode_mark(&self.shared.stream_sid, &name)));
@@ -519,6 +520,7 @@ fn on_mark(shared: &Shared, name: &str, handle: &PipelineHandle, ctl: &mpsc::Sen
             None => (Vec::new(), false),
         }
     };
+    tracing::debug!(mark = name, matched = done.len(), now_idle, "mark echoed");
     for m in &done {
         let frame = Frame::PlayedUpTo { context_id: m.context_id.clone(), position: m.position, complete: true };
         if ctl.try_send(frame).is_err() {
