@@ -202,15 +202,26 @@ impl Future for Push {
         let Some((frame, direction, unint)) = self.item.take() else {
             return Poll::Ready(());
         };
-        let has_room = with_stage(|s| direction == Direction::Upstream || s.room_down > 0);
-        if has_room {
-            stage_push(frame, direction, unint, false);
-            Poll::Ready(())
-        } else {
-            // The runner wakes this processor (re-polls it) when the receiver pops a frame.
-            with_stage(|s| s.blocked = true);
-            self.item = Some((frame, direction, unint));
-            Poll::Pending
+        // One thread-local access per push: this is the per-hop hot path.
+        let rejected = with_stage(|s| {
+            if direction == Direction::Downstream {
+                if s.room_down == 0 {
+                    // The runner re-polls this processor when the receiver pops a frame.
+                    s.blocked = true;
+                    return Some(frame);
+                }
+                s.room_down -= 1;
+            }
+            let epoch = s.epoch;
+            s.frames.push((direction, Envelope { frame, epoch, uninterruptible: unint }));
+            None
+        });
+        match rejected {
+            None => Poll::Ready(()),
+            Some(frame) => {
+                self.item = Some((frame, direction, unint));
+                Poll::Pending
+            }
         }
     }
 }

@@ -45,6 +45,22 @@ pub trait Processor: Send + 'static {
         cx: &mut Context,
     ) -> impl Future<Output = FlowResult> + Send;
 
+    /// Synchronous fast path, tried before [`process`](Self::process): handle the frame without
+    /// awaiting and return `Ok(None)`, or hand it back (`Ok(Some(frame))`) to take the async
+    /// path. The runner only calls it when the downstream neighbour has room for a frame, so a
+    /// processor that emits at most one frame downstream per input can use
+    /// [`Context::push_now`] here without overshooting its neighbour's capacity. Filters,
+    /// mappers and codecs implement this to make a hop a plain function call (no boxed future).
+    fn process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        let _ = (direction, cx);
+        Ok(Some(frame))
+    }
+
     /// React to an out-of-band event. The runner has already done the central part of
     /// `Interrupt` (epoch, queues, turn token) before this is called.
     fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
@@ -69,7 +85,8 @@ pub trait Processor: Send + 'static {
 /// during one.
 pub(crate) struct Owned {
     pub(crate) proc: Box<dyn DynProcessor>,
-    pub(crate) cx: Context,
+    /// Boxed so handing it to and from a call moves a pointer, not the whole context.
+    pub(crate) cx: Box<Context>,
 }
 
 /// The boxed future of one call; it hands the processor back when it completes or is cancelled.
@@ -88,11 +105,18 @@ pub trait DynProcessor: Send + 'static {
     fn dyn_name(&self) -> &str;
     /// See [`Processor::capacity`].
     fn dyn_capacity(&self) -> Option<usize>;
+    /// See [`Processor::process_now`].
+    fn dyn_process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError>;
     /// See [`Processor::on_event`].
     fn dyn_on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult;
     #[doc(hidden)]
     #[allow(private_interfaces)]
-    fn call(self: Box<Self>, cx: Context, call: Call) -> CallFuture;
+    fn call(self: Box<Self>, cx: Box<Context>, call: Call) -> CallFuture;
 }
 
 impl<P: Processor> DynProcessor for P {
@@ -102,11 +126,19 @@ impl<P: Processor> DynProcessor for P {
     fn dyn_capacity(&self) -> Option<usize> {
         self.capacity()
     }
+    fn dyn_process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        self.process_now(frame, direction, cx)
+    }
     fn dyn_on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
         self.on_event(event, cx)
     }
     #[allow(private_interfaces)]
-    fn call(self: Box<Self>, cx: Context, call: Call) -> CallFuture {
+    fn call(self: Box<Self>, cx: Box<Context>, call: Call) -> CallFuture {
         Box::pin(async move {
             let mut p = self;
             let mut cx = cx;
@@ -159,6 +191,14 @@ where
     fn name(&self) -> &str {
         self.name
     }
+    fn process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        (self.f)(frame, direction, cx).map(|()| None)
+    }
     fn process(
         &mut self,
         frame: Frame,
@@ -176,6 +216,15 @@ pub struct PassThrough;
 impl Processor for PassThrough {
     fn name(&self) -> &str {
         "pass_through"
+    }
+    fn process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        cx.push_now(frame, direction);
+        Ok(None)
     }
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
         cx.push(frame, direction).await;

@@ -109,6 +109,8 @@ pub struct TaskReport {
 /// The lossy input-audio lane: never blocks the writer; drops the oldest frame when full.
 struct AudioLane {
     queue: Mutex<VecDeque<Frame>>,
+    /// Frames queued, readable without the lock (the runner checks it on every iteration).
+    len: AtomicUsize,
     capacity: usize,
     dropped: AtomicU64,
     waker: AtomicWaker,
@@ -155,12 +157,14 @@ impl PipelineHandle {
                 Err(p) => p.into_inner(),
             };
             q.push_back(frame);
-            if q.len() > self.audio.capacity {
+            let dropped = if q.len() > self.audio.capacity {
                 q.pop_front();
                 true
             } else {
                 false
-            }
+            };
+            self.audio.len.store(q.len(), Ordering::Release);
+            dropped
         };
         if dropped {
             self.audio.dropped.fetch_add(1, Ordering::Relaxed);
@@ -244,6 +248,7 @@ impl PipelineTask {
             queue: Mutex::new(VecDeque::with_capacity(params.input_audio_capacity + 1)),
             capacity: params.input_audio_capacity.max(1),
             dropped: AtomicU64::new(0),
+            len: AtomicUsize::new(0),
             waker: AtomicWaker::new(),
         });
         let handle = PipelineHandle {
@@ -374,7 +379,8 @@ struct Driver {
     active: bool,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     inputs_closed: bool,
-    sweep_forward: bool,
+    /// Set when a frame was queued upstream, so the next sweep also runs backwards.
+    upstream_moved: bool,
 }
 
 impl Driver {
@@ -406,7 +412,7 @@ impl Driver {
                 let name: Arc<str> = Arc::from(spec.proc.dyn_name());
                 let capacity =
                     spec.capacity.or_else(|| spec.proc.dyn_capacity()).unwrap_or(params.default_capacity).max(1);
-                let mut cx = Context::new(i, name.clone(), shared.clone());
+                let mut cx = Box::new(Context::new(i, name.clone(), shared.clone()));
                 cx.start = Some(start.clone());
                 let waker = Waker::from(Arc::new(SlotWaker { set: wake.clone(), index: i }));
                 let span = tracing::debug_span!("processor", name = %name);
@@ -462,7 +468,7 @@ impl Driver {
             active: false,
             deadline: None,
             inputs_closed: false,
-            sweep_forward: true,
+            upstream_moved: false,
         };
         // The Start frame is the first thing every stage sees, ahead of anything pushed.
         let env = Envelope { frame: Frame::Start(start), epoch: 0, uninterruptible: true };
@@ -585,7 +591,7 @@ impl Driver {
         let last = self.slots.len() - 1;
         // Input audio first: it is the oldest data, and End must not overtake it.
         loop {
-            if self.room(first) == 0 {
+            if self.room(first) == 0 || self.audio.len.load(Ordering::Acquire) == 0 {
                 break;
             }
             let next = {
@@ -593,7 +599,9 @@ impl Driver {
                     Ok(q) => q,
                     Err(p) => p.into_inner(),
                 };
-                q.pop_front()
+                let f = q.pop_front();
+                self.audio.len.store(q.len(), Ordering::Release);
+                f
             };
             let Some(frame) = next else { break };
             self.active = true;
@@ -618,11 +626,7 @@ impl Driver {
             }
             let Some((dir, frame, epoch)) = self.held_input.take() else { break };
             let target = if dir == Direction::Downstream { first } else { last };
-            let audio_pending = matches!(frame, Frame::End)
-                && match self.audio.queue.lock() {
-                    Ok(q) => !q.is_empty(),
-                    Err(p) => !p.into_inner().is_empty(),
-                };
+            let audio_pending = matches!(frame, Frame::End) && self.audio.len.load(Ordering::Acquire) > 0;
             if self.room(target) == 0 || audio_pending {
                 self.held_input = Some((dir, frame, epoch));
                 break;
@@ -667,6 +671,9 @@ impl Driver {
             for o in &self.observers {
                 o.on_hop(&hop);
             }
+        }
+        if dir == Direction::Upstream {
+            self.upstream_moved = true;
         }
         let s = &mut self.slots[target];
         if matches!(s.state, State::Dead) {
@@ -733,13 +740,21 @@ impl Driver {
         if self.wake.any.swap(0, Ordering::AcqRel) > 0 {
             progress = true;
         }
-        self.sweep_forward = !self.sweep_forward;
-        for k in 0..n {
-            let i = if self.sweep_forward { k } else { n - 1 - k };
+        // Downstream frames cross the whole chain in one forward pass; a backward pass is only
+        // needed when something travels upstream.
+        for i in 0..n {
             progress |= self.service(i);
             if !self.event_queue.is_empty() {
                 // Events overtake frames: handle them before moving anything else.
                 self.process_events();
+            }
+        }
+        if std::mem::take(&mut self.upstream_moved) {
+            for i in (0..n).rev() {
+                progress |= self.service(i);
+                if !self.event_queue.is_empty() {
+                    self.process_events();
+                }
             }
         }
         progress
@@ -783,7 +798,9 @@ impl Driver {
                         o.cx.start = Some(info.clone());
                     }
                     self.slots[i].counters.processed += 1;
-                    self.begin_call(i, Call::Process(env.frame, dir), Some(kind), env.uninterruptible);
+                    if let Some(frame) = self.try_now(i, env.frame, dir) {
+                        self.begin_call(i, Call::Process(frame, dir), Some(kind), env.uninterruptible);
+                    }
                 }
                 progress
             }
@@ -791,6 +808,44 @@ impl Driver {
                 let had = !self.slots[i].inbox.is_empty();
                 self.slots[i].inbox.clear();
                 had
+            }
+        }
+    }
+
+    /// The synchronous fast path: a plain call, no boxed future. Returns the frame when the
+    /// processor wants the async path (or when processing metrics need a timed call).
+    fn try_now(&mut self, i: usize, frame: Frame, dir: Direction) -> Option<Frame> {
+        if self.params.processing_metrics {
+            return Some(frame);
+        }
+        let is_end = matches!(frame, Frame::End);
+        self.arm_stage(i, false);
+        let slot = &mut self.slots[i];
+        let State::Idle(owned) = &mut slot.state else { return Some(frame) };
+        let _enter = slot.span.enter();
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| owned.proc.dyn_process_now(frame, dir, &mut owned.cx)));
+        drop(_enter);
+        match r {
+            Ok(Ok(back @ Some(_))) => {
+                let _ = self.collect_stage(i, true);
+                back
+            }
+            Ok(result) => {
+                let _ = self.collect_stage(i, true);
+                if is_end && matches!(self.slots[i].down, Route::Exit) && self.phase == Phase::Running {
+                    self.phase = Phase::Stopping;
+                }
+                self.handle_result(i, result.map(|_| ()));
+                None
+            }
+            Err(panic) => {
+                let _ = self.collect_stage(i, false);
+                let msg = panic_message(&panic);
+                let name = self.slots[i].name.clone();
+                tracing::error!(processor = %name, panic = %msg, "processor panicked");
+                self.slots[i].state = State::Dead;
+                self.fail(i, format!("processor `{name}` panicked: {msg}"));
+                None
             }
         }
     }
@@ -883,6 +938,14 @@ impl Driver {
                 let _ = self.collect_stage(i, !cancel);
                 let prev = std::mem::replace(&mut self.slots[i].state, State::Idle(owned));
                 self.slots[i].waiting_room = false;
+                // A last stage that swallows `End` instead of forwarding it must not leave the
+                // task running forever: the drain is complete once it has processed `End`.
+                if let State::Busy { kind: Some(FrameKind::End), .. } = prev
+                    && matches!(self.slots[i].down, Route::Exit)
+                    && self.phase == Phase::Running
+                {
+                    self.phase = Phase::Stopping;
+                }
                 if let State::Busy { kind: Some(kind), since: Some(t0), .. } = prev {
                     let value = t0.elapsed();
                     let processor = self.slots[i].name.clone();

@@ -418,3 +418,12 @@ async fn events_reach_processors_and_subscribers() {
         log.lock().unwrap().iter().filter(|(_, e)| e == "UserStartedSpeaking").map(|(n, _)| n.clone()).collect();
     assert_eq!(got, vec!["a", "b"]);
 }
+
+#[tokio::test]
+async fn a_last_stage_that_swallows_end_still_lets_the_task_finish() {
+    let swallow = processor_fn("swallow", |_frame, _dir, _cx| Ok(()));
+    let h = Harness::new(Pipeline::new().with(PassThrough).with(swallow));
+    h.push(text("x")).await;
+    let out = tokio::time::timeout(Duration::from_secs(2), h.finish()).await.expect("task must end");
+    assert_eq!(out.report.outcome, TaskOutcome::Ended);
+}
