@@ -8,6 +8,8 @@ mod common;
 mod w1;
 mod w2;
 mod w3;
+mod w4;
+mod w5;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -16,8 +18,10 @@ fn main() {
         Some("w1") => w1::main(rest),
         Some("w2") => w2::main(rest),
         Some("w3") => w3::main(rest),
+        Some("w4") => w4::main(rest),
+        Some("w5") => w5::main(rest),
         _ => {
-            eprintln!("usage: bench w1|w2|w3 [options]   (see bench/SPEC.md)");
+            eprintln!("usage: bench w1|w2|w3|w4|w5 [options]   (see bench/SPEC.md)");
             std::process::exit(2);
         }
     }
