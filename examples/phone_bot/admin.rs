@@ -82,7 +82,8 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 /// Aggregate statistics over stored calls.
 pub fn compute_stats(calls: &[CallRow]) -> Value {
     let n = calls.len();
-    let avg_duration = if n == 0 { 0.0 } else { calls.iter().map(|c| c.duration_ms as f64).sum::<f64>() / n as f64 / 1e3 };
+    let avg_duration =
+        if n == 0 { 0.0 } else { calls.iter().map(|c| c.duration_ms as f64).sum::<f64>() / n as f64 / 1e3 };
     let resolved = calls.iter().filter(|c| c.resolved).count();
     let with_errors = calls.iter().filter(|c| c.errors > 0).count();
     let mut tools: BTreeMap<String, u64> = BTreeMap::new();
@@ -180,17 +181,37 @@ async fn metrics(State(st): State<AdminState>) -> Response {
         }
     };
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-    metric("voxline_calls_started_total", "counter", "Media streams accepted.", vec![(String::new(), load(&c.calls_started))]);
+    metric(
+        "voxline_calls_started_total",
+        "counter",
+        "Media streams accepted.",
+        vec![(String::new(), load(&c.calls_started))],
+    );
     metric("voxline_calls_active", "gauge", "Calls in progress.", vec![(String::new(), load(&c.calls_active))]);
-    metric("voxline_calls_finished_total", "counter", "Calls finished.", vec![(String::new(), load(&c.calls_finished))]);
-    metric("voxline_calls_rejected_total", "counter", "Calls refused (capacity).", vec![(String::new(), load(&c.calls_rejected))]);
+    metric(
+        "voxline_calls_finished_total",
+        "counter",
+        "Calls finished.",
+        vec![(String::new(), load(&c.calls_finished))],
+    );
+    metric(
+        "voxline_calls_rejected_total",
+        "counter",
+        "Calls refused (capacity).",
+        vec![(String::new(), load(&c.calls_rejected))],
+    );
     metric(
         "voxline_stream_protocol_errors_total",
         "counter",
         "Undecodable Twilio messages.",
         vec![(String::new(), load(&c.stream_errors))],
     );
-    metric("voxline_calls_stored", "gauge", "Calls in storage.", vec![(String::new(), s["calls"].as_f64().unwrap_or(0.0))]);
+    metric(
+        "voxline_calls_stored",
+        "gauge",
+        "Calls in storage.",
+        vec![(String::new(), s["calls"].as_f64().unwrap_or(0.0))],
+    );
     metric(
         "voxline_resolution_rate",
         "gauge",

@@ -57,12 +57,14 @@ pub fn start_info(call_sid: &str, allow_interruptions: bool) -> StartInfo {
 fn llm_service(cfg: &Config, secrets: &Secrets) -> anyhow::Result<LlmService> {
     let key = secrets.llm.clone().unwrap_or_default();
     let svc = if cfg.llm.provider == "anthropic" {
-        let mut s = AnthropicSettings::new(cfg.llm.model.clone()).with_base_url(cfg.llm.base_url.clone()).with_api_key(key);
+        let mut s =
+            AnthropicSettings::new(cfg.llm.model.clone()).with_base_url(cfg.llm.base_url.clone()).with_api_key(key);
         s.max_tokens = cfg.llm.max_tokens;
         s.temperature = Some(f64::from(cfg.llm.temperature));
         AnthropicLlm::new(s)
     } else {
-        let mut s = OpenAiSettings::new(cfg.llm.model.clone()).with_base_url(cfg.llm.base_url.clone()).with_api_key(key);
+        let mut s =
+            OpenAiSettings::new(cfg.llm.model.clone()).with_base_url(cfg.llm.base_url.clone()).with_api_key(key);
         s.max_tokens = Some(cfg.llm.max_tokens);
         s.temperature = Some(f64::from(cfg.llm.temperature));
         OpenAiLlm::new(s)
@@ -75,7 +77,11 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
     let cfg = &parts.cfg;
     let tools: Vec<ToolSpec> = skills::specs(&cfg.skills.enabled)
         .into_iter()
-        .map(|s| ToolSpec { name: s.name.into(), description: s.description.into(), parameters: Arc::new(s.parameters) })
+        .map(|s| ToolSpec {
+            name: s.name.into(),
+            description: s.description.into(),
+            parameters: Arc::new(s.parameters),
+        })
         .collect();
     let conversation = ConversationContext::new(cfg.persona.system_prompt.clone(), tools);
 
@@ -83,6 +89,7 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
         start_secs: cfg.vad.start_ms as f32 / 1000.0,
         stop_secs: cfg.vad.stop_ms as f32 / 1000.0,
         confidence: cfg.vad.threshold,
+        min_barge_in_secs: cfg.vad.min_barge_in_ms as f32 / 1000.0,
         ..voxline_processors::audio::VadParams::default()
     };
     let vad = VadProcessor::with_params(vad_params).map_err(|e| anyhow::anyhow!("vad: {e}"))?;
@@ -202,14 +209,13 @@ pub fn spoken_line(text: &str) -> [Frame; 3] {
 async fn run_one(store: &Store, ctx: &CallCtx, recorder: &Recorder, call: &ToolCall, timeout: Duration) -> ToolResult {
     let started = Instant::now();
     let args: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
-    let (result, outcome) =
-        match tokio::time::timeout(timeout, skills::call(store, ctx, &call.name, &args)).await {
-            Ok(v) => {
-                let outcome = if v["success"] == true { ToolOutcome::Ok } else { ToolOutcome::Error };
-                (v, outcome)
-            }
-            Err(_) => (skills::err(format!("{} timed out", call.name)), ToolOutcome::Timeout),
-        };
+    let (result, outcome) = match tokio::time::timeout(timeout, skills::call(store, ctx, &call.name, &args)).await {
+        Ok(v) => {
+            let outcome = if v["success"] == true { ToolOutcome::Ok } else { ToolOutcome::Error };
+            (v, outcome)
+        }
+        Err(_) => (skills::err(format!("{} timed out", call.name)), ToolOutcome::Timeout),
+    };
     recorder.tool_call(&call.name, args, result.clone(), started);
     ToolResult {
         call_id: call.id.clone(),

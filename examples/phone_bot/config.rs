@@ -171,11 +171,13 @@ pub struct VadConfig {
     pub stop_ms: u32,
     /// Speech-probability / energy threshold in 0..1.
     pub threshold: f32,
+    /// Speech must last this long before it interrupts a speaking bot (coughs, "uh-huh").
+    pub min_barge_in_ms: u32,
 }
 
 impl Default for VadConfig {
     fn default() -> Self {
-        Self { start_ms: 60, stop_ms: 500, threshold: 0.5 }
+        Self { start_ms: 60, stop_ms: 500, threshold: 0.5, min_barge_in_ms: 300 }
     }
 }
 
@@ -308,6 +310,11 @@ impl Config {
         if tree.is_null() {
             tree = Value::Object(serde_json::Map::new());
         }
+        // Start from the defaults so an override knows the type of a field the file leaves out
+        // (a phone number given as digits must stay a string).
+        let mut base = serde_json::to_value(Config::default()).context("config: defaults")?;
+        merge(&mut base, tree);
+        let mut tree = base;
         let overrides: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
         for (key, value) in overrides {
             let path: Vec<String> = key[ENV_PREFIX.len()..].split("__").map(str::to_lowercase).collect();
@@ -413,6 +420,24 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Overlay `over` onto `base`: objects merge key by key, anything else replaces. Unknown keys
+/// are kept so `deny_unknown_fields` still reports them.
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
     }
 }
 
@@ -563,13 +588,10 @@ mod tests {
             .map(|e| format!("{e:#}"))
             .unwrap_or_default();
         assert!(e.contains("llm.temperature"), "{e}");
-        let e = Config::from_yaml(
-            "skills:\n  enabled: [fly]\n",
-            env(&[("VOXLINE__TELEPHONY__TRANSFER_NUMBER", "1")]),
-        )
-        .err()
-        .map(|e| format!("{e:#}"))
-        .unwrap_or_default();
+        let e = Config::from_yaml("skills:\n  enabled: [fly]\n", env(&[("VOXLINE__TELEPHONY__TRANSFER_NUMBER", "1")]))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
         assert!(e.contains("skills.enabled[0]"), "{e}");
     }
 

@@ -43,10 +43,7 @@ async fn main() -> anyhow::Result<()> {
     if simulate {
         return simulate::run().await;
     }
-    let path = args
-        .windows(2)
-        .find(|w| w[0] == "--config")
-        .map_or_else(|| "config.yaml".to_string(), |w| w[1].clone());
+    let path = args.windows(2).find(|w| w[0] == "--config").map_or_else(|| "config.yaml".to_string(), |w| w[1].clone());
     let cfg = Config::load(std::path::Path::new(&path))?;
     let secrets = Secrets::resolve(&cfg, |k| std::env::var(k).ok());
     secrets.require_all(&cfg)?;

@@ -141,7 +141,12 @@ impl Recorder {
                 }
             }
             _ => {
-                st.rec.transcript.push(TranscriptLine { role: "bot", text: text.trim().to_string(), t_ms, interrupted: false });
+                st.rec.transcript.push(TranscriptLine {
+                    role: "bot",
+                    text: text.trim().to_string(),
+                    t_ms,
+                    interrupted: false,
+                });
                 st.bot_speaking_line = Some(st.rec.transcript.len() - 1);
             }
         }

@@ -164,9 +164,12 @@ impl App {
                 if let Some(TaskOutcome::Failed(why)) = task_report.as_ref().map(|r| &r.outcome) {
                     recorder.error(format!("pipeline failed: {why}"));
                 }
-                (reason, json!({"media_in": report.media_in, "media_out": report.media_out,
+                (
+                    reason,
+                    json!({"media_in": report.media_in, "media_out": report.media_out,
                                 "bad_messages": report.bad_messages, "hung_up": report.hung_up,
-                                "input_audio_dropped": report.input_audio_dropped}))
+                                "input_audio_dropped": report.input_audio_dropped}),
+                )
             }
             Err(e) => {
                 recorder.error(format!("pipeline setup failed: {e:#}"));
@@ -178,7 +181,14 @@ impl App {
         self.finish_call(&ctx, &recorder, started_ms, &end_reason, outcome).await;
     }
 
-    async fn finish_call(&self, ctx: &CallCtx, recorder: &Recorder, started_ms: i64, end_reason: &str, stream: serde_json::Value) {
+    async fn finish_call(
+        &self,
+        ctx: &CallCtx,
+        recorder: &Recorder,
+        started_ms: i64,
+        end_reason: &str,
+        stream: serde_json::Value,
+    ) {
         let record = recorder.snapshot();
         let transferred = *skills::lock(&ctx.transferred);
         let ended_by_bot = skills::lock(&ctx.end_requested).is_some();
@@ -233,7 +243,8 @@ impl CallHandler for Handler {
             }
             // The stream path already stored the call; attach Twilio's final status to it.
             if let Ok(Some(mut row)) = app.store.get_call(&update.call_sid).await {
-                row.record["twilio_status"] = json!({"status": update.call_status, "duration_secs": update.duration_secs});
+                row.record["twilio_status"] =
+                    json!({"status": update.call_status, "duration_secs": update.duration_secs});
                 if let Err(e) = app.store.save_call(&row).await {
                     tracing::warn!(error = %format!("{e:#}"), "status update not stored");
                 }

@@ -48,7 +48,10 @@ pub struct Emulated {
 impl Emulated {
     pub async fn start(script: Vec<TranscriptScript>) -> anyhow::Result<Self> {
         let deepgram = DeepgramEmulator::start(DeepgramConfig { script, ..DeepgramConfig::default() })?;
-        let openai = OpenAiEmulator::start(OpenAiConfig { responder: Some(call_center_responder()), ..OpenAiConfig::default() })?;
+        let openai = OpenAiEmulator::start(OpenAiConfig {
+            responder: Some(call_center_responder()),
+            ..OpenAiConfig::default()
+        })?;
         let elevenlabs = ElevenLabsEmulator::start(ElevenLabsConfig::default())?;
         let hangups: Arc<Mutex<Vec<String>>> = Arc::default();
         let h = hangups.clone();
@@ -474,7 +477,12 @@ pub async fn run() -> anyhow::Result<()> {
 
 pub fn print_post_call(row: &CallRow) {
     println!("\n=== post-call ({}) ===", row.call_sid);
-    println!("end reason: {}   duration: {:.1} s   resolved: {}", row.end_reason, row.duration_ms as f64 / 1e3, row.resolved);
+    println!(
+        "end reason: {}   duration: {:.1} s   resolved: {}",
+        row.end_reason,
+        row.duration_ms as f64 / 1e3,
+        row.resolved
+    );
     println!("summary:   {}", row.summary.as_deref().unwrap_or("-"));
     println!("sentiment: {}", row.sentiment.as_deref().unwrap_or("-"));
     for t in row.record["turns"].as_array().into_iter().flatten() {
@@ -493,7 +501,12 @@ pub fn print_post_call(row: &CallRow) {
     }
     if let Some(steps) = row.workflow.as_ref().and_then(|w| w["steps"].as_array()) {
         for s in steps {
-            println!("workflow {:<16} {:<8} {}", s["step"].as_str().unwrap_or("?"), s["status"].as_str().unwrap_or("?"), s["detail"]);
+            println!(
+                "workflow {:<16} {:<8} {}",
+                s["step"].as_str().unwrap_or("?"),
+                s["status"].as_str().unwrap_or("?"),
+                s["detail"]
+            );
         }
     }
     println!("interruptions: {}   errors: {}", row.record["interruptions"], row.record["errors"]);

@@ -209,7 +209,8 @@ async fn create_support_ticket(store: &Store, ctx: &CallCtx, args: &Value) -> Re
     if !matches!(priority.as_str(), "low" | "normal" | "high" | "urgent") {
         return Err(err("priority must be low, normal, high or urgent"));
     }
-    match store.create_ticket(ctx.customer_id().as_deref(), &ctx.call_sid, &a.subject, &a.description, &priority).await {
+    match store.create_ticket(ctx.customer_id().as_deref(), &ctx.call_sid, &a.subject, &a.description, &priority).await
+    {
         Ok(id) => Ok(ok(json!({"ticket_id": id, "priority": priority}))),
         Err(e) => {
             tracing::warn!(error = %e, "create_support_ticket failed");
@@ -221,7 +222,10 @@ async fn create_support_ticket(store: &Store, ctx: &CallCtx, args: &Value) -> Re
 async fn schedule_callback(store: &Store, ctx: &CallCtx, args: &Value) -> Result<Value, Value> {
     let a: ScheduleCallback = parse(args)?;
     let phone = a.phone.unwrap_or_else(|| ctx.from.clone());
-    match store.schedule_callback(ctx.customer_id().as_deref(), &phone, &a.preferred_time, &a.reason, &ctx.call_sid).await {
+    match store
+        .schedule_callback(ctx.customer_id().as_deref(), &phone, &a.preferred_time, &a.reason, &ctx.call_sid)
+        .await
+    {
         Ok(id) => Ok(ok(json!({"callback_id": id, "phone": phone, "time": a.preferred_time}))),
         Err(e) => {
             tracing::warn!(error = %e, "schedule_callback failed");
@@ -240,7 +244,9 @@ async fn transfer_to_human(ctx: &CallCtx, args: &Value) -> Result<Value, Value> 
     match rest.transfer(&ctx.call_sid, &ctx.transfer_number, Some(say)).await {
         Ok(outcome) => {
             *lock(&ctx.transferred) = true;
-            Ok(ok(json!({"transferred_to": ctx.transfer_number, "reason": a.reason, "outcome": format!("{outcome:?}")})))
+            Ok(ok(
+                json!({"transferred_to": ctx.transfer_number, "reason": a.reason, "outcome": format!("{outcome:?}")}),
+            ))
         }
         Err(e) => {
             tracing::warn!(error = %e, "transfer failed");

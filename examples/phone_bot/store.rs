@@ -302,7 +302,14 @@ impl Store {
     }
 
     /// Queue an email in the outbox; returns its id.
-    pub async fn queue_email(&self, to: &str, from: &str, subject: &str, body: &str, call_sid: &str) -> anyhow::Result<String> {
+    pub async fn queue_email(
+        &self,
+        to: &str,
+        from: &str,
+        subject: &str,
+        body: &str,
+        call_sid: &str,
+    ) -> anyhow::Result<String> {
         let id = new_id("MAIL");
         sqlx::query(
             "INSERT INTO outbox (id, to_addr, from_addr, subject, body, call_sid, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -1,1 +1,283 @@
-//! End-to-end tests: see below.
+//! End-to-end tests through the real HTTP and websocket endpoints, with emulated providers.
+//!
+//! Each test starts its own emulators, server and SQLite file, then places simulated Twilio calls
+//! in real time (the output is paced like a phone line), so run them in release for speed:
+//! `cargo test --release --example phone_bot`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, Server, Step, place_call, speech, start_server};
+use crate::store::CallRow;
+
+async fn setup(lines: &[&str], tweak: impl FnOnce(&mut crate::config::Config)) -> (Emulated, Server) {
+    let emulated = match Emulated::start(Emulated::script(lines)).await {
+        Ok(e) => e,
+        Err(e) => panic!("emulators: {e:#}"),
+    };
+    let db = std::env::temp_dir().join(format!("voxline-e2e-{}.db", crate::store::new_id("t")));
+    let server = match start_server(&emulated, &format!("sqlite://{}", db.display()), None, tweak).await {
+        Ok(s) => s,
+        Err(e) => panic!("server: {e:#}"),
+    };
+    (emulated, server)
+}
+
+fn say(i: usize) -> Step {
+    match speech(CALLER_LINES[i], i) {
+        Ok(b) => Step::Say(b),
+        Err(e) => panic!("speech: {e:#}"),
+    }
+}
+
+async fn next_record(server: &mut Server, secs: u64) -> CallRow {
+    match tokio::time::timeout(Duration::from_secs(secs), server.done_rx.recv()).await {
+        Ok(Some(r)) => r,
+        _ => panic!("no call record within {secs} s"),
+    }
+}
+
+fn quiet() -> Step {
+    Step::WaitQuiet(Duration::from_millis(400))
+}
+
+fn transcript(row: &CallRow) -> Vec<(String, String)> {
+    row.record["transcript"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| (l["role"].as_str().unwrap_or("").to_string(), l["text"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greets_first_answers_order_status_and_hangs_up() {
+    let (emulated, mut server) = setup(CALLER_LINES, |_| {}).await;
+    let steps = vec![quiet(), say(0), quiet(), say(1), quiet(), say(2), Step::WaitServerClose(Duration::from_secs(20))];
+    let log = place_call(&server.base, "CA00000000000000000000000000000e01", "+15550001111", steps).await;
+    let log = match log {
+        Ok(l) => l,
+        Err(e) => panic!("call: {e:#}"),
+    };
+    let row = next_record(&mut server, 30).await;
+    let t = transcript(&row);
+    assert_eq!(t.first().map(|l| l.0.as_str()), Some("bot"), "greeting first: {t:?}");
+    assert_eq!(row.record["greeting_first"], true);
+    let tools = row.record["tool_calls"].as_array().cloned().unwrap_or_default();
+    let order = tools.iter().find(|t| t["name"] == "check_order_status");
+    assert!(
+        order.is_some_and(|o| o["result"]["success"] == true && o["result"]["data"]["status"] == "shipped"),
+        "{tools:?}"
+    );
+    assert!(t.iter().any(|(r, text)| r == "bot" && text.contains("12345")), "{t:?}");
+    assert_eq!(row.end_reason, "bot_ended");
+    assert!(log.closed_by_server && log.marks.len() >= 3, "{log:?}");
+    assert!(!crate::skills::lock(&emulated.hangups).is_empty(), "REST hang-up expected");
+    let steps: Vec<String> = row
+        .workflow
+        .as_ref()
+        .and_then(|w| w["steps"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| format!("{}={}", s["step"].as_str().unwrap_or(""), s["status"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(steps.len(), 4, "{steps:?}");
+    assert!(
+        row.record["turns"].as_array().is_some_and(|t| t.len() >= 3 && t.iter().all(|t| t["total_ms"].is_number()))
+    );
+    // The admin API sees it.
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{}/admin/calls/{}", server.base, row.call_sid)).bearer_auth(SIM_ADMIN_TOKEN).send().await;
+    assert!(r.is_ok_and(|r| r.status() == 200));
+    let r = http.get(format!("{}/admin/stats", server.base)).send().await;
+    assert!(r.is_ok_and(|r| r.status() == 401));
+    let m = http.get(format!("{}/metrics", server.base)).bearer_auth(SIM_ADMIN_TOKEN).send().await;
+    let body = match m {
+        Ok(m) => m.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    assert!(body.contains("voxline_tool_calls_total{tool=\"check_order_status\"} 1"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signature_is_rejected_with_403() {
+    let (_emulated, server) = setup(CALLER_LINES, |_| {}).await;
+    let http = reqwest::Client::new();
+    let form = [("CallSid", "CA1"), ("From", "+1")];
+    for sig in [Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA="), None] {
+        let mut req = http.post(format!("{}/voice/twilio", server.base)).form(&form);
+        if let Some(s) = sig {
+            req = req.header("X-Twilio-Signature", s);
+        }
+        let status = req.send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+        assert_eq!(status, 403);
+    }
+    let status = http
+        .post(format!("{}/voice/status", server.base))
+        .form(&[("CallSid", "CA1"), ("CallStatus", "completed")])
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_eq!(status, 403);
+    // A websocket client that skipped the signed webhook has no valid stream token.
+    let ws = tokio_tungstenite::connect_async(format!("{}/voice/stream", server.base.replacen("http", "ws", 1))).await;
+    if let Ok((mut ws, _)) = ws {
+        use futures::{SinkExt, StreamExt};
+        use voxline_transports::twilio::serializer::client;
+        let _ = ws.send(tokio_tungstenite::tungstenite::Message::text(client::connected())).await;
+        let _ = ws
+            .send(tokio_tungstenite::tungstenite::Message::text(client::start("MZ1", "CA1", &[("token", "forged")])))
+            .await;
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        assert!(
+            matches!(
+                next,
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))) | Ok(None) | Ok(Some(Err(_)))
+            ),
+            "{next:?}"
+        );
+    }
+    assert_eq!(server.app.counters.calls_started.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_clears_fast_and_context_keeps_heard_words() {
+    let (emulated, mut server) = setup(CALLER_LINES, |c| c.vad.min_barge_in_ms = 0).await;
+    // Speak over the greeting once 1 s of it has played, with the leading near-silence trimmed so
+    // the measurement starts at the first voiced sample.
+    let Step::Say(bytes) = say(0) else { return };
+    let voiced =
+        bytes.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+    let steps = vec![
+        Step::WaitBotTalking(Duration::from_millis(1000)),
+        Step::Pause(Duration::from_millis(300)),
+        Step::Say(bytes[voiced..].to_vec()),
+        quiet(),
+        Step::HangUp,
+    ];
+    let log = match place_call(&server.base, "CA00000000000000000000000000000e03", "+15550001111", steps).await {
+        Ok(l) => l,
+        Err(e) => panic!("call: {e:#}"),
+    };
+    let row = next_record(&mut server, 30).await;
+    assert!(log.clears >= 1, "{log:?}");
+    let first = log.clear_after_speech.first().copied().unwrap_or(Duration::MAX);
+    // VAD start confirmation (60 ms) + at most one 20 ms frame of lateness + 100 ms engine budget.
+    assert!(first <= Duration::from_millis(60 + 20 + 100), "clear {first:?} after speech start");
+    assert!(row.record["interruptions"].as_u64().unwrap_or(0) >= 1);
+    // The next LLM request carries only the greeting words the caller heard.
+    let reqs = emulated.openai.requests();
+    let greeting = crate::config::PersonaConfig::default().greeting;
+    let heard: Option<String> = reqs.iter().find_map(|r| {
+        r.body["messages"].as_array().and_then(|m| {
+            m.iter().find(|m| m["role"] == "assistant").and_then(|m| m["content"].as_str().map(str::to_string))
+        })
+    });
+    if let Some(h) = heard {
+        assert!(h.len() < greeting.len(), "assistant context not trimmed: {h:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_is_received() {
+    let (_emulated, mut server) = setup(CALLER_LINES, |_| {}).await;
+    let steps = vec![quiet(), Step::Dtmf('5'), Step::Dtmf('#'), Step::Pause(Duration::from_millis(300)), Step::HangUp];
+    if let Err(e) = place_call(&server.base, "CA00000000000000000000000000000e04", "+15550002222", steps).await {
+        panic!("call: {e:#}");
+    }
+    let row = next_record(&mut server, 30).await;
+    assert_eq!(row.record["dtmf"], "5#");
+    assert_eq!(row.end_reason, "caller_hung_up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_hangs_up_mid_sentence() {
+    let (_emulated, mut server) = setup(CALLER_LINES, |_| {}).await;
+    let steps = vec![Step::WaitBotTalking(Duration::from_millis(800)), Step::HangUp];
+    if let Err(e) = place_call(&server.base, "CA00000000000000000000000000000e05", "+15550003333", steps).await {
+        panic!("call: {e:#}");
+    }
+    let row = next_record(&mut server, 30).await;
+    assert_eq!(row.end_reason, "caller_hung_up");
+    // Unresolved: the workflow opened a follow-up ticket.
+    let wf = row.workflow.clone().unwrap_or(Value::Null);
+    let ticket = wf["steps"].as_array().and_then(|s| s.iter().find(|s| s["step"] == "support_ticket").cloned());
+    assert_eq!(ticket.map(|t| t["status"].clone()), Some(Value::from("ok")), "{wf}");
+    assert_eq!(server.app.counters.calls_active.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_streams_do_not_affect_other_calls() {
+    let (_emulated, mut server) = setup(&[CALLER_LINES[1], CALLER_LINES[2]], |_| {}).await;
+    let base = server.base.clone();
+    let good = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            let steps = vec![quiet(), say(1), quiet(), say(2), Step::WaitServerClose(Duration::from_secs(20))];
+            place_call(&base, "CA00000000000000000000000000000e06", "+15550001111", steps).await
+        })
+    };
+    let garbage = vec![
+        quiet(),
+        Step::Raw("not json at all".into()),
+        Step::Raw(r#"{"event":"media","streamSid":"MZ","media":{"payload":"%%%not-base64%%%"}}"#.into()),
+        Step::Raw(r#"{"event":"someFutureEvent","streamSid":"MZ"}"#.into()),
+        Step::Raw(r#"{"event":"dtmf","dtmf":{"digit":"XYZ"}}"#.into()),
+        Step::Pause(Duration::from_millis(200)),
+        Step::Raw(format!(r#"{{"event":"media","media":{{"payload":"{}"}}}}"#, "A".repeat(100_000))),
+        Step::Pause(Duration::from_millis(500)),
+        Step::Vanish,
+    ];
+    let broken = place_call(&base, "CA00000000000000000000000000000e07", "+15550002222", garbage).await;
+    assert!(broken.is_ok(), "{broken:?}");
+    let vanish = vec![quiet(), Step::Vanish];
+    let _ = place_call(&base, "CA00000000000000000000000000000e08", "+15550003333", vanish).await;
+    let good = good.await.ok().and_then(Result::ok);
+    assert!(good.is_some_and(|l| l.closed_by_server));
+    let mut rows = Vec::new();
+    for _ in 0..3 {
+        rows.push(next_record(&mut server, 40).await);
+    }
+    let by = |sid: &str| rows.iter().find(|r| r.call_sid.ends_with(sid)).cloned();
+    let broken = by("e07").map(|r| r.end_reason);
+    assert!(
+        broken.as_deref().is_some_and(|r| r.starts_with("protocol_violation") || r == "disconnected"),
+        "{broken:?}"
+    );
+    assert_eq!(by("e08").map(|r| r.end_reason), Some("disconnected".to_string()));
+    let good = by("e06");
+    assert!(good.as_ref().is_some_and(|r| r.end_reason == "bot_ended"), "{good:?}");
+    let health = reqwest::get(format!("{base}/health")).await.map(|r| r.status().as_u16()).unwrap_or(0);
+    assert_eq!(health, 200);
+    assert_eq!(server.app.counters.calls_active.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_calls() {
+    let (_emulated, mut server) = setup(&[CALLER_LINES[1], CALLER_LINES[2]], |_| {}).await;
+    let mut joins = Vec::new();
+    for i in 0..20 {
+        let base = server.base.clone();
+        joins.push(tokio::spawn(async move {
+            let steps = vec![quiet(), say(1), quiet(), say(2), Step::WaitServerClose(Duration::from_secs(30))];
+            place_call(&base, &format!("CA{i:032}"), "+15550001111", steps).await
+        }));
+    }
+    for j in joins {
+        let r = j.await.ok().map(|r| r.map_err(|e| format!("{e:#}")));
+        assert!(matches!(r, Some(Ok(_))), "{r:?}");
+    }
+    let mut ok = 0;
+    for _ in 0..20 {
+        let row = next_record(&mut server, 60).await;
+        let tools = row.record["tool_calls"].as_array().cloned().unwrap_or_default();
+        if row.end_reason == "bot_ended"
+            && tools.iter().any(|t| t["name"] == "check_order_status" && t["result"]["success"] == true)
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 20);
+}

@@ -226,7 +226,13 @@ pub async fn run(cfg: &Config, store: &Store, llm: &SummaryLlm, input: WorkflowI
                         transcript_text(r)
                     );
                     let id = store
-                        .create_ticket(customer.as_ref().map(|c| c.id.as_str()), &r.call_sid, "Follow up on unresolved call", &desc, "normal")
+                        .create_ticket(
+                            customer.as_ref().map(|c| c.id.as_str()),
+                            &r.call_sid,
+                            "Follow up on unresolved call",
+                            &desc,
+                            "normal",
+                        )
                         .await?;
                     Ok(("ok", json!({"ticket_id": id})))
                 }
@@ -290,7 +296,13 @@ mod tests {
             &cfg,
             &store,
             &llm,
-            WorkflowInput { record: &rec, customer_id: None, end_reason: "hangup", transferred: false, ended_by_bot: false },
+            WorkflowInput {
+                record: &rec,
+                customer_id: None,
+                end_reason: "hangup",
+                transferred: false,
+                ended_by_bot: false,
+            },
         )
         .await;
         let status: Vec<(&str, &str)> = out.steps.iter().map(|s| (s.step.as_str(), s.status)).collect();
