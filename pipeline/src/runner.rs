@@ -692,12 +692,14 @@ impl Driver {
             return;
         }
         let route = match dir {
-            Direction::Downstream => self.slots[from].down.clone(),
-            Direction::Upstream => self.slots[from].up.clone(),
+            Direction::Downstream => &self.slots[from].down,
+            Direction::Upstream => &self.slots[from].up,
         };
         match route {
-            Route::Slot(j) => self.enqueue(j, dir, env, Some(from)),
+            Route::Slot(j) => self.enqueue(*j, dir, env, Some(from)),
+            Route::Exit => self.exit(from, dir, env),
             Route::Fan(js) => {
+                let js = js.clone();
                 for (k, j) in js.iter().enumerate() {
                     if k + 1 == js.len() {
                         self.enqueue(*j, dir, env, Some(from));
@@ -706,7 +708,6 @@ impl Driver {
                     self.enqueue(*j, dir, env.clone(), Some(from));
                 }
             }
-            Route::Exit => self.exit(from, dir, env),
         }
     }
 
@@ -820,11 +821,10 @@ impl Driver {
         }
         let is_end = matches!(frame, Frame::End);
         self.arm_stage(i, false);
-        let slot = &mut self.slots[i];
-        let State::Idle(owned) = &mut slot.state else { return Some(frame) };
-        let _enter = slot.span.enter();
+        // No per-processor span here: entering one costs more than a synchronous hop itself;
+        // events logged from the fast path still carry the pipeline's span.
+        let State::Idle(owned) = &mut self.slots[i].state else { return Some(frame) };
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| owned.proc.dyn_process_now(frame, dir, &mut owned.cx)));
-        drop(_enter);
         match r {
             Ok(Ok(back @ Some(_))) => {
                 let _ = self.collect_stage(i, true);
@@ -888,20 +888,30 @@ impl Driver {
         let mut frames = std::mem::take(&mut self.scratch_frames);
         let mut events = std::mem::take(&mut self.scratch_events);
         let blocked = with_stage(|s| {
-            std::mem::swap(&mut s.frames, &mut frames);
-            std::mem::swap(&mut s.events, &mut events);
+            // Swap buffers rather than copy frames out: both keep their capacity, so the hot
+            // path never allocates.
+            if !s.frames.is_empty() {
+                std::mem::swap(&mut s.frames, &mut frames);
+            }
+            if !s.events.is_empty() {
+                std::mem::swap(&mut s.events, &mut events);
+            }
             s.cancel = false;
             s.blocked
         });
-        if keep_frames {
-            for (dir, env) in frames.drain(..) {
-                self.route(i, dir, env);
+        if !frames.is_empty() {
+            if keep_frames {
+                for (dir, env) in frames.drain(..) {
+                    self.route(i, dir, env);
+                }
+            } else {
+                frames.clear();
             }
-        } else {
-            frames.clear();
         }
-        for ev in events.drain(..) {
-            self.event_queue.push_back((ev, Some(i)));
+        if !events.is_empty() {
+            for ev in events.drain(..) {
+                self.event_queue.push_back((ev, Some(i)));
+            }
         }
         self.scratch_frames = frames;
         self.scratch_events = events;
