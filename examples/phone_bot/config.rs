@@ -458,10 +458,10 @@ fn set_path(tree: &mut Value, path: &[String], raw: &str) -> anyhow::Result<()> 
 
 fn parse_scalar(raw: &str) -> Value {
     // Lists are given as YAML/JSON (`["a","b"]`) or comma-separated.
-    if raw.starts_with('[') || raw.starts_with('{') {
-        if let Ok(v) = serde_saphyr::from_str::<Value>(raw) {
-            return v;
-        }
+    if (raw.starts_with('[') || raw.starts_with('{'))
+        && let Ok(v) = serde_saphyr::from_str::<Value>(raw)
+    {
+        return v;
     }
     match raw {
         "true" => return Value::Bool(true),

@@ -104,10 +104,6 @@ impl Recorder {
         crate::skills::lock(&self.st)
     }
 
-    pub fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.lock().t0.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     pub fn snapshot(&self) -> CallRecord {
         self.lock().rec.clone()
     }
@@ -217,10 +213,10 @@ impl Recorder {
             Event::Interrupt => {
                 st.rec.interruptions += 1;
                 Self::say(&st, &format!("[{:>6.2}s] -- caller barged in --", ms(st.t0) as f64 / 1e3));
-                if let Some(i) = st.bot_speaking_line {
-                    if let Some(l) = st.rec.transcript.get_mut(i) {
-                        l.interrupted = true;
-                    }
+                if let Some(i) = st.bot_speaking_line
+                    && let Some(l) = st.rec.transcript.get_mut(i)
+                {
+                    l.interrupted = true;
                 }
                 drop(st);
                 self.bot_done();

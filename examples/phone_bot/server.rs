@@ -26,6 +26,9 @@ use crate::skills::{self, CallCtx};
 use crate::store::{CallRow, Store, now_ms};
 use crate::workflow::{self, SummaryLlm, WorkflowInput, WorkflowOutcome};
 
+/// Observer of finished calls.
+pub type CallDoneFn = Arc<dyn Fn(&CallRow) + Send + Sync>;
+
 /// Everything a call needs, shared by all calls.
 pub struct App {
     pub cfg: Arc<Config>,
@@ -37,7 +40,7 @@ pub struct App {
     /// Live transcript printer (simulation).
     pub live: Option<LiveFn>,
     /// Called with each finished call's record (simulation, tests).
-    pub on_call_done: Option<Arc<dyn Fn(&CallRow) + Send + Sync>>,
+    pub on_call_done: Option<CallDoneFn>,
 }
 
 impl App {

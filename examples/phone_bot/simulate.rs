@@ -154,10 +154,10 @@ pub fn speech(text: &str, index: usize) -> anyhow::Result<Vec<u8>> {
             .arg(&raw)
             .args(["norm", "-3"])
             .output();
-        if sox.is_ok_and(|o| o.status.success()) {
-            if let Ok(bytes) = std::fs::read(&raw) {
-                return Ok(bytes);
-            }
+        if sox.is_ok_and(|o| o.status.success())
+            && let Ok(bytes) = std::fs::read(&raw)
+        {
+            return Ok(bytes);
         }
     }
     let fixture: PathBuf =
@@ -179,8 +179,9 @@ pub struct CallerLog {
     pub bot_audio_ms: u64,
 }
 
-/// One step of a caller script.
+/// One step of a caller script (the simulation uses a few; the tests use them all).
 #[derive(Debug, Clone)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub enum Step {
     /// Wait until the bot's queued audio has played and it stays quiet this long.
     WaitQuiet(Duration),

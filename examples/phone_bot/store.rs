@@ -405,6 +405,8 @@ impl Store {
     }
 
     /// Emails queued for a call.
+    // Only the end-to-end tests read the outbox today; a mailer would.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub async fn outbox_for_call(&self, call_sid: &str) -> anyhow::Result<Vec<Value>> {
         let rows = sqlx::query("SELECT id, to_addr, subject FROM outbox WHERE call_sid = $1")
             .bind(call_sid.to_string())

@@ -83,6 +83,8 @@ async fn greets_first_answers_order_status_and_hangs_up() {
         .map(|s| format!("{}={}", s["step"].as_str().unwrap_or(""), s["status"].as_str().unwrap_or("")))
         .collect();
     assert_eq!(steps.len(), 4, "{steps:?}");
+    let mail = server.app.store.outbox_for_call(&row.call_sid).await.unwrap_or_default();
+    assert_eq!(mail.len(), 1, "follow-up email queued");
     assert!(
         row.record["turns"].as_array().is_some_and(|t| t.len() >= 3 && t.iter().all(|t| t["total_ms"].is_number()))
     );

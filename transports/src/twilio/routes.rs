@@ -176,7 +176,7 @@ fn verify(
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     params: &[(String, String)],
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     let Some(token) = &state.cfg.auth_token else { return Ok(()) };
     let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     let url = format!("{}{}", state.cfg.public_url, path_and_query);
@@ -185,7 +185,7 @@ fn verify(
         Ok(())
     } else {
         tracing::warn!(url, has_signature = !sig.is_empty(), "rejected request with a bad Twilio signature");
-        Err((StatusCode::FORBIDDEN, "invalid signature").into_response())
+        Err(Box::new((StatusCode::FORBIDDEN, "invalid signature").into_response()))
     }
 }
 
@@ -197,7 +197,7 @@ async fn voice_webhook(
 ) -> Response {
     let params = parse_form(&body);
     if let Err(resp) = verify(&state, &uri, &headers, &params) {
-        return resp;
+        return *resp;
     }
     let call = IncomingCall {
         call_sid: field(&params, "CallSid").unwrap_or_default().to_string(),
@@ -237,11 +237,10 @@ async fn stream_upgrade(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     // token checked at `start` is the binding check either way.
     if let (Some(token), Some(sig)) =
         (&state.cfg.auth_token, headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()))
+        && !signature::validate(token, &state.cfg.stream_url(), &[], sig)
     {
-        if !signature::validate(token, &state.cfg.stream_url(), &[], sig) {
-            tracing::warn!("rejected stream handshake with a bad Twilio signature");
-            return (StatusCode::FORBIDDEN, "invalid signature").into_response();
-        }
+        tracing::warn!("rejected stream handshake with a bad Twilio signature");
+        return (StatusCode::FORBIDDEN, "invalid signature").into_response();
     }
     let params = state.cfg.params.clone();
     // axum's limit is a backstop for absurd frames; the serializer enforces the real one so the
@@ -264,7 +263,7 @@ async fn status_callback(
 ) -> Response {
     let params = parse_form(&body);
     if let Err(resp) = verify(&state, &uri, &headers, &params) {
-        return resp;
+        return *resp;
     }
     let update = StatusUpdate {
         call_sid: field(&params, "CallSid").unwrap_or_default().to_string(),

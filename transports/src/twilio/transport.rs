@@ -204,10 +204,10 @@ impl AudioSink for TwilioSink {
         // The output stage announces only the first utterance when play-out is reported by the
         // sink, so each utterance after a mark-confirmed silence is announced here (the VAD needs
         // it to allow barge-in).
-        if !self.shared.speaking.swap(true, Ordering::AcqRel) {
-            if let Some(h) = self.shared.handle.get() {
-                let _ = h.emit(Event::BotStartedSpeaking);
-            }
+        if !self.shared.speaking.swap(true, Ordering::AcqRel)
+            && let Some(h) = self.shared.handle.get()
+        {
+            let _ = h.emit(Event::BotStartedSpeaking);
         }
         // A closed writer means the socket is gone; the session is ending, so the chunk is moot.
         if self.shared.out.send(Out::Text(serializer::encode_media(&self.shared.stream_sid, &mulaw))).is_ok() {
