@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use llm_support::*;
 use serde_json::json;
-use voxline_emulators::openai::{
-    LlmFault, OpenAiConfig, OpenAiEmulator, Scripted, ScriptedToolCall, ToolCallStyle,
-};
+use voxline_emulators::openai::{LlmFault, OpenAiConfig, OpenAiEmulator, Scripted, ScriptedToolCall, ToolCallStyle};
 use voxline_pipeline::testing::Harness;
 use voxline_pipeline::{Frame, FrameKind, LlmContext, ToolSpec};
 use voxline_processors::llm::{DEFAULT_FALLBACK_TEXT, LlmConfigError, LlmService, OpenAiLlm, OpenAiSettings};
@@ -215,7 +213,8 @@ async fn malformed_sse_data_gives_an_error_event_and_fallback() {
 
 #[tokio::test]
 async fn in_stream_error_after_text_ends_the_turn() {
-    let emu = emulator(vec![Scripted::text("Partial answer here.").with_fault(LlmFault::StreamError { after_events: 3 })]);
+    let emu =
+        emulator(vec![Scripted::text("Partial answer here.").with_fault(LlmFault::StreamError { after_events: 3 })]);
     let h = Harness::single(llm(&emu, |_| {}));
     h.push(Frame::LlmRun(user_ctx("hi"))).await;
     assert!(wait_turns(&h, 2).await);
@@ -259,7 +258,9 @@ async fn never_answering_provider_times_out() {
 
 #[tokio::test]
 async fn stalled_stream_hits_the_idle_timeout() {
-    let emu = emulator(vec![Scripted::text("Start of an answer that stalls.").with_fault(LlmFault::Stall { after_events: 3 })]);
+    let emu = emulator(vec![
+        Scripted::text("Start of an answer that stalls.").with_fault(LlmFault::Stall { after_events: 3 }),
+    ]);
     let h = Harness::single(llm(&emu, |s| s.service.idle_timeout = Duration::from_millis(200)));
     h.push(Frame::LlmRun(user_ctx("hi"))).await;
     assert!(wait_turns(&h, 2).await);

@@ -69,6 +69,8 @@ struct Spoken {
     text: String,
     words: Vec<Word>,
     heard: usize,
+    /// Byte offset in `text` up to which `words` are parsed.
+    parsed: usize,
     open: bool,
     interrupted: bool,
 }
@@ -76,7 +78,19 @@ struct Spoken {
 impl Spoken {
     fn set_text(&mut self, text: String) {
         self.words = text.split_whitespace().map(|w| Word { raw: w.to_string(), norm: normalize(w) }).collect();
+        self.parsed = text.len();
         self.text = text;
+    }
+    /// Append streamed text; words become matchable once whitespace closes them, so the caller
+    /// can be heard (and cut) while the response is still streaming.
+    fn append(&mut self, piece: &str) {
+        self.text.push_str(piece);
+        let tail = &self.text[self.parsed..];
+        if let Some(ws) = tail.rfind(char::is_whitespace) {
+            let done = &tail[..ws];
+            self.words.extend(done.split_whitespace().map(|w| Word { raw: w.to_string(), norm: normalize(w) }));
+            self.parsed += ws;
+        }
     }
     fn heard_text(&self) -> String {
         self.words[..self.heard].iter().map(|w| w.raw.as_str()).collect::<Vec<_>>().join(" ")
@@ -299,7 +313,7 @@ impl AssistantAggregator {
                     st.begin_response();
                 }
                 if let Some(s) = st.current_open() {
-                    s.text.push_str(t);
+                    s.append(t);
                 }
             }
             Frame::ToolCalls(calls) => {
