@@ -26,9 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{Recorder, Server, header_pairs, header_str, token_id};
 use crate::llm::{Frame, LastTurn, apply_stream_fault, call_center_decision, pump};
-pub use crate::llm::{
-    LlmFault, RecordedRequest, Responder, Scripted, ScriptedToolCall, ToolCallStyle,
-};
+pub use crate::llm::{LlmFault, RecordedRequest, Responder, Scripted, ScriptedToolCall, ToolCallStyle};
 
 /// Emulator configuration.
 #[derive(Clone)]
@@ -71,10 +69,7 @@ impl std::fmt::Debug for AnthropicConfig {
 impl AnthropicConfig {
     /// Config serving `script` in order.
     pub fn with_script(script: Vec<Scripted>) -> Self {
-        Self {
-            script,
-            ..Self::default()
-        }
+        Self { script, ..Self::default() }
     }
 
     /// Sets the expected API key.
@@ -84,10 +79,7 @@ impl AnthropicConfig {
     }
 
     /// Sets the responder used when the queue is empty.
-    pub fn with_responder(
-        mut self,
-        responder: impl Fn(&Value) -> Scripted + Send + Sync + 'static,
-    ) -> Self {
+    pub fn with_responder(mut self, responder: impl Fn(&Value) -> Scripted + Send + Sync + 'static) -> Self {
         self.responder = Some(Arc::new(responder));
         self
     }
@@ -108,9 +100,7 @@ pub struct AnthropicEmulator {
 
 impl std::fmt::Debug for AnthropicEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnthropicEmulator")
-            .field("addr", &self.server.addr())
-            .finish()
+        f.debug_struct("AnthropicEmulator").field("addr", &self.server.addr()).finish()
     }
 }
 
@@ -119,16 +109,8 @@ impl AnthropicEmulator {
     pub fn start(cfg: AnthropicConfig) -> io::Result<Self> {
         let cancel = CancellationToken::new();
         let queue = Mutex::new(cfg.script.iter().cloned().collect());
-        let inner = Arc::new(Inner {
-            cfg,
-            queue,
-            rec: Recorder::new(Vec::new()),
-            cancel: cancel.clone(),
-        });
-        let router = Router::new()
-            .route("/v1/messages", post(messages))
-            .fallback(not_found)
-            .with_state(inner.clone());
+        let inner = Arc::new(Inner { cfg, queue, rec: Recorder::new(Vec::new()), cancel: cancel.clone() });
+        let router = Router::new().route("/v1/messages", post(messages)).fallback(not_found).with_state(inner.clone());
         let server = Server::start("anthropic", router, cancel)?;
         Ok(Self { inner, server })
     }
@@ -159,20 +141,12 @@ impl AnthropicEmulator {
 
     /// Appends a response to the script queue.
     pub fn enqueue(&self, scripted: Scripted) {
-        self.inner
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(scripted);
+        self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(scripted);
     }
 
     /// Responses still queued.
     pub fn pending(&self) -> usize {
-        self.inner
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Stops the server and ends open streams.
@@ -184,12 +158,7 @@ impl AnthropicEmulator {
 fn error_response(status: StatusCode, ty: &str, message: &str) -> Response {
     let request_id = format!("req_{}", token_id(24));
     let body = json!({"type": "error", "error": {"type": ty, "message": message}, "request_id": request_id});
-    let mut resp = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
     if let Ok(v) = request_id.parse() {
         resp.headers_mut().insert("request-id", v);
     }
@@ -197,11 +166,7 @@ fn error_response(status: StatusCode, ty: &str, message: &str) -> Response {
 }
 
 async fn not_found(uri: Uri) -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        "not_found_error",
-        &format!("Not found: {}", uri.path()),
-    )
+    error_response(StatusCode::NOT_FOUND, "not_found_error", &format!("Not found: {}", uri.path()))
 }
 
 fn blocks(content: Option<&Value>) -> Vec<Value> {
@@ -216,9 +181,7 @@ fn validate(messages: &[Value]) -> Option<String> {
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         if role != "user" && role != "assistant" {
-            return Some(format!(
-                "messages.{i}.role: Input should be 'user' or 'assistant'"
-            ));
+            return Some(format!("messages.{i}.role: Input should be 'user' or 'assistant'"));
         }
         if let Some(Value::String(s)) = m.get("content")
             && s.is_empty()
@@ -232,9 +195,7 @@ fn validate(messages: &[Value]) -> Option<String> {
             if b.get("type").and_then(Value::as_str) == Some("text")
                 && b.get("text").and_then(Value::as_str) == Some("")
             {
-                return Some(format!(
-                    "messages.{i}.content.{j}.text: text content blocks must be non-empty"
-                ));
+                return Some(format!("messages.{i}.content.{j}.text: text content blocks must be non-empty"));
             }
         }
         if role != "assistant" {
@@ -248,25 +209,15 @@ fn validate(messages: &[Value]) -> Option<String> {
         if ids.is_empty() {
             continue;
         }
-        let next = messages
-            .get(i + 1)
-            .map(|n| blocks(n.get("content")))
-            .unwrap_or_default();
+        let next = messages.get(i + 1).map(|n| blocks(n.get("content"))).unwrap_or_default();
         let answered: Vec<&str> = next
             .iter()
             .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
             .filter_map(|b| b.get("tool_use_id").and_then(Value::as_str))
             .collect();
-        let missing: Vec<&String> = ids
-            .iter()
-            .filter(|id| !answered.contains(&id.as_str()))
-            .collect();
+        let missing: Vec<&String> = ids.iter().filter(|id| !answered.contains(&id.as_str())).collect();
         if !missing.is_empty() {
-            let list = missing
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
             return Some(format!(
                 "messages.{}: `tool_use` ids were found without `tool_result` blocks immediately after: {list}. Each `tool_use` block must have a corresponding `tool_result` block in the next message.",
                 i + 1
@@ -302,11 +253,7 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
     if let Some(expected) = &inner.cfg.api_key
         && header_str(headers, "x-api-key") != Some(expected.as_str())
     {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "invalid x-api-key",
-        );
+        return error_response(StatusCode::UNAUTHORIZED, "authentication_error", "invalid x-api-key");
     }
     if header_str(headers, "anthropic-version").is_none() {
         return error_response(
@@ -323,25 +270,13 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
         );
     };
     if req.get("model").and_then(Value::as_str).is_none() {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "model: Field required",
-        );
+        return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", "model: Field required");
     }
     if req.get("max_tokens").and_then(Value::as_u64).is_none() {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "max_tokens: Field required",
-        );
+        return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", "max_tokens: Field required");
     }
     let Some(messages) = req.get("messages").and_then(Value::as_array) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "messages: Field required",
-        );
+        return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", "messages: Field required");
     };
     if messages.is_empty() {
         return error_response(
@@ -357,11 +292,7 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
     }
 
     let scripted = {
-        let next = inner
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front();
+        let next = inner.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         match (next, &inner.cfg.responder) {
             (Some(s), _) => s,
             (None, Some(r)) => r(&req),
@@ -372,18 +303,10 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
     match &scripted.fault {
         Some(LlmFault::NeverAnswer) => {
             inner.cancel.cancelled().await;
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "api_error",
-                "shutting down",
-            );
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "api_error", "shutting down");
         }
         Some(LlmFault::ServerError) => {
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "api_error",
-                "Internal server error",
-            );
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "Internal server error");
         }
         Some(LlmFault::RateLimited { retry_after_secs }) => {
             let mut resp = error_response(
@@ -394,10 +317,7 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
             if let Ok(v) = retry_after_secs.to_string().parse() {
                 resp.headers_mut().insert("retry-after", v);
             }
-            resp.headers_mut().insert(
-                "anthropic-ratelimit-requests-remaining",
-                header::HeaderValue::from_static("0"),
-            );
+            resp.headers_mut().insert("anthropic-ratelimit-requests-remaining", header::HeaderValue::from_static("0"));
             return resp;
         }
         Some(LlmFault::Overloaded) => {
@@ -425,52 +345,27 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
 
     let r = Render {
         id: format!("msg_{}", token_id(24)),
-        model: req
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("claude-emulator")
-            .to_string(),
-        input_tokens: (messages.iter().map(|m| m.to_string().len()).sum::<usize>() / 4).max(1)
-            as u64,
+        model: req.get("model").and_then(Value::as_str).unwrap_or("claude-emulator").to_string(),
+        input_tokens: (messages.iter().map(|m| m.to_string().len()).sum::<usize>() / 4).max(1) as u64,
     };
     if !req.get("stream").and_then(Value::as_bool).unwrap_or(false) {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            r.whole(&scripted).to_string(),
-        )
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r.whole(&scripted).to_string())
             .into_response();
     }
     let frames = apply_stream_fault(
         r.frames(&scripted),
         scripted.fault.as_ref(),
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"bro\n\n",
-        event(
-            "error",
-            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
-        ),
+        event("error", &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
     );
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(pump(
-        frames,
-        scripted.ttft,
-        scripted.token_delay,
-        tx,
-        inner.cancel.clone(),
-    ));
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+    tokio::spawn(pump(frames, scripted.ttft, scripted.token_delay, tx, inner.cancel.clone()));
+    let body =
+        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-cache"),
-    );
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
     if let Ok(v) = format!("req_{}", token_id(24)).parse() {
         h.insert("request-id", v);
     }
@@ -489,33 +384,17 @@ struct Render {
 
 impl Render {
     fn output_tokens(s: &Scripted) -> u64 {
-        (s.text.len()
-            + s.tool_calls
-                .iter()
-                .map(|c| s.fragments(&c.arguments).len() + 1)
-                .sum::<usize>())
-        .max(1) as u64
+        (s.text.len() + s.tool_calls.iter().map(|c| s.fragments(&c.arguments).len() + 1).sum::<usize>()).max(1) as u64
     }
 
     fn stop_reason(s: &Scripted) -> String {
-        s.stop_reason.clone().unwrap_or_else(|| {
-            if s.tool_calls.is_empty() {
-                "end_turn"
-            } else {
-                "tool_use"
-            }
-            .to_string()
-        })
+        s.stop_reason
+            .clone()
+            .unwrap_or_else(|| if s.tool_calls.is_empty() { "end_turn" } else { "tool_use" }.to_string())
     }
 
     fn ids(calls: &[ScriptedToolCall]) -> Vec<String> {
-        calls
-            .iter()
-            .map(|c| {
-                c.id.clone()
-                    .unwrap_or_else(|| format!("toolu_{}", token_id(24)))
-            })
-            .collect()
+        calls.iter().map(|c| c.id.clone().unwrap_or_else(|| format!("toolu_{}", token_id(24)))).collect()
     }
 
     fn frames(&self, s: &Scripted) -> Vec<Frame> {
@@ -545,10 +424,7 @@ impl Render {
                     json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}),
                 );
             }
-            push(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": index}),
-            );
+            push("content_block_stop", json!({"type": "content_block_stop", "index": index}));
             index += 1;
         }
         let calls = s.effective_tool_calls();
@@ -572,10 +448,7 @@ impl Render {
                     json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": f}}),
                 );
             }
-            push(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": index}),
-            );
+            push("content_block_stop", json!({"type": "content_block_stop", "index": index}));
             index += 1;
         }
         if !pinged {
@@ -625,26 +498,15 @@ fn text_of(content: Option<&Value>) -> String {
 /// goodbye sentence; otherwise a greeting or a prompt for the order number.
 pub fn call_center_responder() -> Responder {
     Arc::new(|req: &Value| {
-        let messages = req
-            .get("messages")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let messages = req.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
         let tools: Vec<String> = req
             .get("tools")
             .and_then(Value::as_array)
-            .map(|ts| {
-                ts.iter()
-                    .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_string))
-                    .collect()
-            })
+            .map(|ts| ts.iter().filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_string)).collect())
             .unwrap_or_default();
         let user_turns = messages
             .iter()
-            .filter(|m| {
-                m.get("role").and_then(Value::as_str) == Some("user")
-                    && !text_of(m.get("content")).is_empty()
-            })
+            .filter(|m| m.get("role").and_then(Value::as_str) == Some("user") && !text_of(m.get("content")).is_empty())
             .count();
         let last = match messages.last() {
             Some(m) if m.get("role").and_then(Value::as_str) == Some("user") => {

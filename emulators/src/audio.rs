@@ -55,11 +55,7 @@ pub fn alaw_encode(sample: i16) -> u8 {
         return 0x7F ^ mask;
     };
     let mut a = (seg as u8) << 4;
-    a |= if seg < 2 {
-        ((x >> 1) & 0x0F) as u8
-    } else {
-        ((x >> seg) & 0x0F) as u8
-    };
+    a |= if seg < 2 { ((x >> 1) & 0x0F) as u8 } else { ((x >> seg) & 0x0F) as u8 };
     a ^ mask
 }
 
@@ -102,17 +98,12 @@ impl OutputFormat {
         let (kind, rate) = name.split_once('_')?;
         let sample_rate: u32 = rate.parse().ok()?;
         let encoding = match kind {
-            "pcm" if [8000, 16000, 22050, 24000, 32000, 44100, 48000].contains(&sample_rate) => {
-                Encoding::Pcm16
-            }
+            "pcm" if [8000, 16000, 22050, 24000, 32000, 44100, 48000].contains(&sample_rate) => Encoding::Pcm16,
             "ulaw" if sample_rate == 8000 => Encoding::Ulaw,
             "alaw" if sample_rate == 8000 => Encoding::Alaw,
             _ => return None,
         };
-        Some(Self {
-            encoding,
-            sample_rate,
-        })
+        Some(Self { encoding, sample_rate })
     }
 
     /// Bytes per sample on the wire.
@@ -140,10 +131,7 @@ impl OutputFormat {
     /// Decodes wire bytes back into linear samples (a trailing odd PCM byte is ignored).
     pub fn decode(&self, bytes: &[u8]) -> Vec<i16> {
         match self.encoding {
-            Encoding::Pcm16 => bytes
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                .collect(),
+            Encoding::Pcm16 => bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect(),
             Encoding::Ulaw => bytes.iter().map(|&b| ulaw_decode(b)).collect(),
             Encoding::Alaw => bytes.iter().map(|&b| alaw_decode(b)).collect(),
         }
@@ -172,10 +160,7 @@ pub struct ToneVoice {
 impl ToneVoice {
     /// A voice producing samples at `sample_rate`.
     pub fn new(sample_rate: u32) -> Self {
-        Self {
-            sample_rate,
-            phase: 0.0,
-        }
+        Self { sample_rate, phase: 0.0 }
     }
 
     /// Renders `n_samples` for character `c`.

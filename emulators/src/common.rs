@@ -23,11 +23,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// Binds 127.0.0.1:0 synchronously so the caller learns the port before any await.
-    pub(crate) fn start(
-        name: &'static str,
-        router: Router,
-        cancel: CancellationToken,
-    ) -> io::Result<Self> {
+    pub(crate) fn start(name: &'static str, router: Router, cancel: CancellationToken) -> io::Result<Self> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -42,35 +38,20 @@ impl Server {
             };
             tracing::debug!(emulator = name, %addr, "emulator listening");
             let shutdown = serve_cancel.clone();
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
+            if let Err(e) =
+                axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
             {
                 tracing::warn!(emulator = name, error = %e, "emulator server stopped with an error");
             }
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(handle) => Ok(Self {
-                addr,
-                cancel,
-                task: Some(handle.spawn(serve)),
-                thread: None,
-            }),
+            Ok(handle) => Ok(Self { addr, cancel, task: Some(handle.spawn(serve)), thread: None }),
             Err(_) => {
                 // No ambient runtime (plain #[test] or a sync caller): run on our own thread.
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()?;
-                let thread = std::thread::Builder::new()
-                    .name(format!("{name}-emulator"))
-                    .spawn(move || rt.block_on(serve))?;
-                Ok(Self {
-                    addr,
-                    cancel,
-                    task: None,
-                    thread: Some(thread),
-                })
+                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+                let thread =
+                    std::thread::Builder::new().name(format!("{name}-emulator")).spawn(move || rt.block_on(serve))?;
+                Ok(Self { addr, cancel, task: None, thread: Some(thread) })
             }
         }
     }
@@ -84,10 +65,7 @@ impl Server {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
                 abort.abort();
             }
         }
@@ -116,10 +94,7 @@ pub(crate) struct Recorder<T> {
 
 impl<T: Clone> Recorder<T> {
     pub(crate) fn new(initial: T) -> Self {
-        Self {
-            state: Mutex::new(initial),
-            version: watch::channel(0).0,
-        }
+        Self { state: Mutex::new(initial), version: watch::channel(0).0 }
     }
 
     fn lock(&self) -> MutexGuard<'_, T> {
@@ -183,9 +158,7 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -203,10 +176,7 @@ fn percent_decode(s: &str) -> String {
 
 /// First value of a query key.
 pub(crate) fn query_get<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 pub(crate) fn query_bool(query: &[(String, String)], key: &str) -> bool {
@@ -217,12 +187,7 @@ pub(crate) fn query_bool(query: &[(String, String)], key: &str) -> bool {
 pub(crate) fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_ascii_lowercase(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect()
 }
 
@@ -241,21 +206,11 @@ pub(crate) fn next_id() -> u64 {
 pub(crate) fn uuid_like() -> String {
     let n = next_id();
     let t = unix_secs();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        t as u32,
-        (n >> 16) & 0xffff,
-        n & 0xfff,
-        (n >> 12) & 0xfff,
-        n
-    )
+    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", t as u32, (n >> 16) & 0xffff, n & 0xfff, (n >> 12) & 0xfff, n)
 }
 
 pub(crate) fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Alphanumeric id body in the style of provider ids (`chatcmpl-…`, `msg_…`, `toolu_…`).
@@ -282,10 +237,7 @@ pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Runs `fut` unless the emulator shuts down first.
-pub(crate) async fn or_cancelled<F: Future>(
-    cancel: &CancellationToken,
-    fut: F,
-) -> Option<F::Output> {
+pub(crate) async fn or_cancelled<F: Future>(cancel: &CancellationToken, fut: F) -> Option<F::Output> {
     tokio::select! {
         _ = cancel.cancelled() => None,
         out = fut => Some(out),
@@ -300,10 +252,7 @@ pub(crate) struct Outbox<A> {
 
 impl<A> Outbox<A> {
     pub(crate) fn new() -> Self {
-        Self {
-            items: Vec::new(),
-            seq: 0,
-        }
+        Self { items: Vec::new(), seq: 0 }
     }
 
     pub(crate) fn push(&mut self, due: Instant, action: A) {
@@ -313,11 +262,7 @@ impl<A> Outbox<A> {
 
     /// Latest due time among queued items, so callers can keep per-stream ordering.
     pub(crate) fn last_due_where(&self, f: impl Fn(&A) -> bool) -> Option<Instant> {
-        self.items
-            .iter()
-            .filter(|(_, _, a)| f(a))
-            .map(|(d, _, _)| *d)
-            .max()
+        self.items.iter().filter(|(_, _, a)| f(a)).map(|(d, _, _)| *d).max()
     }
 
     pub(crate) fn next_due(&self) -> Option<Instant> {

@@ -31,9 +31,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{
-    Outbox, Recorder, Server, header_str, parse_query, query_bool, query_get, uuid_like,
-};
+use crate::common::{Outbox, Recorder, Server, header_str, parse_query, query_bool, query_get, uuid_like};
 
 /// Default audio per utterance for [`DeepgramConfig::with_utterances`].
 pub const DEFAULT_UTTERANCE_AUDIO_MS: u64 = 3000;
@@ -107,14 +105,7 @@ impl TranscriptScript {
                 }
             })
             .collect();
-        Self {
-            trigger,
-            words,
-            interims: 0,
-            is_final: true,
-            speech_final: true,
-            delay: None,
-        }
+        Self { trigger, words, interims: 0, is_final: true, speech_final: true, delay: None }
     }
 
     /// Sets the number of interim results before the final.
@@ -148,11 +139,7 @@ impl TranscriptScript {
 }
 
 fn join_words(words: &[ScriptedWord]) -> String {
-    words
-        .iter()
-        .map(|w| w.punctuated_word.as_str())
-        .collect::<Vec<_>>()
-        .join(" ")
+    words.iter().map(|w| w.punctuated_word.as_str()).collect::<Vec<_>>().join(" ")
 }
 
 /// Misbehaviour injected into one connection.
@@ -232,12 +219,7 @@ impl DeepgramConfig {
         Self {
             script: utterances
                 .into_iter()
-                .map(|u| {
-                    TranscriptScript::new(
-                        u.as_ref(),
-                        Trigger::FinalizeOrAudioMs(DEFAULT_UTTERANCE_AUDIO_MS),
-                    )
-                })
+                .map(|u| TranscriptScript::new(u.as_ref(), Trigger::FinalizeOrAudioMs(DEFAULT_UTTERANCE_AUDIO_MS)))
                 .collect(),
             ..Self::default()
         }
@@ -348,9 +330,7 @@ pub struct DeepgramEmulator {
 
 impl std::fmt::Debug for DeepgramEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeepgramEmulator")
-            .field("addr", &self.server.addr())
-            .finish()
+        f.debug_struct("DeepgramEmulator").field("addr", &self.server.addr()).finish()
     }
 }
 
@@ -358,14 +338,8 @@ impl DeepgramEmulator {
     /// Binds 127.0.0.1:0 and starts serving `/v1/listen`.
     pub fn start(cfg: DeepgramConfig) -> io::Result<Self> {
         let cancel = CancellationToken::new();
-        let inner = Arc::new(Inner {
-            cfg,
-            rec: Recorder::new(DeepgramReceived::default()),
-            cancel: cancel.clone(),
-        });
-        let router = Router::new()
-            .route("/v1/listen", get(listen))
-            .with_state(inner.clone());
+        let inner = Arc::new(Inner { cfg, rec: Recorder::new(DeepgramReceived::default()), cancel: cancel.clone() });
+        let router = Router::new().route("/v1/listen", get(listen)).with_state(inner.clone());
         let server = Server::start("deepgram", router, cancel)?;
         Ok(Self { inner, server })
     }
@@ -410,12 +384,7 @@ fn reject(status: StatusCode, request_id: &str, reason: &str) -> Response {
         _ => "INTERNAL_SERVER_ERROR",
     };
     let body = json!({"err_code": err_code, "err_msg": reason, "request_id": request_id});
-    let mut resp = (
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert("dg-request-id", v);
     }
@@ -425,10 +394,8 @@ fn reject(status: StatusCode, request_id: &str, reason: &str) -> Response {
     resp
 }
 
-const KNOWN_ENCODINGS: &[&str] = &[
-    "linear16", "linear32", "flac", "alaw", "mulaw", "amr-nb", "amr-wb", "opus", "ogg-opus",
-    "speex", "g729",
-];
+const KNOWN_ENCODINGS: &[&str] =
+    &["linear16", "linear32", "flac", "alaw", "mulaw", "amr-nb", "amr-wb", "opus", "ogg-opus", "speex", "g729"];
 
 async fn listen(
     State(inner): State<Arc<Inner>>,
@@ -450,9 +417,7 @@ async fn listen(
     let presented = authorization
         .as_deref()
         .and_then(|a| {
-            a.strip_prefix("Token ")
-                .or_else(|| a.strip_prefix("token "))
-                .or_else(|| a.strip_prefix("Bearer "))
+            a.strip_prefix("Token ").or_else(|| a.strip_prefix("token ")).or_else(|| a.strip_prefix("Bearer "))
         })
         .map(|k| k.trim().to_string())
         .or(proto_key.clone());
@@ -482,9 +447,7 @@ async fn listen(
             record_reject(400, &reason);
             return reject(StatusCode::BAD_REQUEST, &request_id, &reason);
         }
-        if matches!(enc, "linear16" | "linear32" | "mulaw" | "alaw")
-            && query_get(&query, "sample_rate").is_none()
-        {
+        if matches!(enc, "linear16" | "linear32" | "mulaw" | "alaw") && query_get(&query, "sample_rate").is_none() {
             let reason = "Bad Request: sample_rate must be specified for raw (headerless) audio.";
             record_reject(400, reason);
             return reject(StatusCode::BAD_REQUEST, &request_id, reason);
@@ -514,27 +477,11 @@ async fn listen(
         });
         r.connections.len() - 1
     });
-    let script = inner
-        .cfg
-        .connection_scripts
-        .get(index)
-        .cloned()
-        .unwrap_or_else(|| inner.cfg.script.clone());
-    let conn = Conn::new(
-        inner.clone(),
-        index,
-        request_id.clone(),
-        &query,
-        script,
-        fault,
-    );
+    let script = inner.cfg.connection_scripts.get(index).cloned().unwrap_or_else(|| inner.cfg.script.clone());
+    let conn = Conn::new(inner.clone(), index, request_id.clone(), &query, script, fault);
     tracing::debug!(index, request_id, "deepgram emulator accepted connection");
 
-    let ws = if proto_key.is_some() {
-        ws.protocols(["token"])
-    } else {
-        ws
-    };
+    let ws = if proto_key.is_some() { ws.protocols(["token"]) } else { ws };
     let mut resp = ws.on_upgrade(move |socket| run_connection(socket, conn));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("dg-request-id", v);
@@ -578,13 +525,8 @@ impl Conn {
         script: Vec<TranscriptScript>,
         fault: DeepgramFault,
     ) -> Self {
-        let rate: f64 = query_get(query, "sample_rate")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(16000.0);
-        let channels: u32 = query_get(query, "channels")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1)
-            .max(1);
+        let rate: f64 = query_get(query, "sample_rate").and_then(|v| v.parse().ok()).unwrap_or(16000.0);
+        let channels: u32 = query_get(query, "channels").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
         let bytes_per_sample = match query_get(query, "encoding") {
             Some("mulaw" | "alaw") => 1.0,
             Some("linear32") => 4.0,
@@ -598,8 +540,7 @@ impl Conn {
             channels,
             interim_results: query_bool(query, "interim_results"),
             vad_events: query_bool(query, "vad_events"),
-            utterance_end: query_bool(query, "interim_results")
-                && query_get(query, "utterance_end_ms").is_some(),
+            utterance_end: query_bool(query, "interim_results") && query_get(query, "utterance_end_ms").is_some(),
             queue: script.into(),
             fault,
             total_bytes: 0,
@@ -639,9 +580,8 @@ impl Conn {
                 Duration::ZERO,
                 json!({"type": "EmulatorFutureEvent", "request_id": self.request_id, "detail": "unknown message type"}),
             ),
-            DeepgramFault::MalformedJson => {
-                self.schedule(Duration::ZERO, Action::Text("{\"type\":\"Results\",\"channel\":{\"alternatives\":[".into()))
-            }
+            DeepgramFault::MalformedJson => self
+                .schedule(Duration::ZERO, Action::Text("{\"type\":\"Results\",\"channel\":{\"alternatives\":[".into())),
             _ => {}
         }
     }
@@ -654,13 +594,7 @@ impl Conn {
         })
     }
 
-    fn results(
-        &self,
-        words: &[ScriptedWord],
-        is_final: bool,
-        speech_final: bool,
-        from_finalize: bool,
-    ) -> Value {
+    fn results(&self, words: &[ScriptedWord], is_final: bool, speech_final: bool, from_finalize: bool) -> Value {
         let start = self.secs(self.window_start);
         let duration = self.secs(self.total_bytes.saturating_sub(self.window_start));
         let words_json: Vec<Value> = words
@@ -675,11 +609,8 @@ impl Conn {
                 })
             })
             .collect();
-        let confidence = if words.is_empty() {
-            0.0
-        } else {
-            words.iter().map(|w| w.confidence).sum::<f64>() / words.len() as f64
-        };
+        let confidence =
+            if words.is_empty() { 0.0 } else { words.iter().map(|w| w.confidence).sum::<f64>() / words.len() as f64 };
         json!({
             "type": "Results",
             "channel_index": [0, self.channels],
@@ -711,11 +642,7 @@ impl Conn {
                 self.finished = true;
                 return;
             }
-            DeepgramFault::CloseAfterBytes {
-                bytes,
-                code,
-                reason,
-            } if self.total_bytes >= *bytes => {
+            DeepgramFault::CloseAfterBytes { bytes, code, reason } if self.total_bytes >= *bytes => {
                 let (code, reason) = (*code, reason.clone());
                 self.schedule(Duration::ZERO, Action::Close(code, reason));
                 self.finished = true;
@@ -747,13 +674,9 @@ impl Conn {
                 None => self.ms_to_bytes(self.inner.cfg.interim_interval_ms),
             }
             .max(1);
-            while self.interims_sent < head.interims
-                && window >= spacing * (self.interims_sent as u64 + 1)
-            {
+            while self.interims_sent < head.interims && window >= spacing * (self.interims_sent as u64 + 1) {
                 self.interims_sent += 1;
-                let shown = (head.words.len() * self.interims_sent)
-                    .div_ceil(head.interims + 1)
-                    .max(1);
+                let shown = (head.words.len() * self.interims_sent).div_ceil(head.interims + 1).max(1);
                 let words = &head.words[..shown.min(head.words.len())];
                 let v = self.results(words, false, false, false);
                 let delay = self.inner.cfg.result_delay;
@@ -771,12 +694,7 @@ impl Conn {
         let Some(head) = self.queue.pop_front() else {
             return;
         };
-        let v = self.results(
-            &head.words,
-            head.is_final,
-            head.is_final && head.speech_final,
-            from_finalize,
-        );
+        let v = self.results(&head.words, head.is_final, head.is_final && head.speech_final, from_finalize);
         let delay = head.delay.unwrap_or(self.inner.cfg.result_delay);
         self.send_json(delay, v);
         if head.is_final {
@@ -788,12 +706,12 @@ impl Conn {
             });
         }
         if head.speech_final && self.utterance_end {
-            let last_word_end = head
-                .words
-                .last()
-                .map(|w| round3(self.secs(self.window_start) + w.end));
+            let last_word_end = head.words.last().map(|w| round3(self.secs(self.window_start) + w.end));
             let last_word_end = last_word_end.unwrap_or_else(|| self.secs(self.total_bytes));
-            self.send_json(delay, json!({"type": "UtteranceEnd", "channel": [0, self.channels], "last_word_end": last_word_end}));
+            self.send_json(
+                delay,
+                json!({"type": "UtteranceEnd", "channel": [0, self.channels], "last_word_end": last_word_end}),
+            );
         }
         self.window_start = self.total_bytes;
         self.last_result_at = self.total_bytes;
@@ -805,9 +723,8 @@ impl Conn {
         if self.fault == DeepgramFault::NeverAnswer {
             return;
         }
-        let finalize_triggered = self.queue.front().is_some_and(|h| {
-            matches!(h.trigger, Trigger::Finalize | Trigger::FinalizeOrAudioMs(_))
-        });
+        let finalize_triggered =
+            self.queue.front().is_some_and(|h| matches!(h.trigger, Trigger::Finalize | Trigger::FinalizeOrAudioMs(_)));
         if finalize_triggered {
             self.emit_head(true);
         } else if self.total_bytes > self.last_result_at {
@@ -825,9 +742,10 @@ impl Conn {
             return;
         }
         let flushable = self.total_bytes > self.window_start
-            && self.queue.front().is_some_and(|h| {
-                matches!(h.trigger, Trigger::Finalize | Trigger::FinalizeOrAudioMs(_))
-            });
+            && self
+                .queue
+                .front()
+                .is_some_and(|h| matches!(h.trigger, Trigger::Finalize | Trigger::FinalizeOrAudioMs(_)));
         if flushable {
             self.emit_head(false);
         }
@@ -858,11 +776,7 @@ impl Conn {
 
     fn on_text(&mut self, text: &str) {
         let parsed: Option<Value> = serde_json::from_str(text).ok();
-        let ty = parsed
-            .as_ref()
-            .and_then(|v| v.get("type"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let ty = parsed.as_ref().and_then(|v| v.get("type")).and_then(Value::as_str).map(str::to_string);
         match ty.as_deref() {
             Some("KeepAlive") => self.record_control(ControlMessage::KeepAlive),
             Some("Finalize") => {
@@ -889,10 +803,7 @@ impl Conn {
                 if self.fault != DeepgramFault::NeverAnswer {
                     let description = match parsed {
                         None => "Failed to parse client message as JSON.".to_string(),
-                        Some(_) => format!(
-                            "Unknown message type: {}",
-                            ty.as_deref().unwrap_or("<missing>")
-                        ),
+                        Some(_) => format!("Unknown message type: {}", ty.as_deref().unwrap_or("<missing>")),
                     };
                     self.send_json(
                         Duration::ZERO,
@@ -909,17 +820,9 @@ fn round3(x: f64) -> f64 {
 }
 
 async fn close_and_drain(ws: &mut WebSocket, code: u16, reason: String) {
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
+    let _ = ws.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
     // Give the client a moment to answer the close so it sees a clean handshake.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(_)) = ws.recv().await {}
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = ws.recv().await {} }).await;
 }
 
 async fn run_connection(mut ws: WebSocket, mut conn: Conn) {

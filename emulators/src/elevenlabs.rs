@@ -41,8 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audio::{OutputFormat, ToneVoice};
 use crate::common::{
-    Outbox, Recorder, Server, header_pairs, header_str, parse_query, query_bool, query_get,
-    sleep_until_opt, uuid_like,
+    Outbox, Recorder, Server, header_pairs, header_str, parse_query, query_bool, query_get, sleep_until_opt, uuid_like,
 };
 
 /// Misbehaviour for one WebSocket connection or one HTTP request.
@@ -216,9 +215,7 @@ pub struct ElevenLabsEmulator {
 
 impl std::fmt::Debug for ElevenLabsEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ElevenLabsEmulator")
-            .field("addr", &self.server.addr())
-            .finish()
+        f.debug_struct("ElevenLabsEmulator").field("addr", &self.server.addr()).finish()
     }
 }
 
@@ -226,22 +223,12 @@ impl ElevenLabsEmulator {
     /// Binds 127.0.0.1:0 and serves the WebSocket and HTTP endpoints.
     pub fn start(cfg: ElevenLabsConfig) -> io::Result<Self> {
         let cancel = CancellationToken::new();
-        let inner = Arc::new(Inner {
-            cfg,
-            rec: Recorder::new(ElevenLabsReceived::default()),
-            cancel: cancel.clone(),
-        });
+        let inner = Arc::new(Inner { cfg, rec: Recorder::new(ElevenLabsReceived::default()), cancel: cancel.clone() });
         let router = Router::new()
-            .route(
-                "/v1/text-to-speech/{voice_id}/multi-stream-input",
-                get(ws_multi),
-            )
+            .route("/v1/text-to-speech/{voice_id}/multi-stream-input", get(ws_multi))
             .route("/v1/text-to-speech/{voice_id}/stream-input", get(ws_single))
             .route("/v1/text-to-speech/{voice_id}/stream", post(http_stream))
-            .route(
-                "/v1/text-to-speech/{voice_id}/stream/with-timestamps",
-                post(http_stream_timestamps),
-            )
+            .route("/v1/text-to-speech/{voice_id}/stream/with-timestamps", post(http_stream_timestamps))
             .route("/v1/text-to-speech/{voice_id}", post(http_whole))
             .with_state(inner.clone());
         let server = Server::start("elevenlabs", router, cancel)?;
@@ -357,12 +344,7 @@ async fn ws_single(
 
 fn detail(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({"detail": {"status": code, "message": message}});
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn ws_common(
@@ -380,26 +362,14 @@ async fn ws_common(
     {
         inner.rec.update(|r| r.rejected_handshakes.push(401));
         tracing::info!("elevenlabs emulator refused handshake: bad xi-api-key");
-        return detail(
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "Invalid API key",
-        );
+        return detail(StatusCode::UNAUTHORIZED, "invalid_api_key", "Invalid API key");
     }
-    let index = inner
-        .rec
-        .read(|r| r.connections.len() + r.rejected_handshakes.len());
+    let index = inner.rec.read(|r| r.connections.len() + r.rejected_handshakes.len());
     let fault = inner.cfg.faults.get(index).cloned().unwrap_or_default();
     if let TtsFault::Status(s) = fault {
         let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        inner
-            .rec
-            .update(|r| r.rejected_handshakes.push(status.as_u16()));
-        return detail(
-            status,
-            "emulated_failure",
-            status.canonical_reason().unwrap_or("error"),
-        );
+        inner.rec.update(|r| r.rejected_handshakes.push(status.as_u16()));
+        return detail(status, "emulated_failure", status.canonical_reason().unwrap_or("error"));
     }
     let index = inner.rec.update(|r| {
         r.connections.push(TtsConnection {
@@ -414,8 +384,7 @@ async fn ws_common(
     });
     let needs_msg_auth = inner.cfg.api_key.is_some() && header_key.is_none();
     let conn = TtsConn::new(inner, index, multi, &query, fault, needs_msg_auth);
-    ws.max_message_size(16 << 20)
-        .on_upgrade(move |socket| run_ws(socket, conn))
+    ws.max_message_size(16 << 20).on_upgrade(move |socket| run_ws(socket, conn))
 }
 
 enum Action {
@@ -504,14 +473,7 @@ impl TtsConn {
         let v = ws_error_json(error, message);
         self.record(|c| c.errors_sent.push(v.clone()));
         let now = Instant::now();
-        self.out.push(
-            now,
-            Action::Send {
-                ctx: None,
-                json: v.to_string(),
-                audio_bytes: 0,
-            },
-        );
+        self.out.push(now, Action::Send { ctx: None, json: v.to_string(), audio_bytes: 0 });
         // Close reasons are capped at 123 bytes; the JSON above carries the full text.
         let reason: String = message.chars().take(100).collect();
         self.out.push(now, Action::Close(1008, reason));
@@ -528,9 +490,7 @@ impl TtsConn {
         if !self.multi {
             return Some(SINGLE.to_string());
         }
-        msg.get("context_id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        msg.get("context_id").and_then(Value::as_str).map(str::to_string)
     }
 
     fn wire_ctx(&self, key: &str) -> Option<String> {
@@ -540,12 +500,7 @@ impl TtsConn {
     fn schedule_of(msg: &Value) -> Option<Vec<usize>> {
         msg.pointer("/generation_config/chunk_length_schedule")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .map(|n| n as usize)
-                    .collect::<Vec<_>>()
-            })
+            .map(|a| a.iter().filter_map(Value::as_u64).map(|n| n as usize).collect::<Vec<_>>())
             .filter(|v| !v.is_empty())
     }
 
@@ -564,7 +519,10 @@ impl TtsConn {
         if first && self.needs_msg_auth {
             let key = msg.get("xi_api_key").and_then(Value::as_str);
             if key != self.inner.cfg.api_key.as_deref() {
-                self.fail("invalid_api_key", "Invalid API key. Send the xi-api-key header or xi_api_key in the first message.");
+                self.fail(
+                    "invalid_api_key",
+                    "Invalid API key. Send the xi-api-key header or xi_api_key in the first message.",
+                );
                 return;
             }
         }
@@ -593,8 +551,7 @@ impl TtsConn {
         }
         let text_field = msg.get("text").and_then(Value::as_str);
         let flush = msg.get("flush").and_then(Value::as_bool) == Some(true);
-        let has_settings =
-            msg.get("voice_settings").is_some() || msg.get("generation_config").is_some();
+        let has_settings = msg.get("voice_settings").is_some() || msg.get("generation_config").is_some();
         let Some(key) = key else {
             // A context-less blank text is the socket-level keepalive; real text without a
             // context lands in the default context.
@@ -606,27 +563,14 @@ impl TtsConn {
                 _ => {
                     let mut m = msg.clone();
                     m["context_id"] = json!("default");
-                    return self.on_context_message(
-                        &m,
-                        "default".to_string(),
-                        text_field,
-                        flush,
-                        has_settings,
-                    );
+                    return self.on_context_message(&m, "default".to_string(), text_field, flush, has_settings);
                 }
             }
         };
         self.on_context_message(&msg, key, text_field, flush, has_settings);
     }
 
-    fn on_context_message(
-        &mut self,
-        msg: &Value,
-        key: String,
-        text: Option<&str>,
-        flush: bool,
-        has_settings: bool,
-    ) {
+    fn on_context_message(&mut self, msg: &Value, key: String, text: Option<&str>, flush: bool, has_settings: bool) {
         if !self.contexts.contains_key(&key) {
             if self.multi && self.open_count() >= self.inner.cfg.max_contexts {
                 let max = self.inner.cfg.max_contexts;
@@ -642,13 +586,7 @@ impl TtsConn {
                 .unwrap_or_else(|| vec![120, 160, 250, 290]);
             self.contexts.insert(
                 key.clone(),
-                Ctx {
-                    buffer: String::new(),
-                    timeline_ms: 0,
-                    voice: ToneVoice::new(rate),
-                    generations: 0,
-                    schedule,
-                },
+                Ctx { buffer: String::new(), timeline_ms: 0, voice: ToneVoice::new(rate), generations: 0, schedule },
             );
             if !self.multi {
                 self.socket_schedule = Self::schedule_of(msg);
@@ -684,12 +622,7 @@ impl TtsConn {
             }
             Some(t) if !t.is_empty() => {
                 let wire = self.wire_ctx(&key);
-                self.record(|c| {
-                    c.texts.push(ReceivedText {
-                        context_id: wire,
-                        text: t.to_string(),
-                    })
-                });
+                self.record(|c| c.texts.push(ReceivedText { context_id: wire, text: t.to_string() }));
                 if let Some(ctx) = self.contexts.get_mut(&key) {
                     ctx.buffer.push_str(t);
                 }
@@ -718,10 +651,7 @@ impl TtsConn {
                     return None;
                 }
                 let after = i + c.len_utf8();
-                let ws = ctx.buffer[after..]
-                    .chars()
-                    .next()
-                    .filter(|n| n.is_whitespace())?;
+                let ws = ctx.buffer[after..].chars().next().filter(|n| n.is_whitespace())?;
                 Some(after + ws.len_utf8())
             });
             if let Some(cut) = cut {
@@ -731,12 +661,7 @@ impl TtsConn {
             }
             return;
         }
-        let threshold = ctx
-            .schedule
-            .get(ctx.generations)
-            .or(ctx.schedule.last())
-            .copied()
-            .unwrap_or(120);
+        let threshold = ctx.schedule.get(ctx.generations).or(ctx.schedule.last()).copied().unwrap_or(120);
         if ctx.buffer.chars().count() >= threshold {
             self.generate(key, false);
         }
@@ -758,11 +683,8 @@ impl TtsConn {
         let cfg = self.inner.cfg.clone();
         let wire = self.wire_ctx(key);
         let tag = Some(key.to_string());
-        let last = self
-            .out
-            .last_due_where(|a| matches!(a, Action::Send { ctx, .. } if *ctx == tag));
-        let mut due =
-            (Instant::now() + cfg.first_audio_delay).max(last.unwrap_or_else(Instant::now));
+        let last = self.out.last_due_where(|a| matches!(a, Action::Send { ctx, .. } if *ctx == tag));
+        let mut due = (Instant::now() + cfg.first_audio_delay).max(last.unwrap_or_else(Instant::now));
         let Some(ctx) = self.contexts.get_mut(key) else {
             return;
         };
@@ -776,33 +698,20 @@ impl TtsConn {
                 due += cfg.chunk_delay;
             }
             let alignment = json!({"chars": ch.chars, "charStartTimesMs": ch.starts, "charDurationsMs": ch.durations});
-            let mut v = json!({"audio": B64.encode(&ch.audio), "alignment": alignment, "normalizedAlignment": alignment});
+            let mut v =
+                json!({"audio": B64.encode(&ch.audio), "alignment": alignment, "normalizedAlignment": alignment});
             match &wire {
                 Some(id) => v["contextId"] = json!(id),
                 None => v["isFinal"] = Value::Null,
             }
-            self.out.push(
-                due,
-                Action::Send {
-                    ctx: tag.clone(),
-                    json: v.to_string(),
-                    audio_bytes: ch.audio.len(),
-                },
-            );
+            self.out.push(due, Action::Send { ctx: tag.clone(), json: v.to_string(), audio_bytes: ch.audio.len() });
         }
         if send_final {
             let mut v = json!({"isFinal": true});
             if let Some(id) = &wire {
                 v["contextId"] = json!(id);
             }
-            self.out.push(
-                due,
-                Action::Send {
-                    ctx: tag,
-                    json: v.to_string(),
-                    audio_bytes: 0,
-                },
-            );
+            self.out.push(due, Action::Send { ctx: tag, json: v.to_string(), audio_bytes: 0 });
         }
     }
 
@@ -813,17 +722,9 @@ impl TtsConn {
         }
         let tag = Some(key.to_string());
         // Barge-in semantics: audio not yet sent for this context is dropped.
-        self.out
-            .retain(|a| !matches!(a, Action::Send { ctx, .. } if *ctx == tag));
+        self.out.retain(|a| !matches!(a, Action::Send { ctx, .. } if *ctx == tag));
         let v = json!({"isFinal": true, "contextId": key});
-        self.out.push(
-            Instant::now(),
-            Action::Send {
-                ctx: None,
-                json: v.to_string(),
-                audio_bytes: 0,
-            },
-        );
+        self.out.push(Instant::now(), Action::Send { ctx: None, json: v.to_string(), audio_bytes: 0 });
         let release = Instant::now() + self.inner.cfg.context_release_delay;
         if release > Instant::now() {
             self.releasing.push(release);
@@ -831,27 +732,15 @@ impl TtsConn {
     }
 
     fn close_after_pending(&mut self) {
-        let due = self
-            .out
-            .last_due_where(|_| true)
-            .unwrap_or_else(Instant::now)
-            .max(Instant::now());
+        let due = self.out.last_due_where(|_| true).unwrap_or_else(Instant::now).max(Instant::now());
         self.out.push(due, Action::Close(1000, String::new()));
         self.finished = true;
     }
 }
 
 async fn close_and_drain(ws: &mut WebSocket, code: u16, reason: String) {
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(_)) = ws.recv().await {}
-    })
-    .await;
+    let _ = ws.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = ws.recv().await {} }).await;
 }
 
 async fn run_ws(mut ws: WebSocket, mut conn: TtsConn) {
@@ -861,22 +750,13 @@ async fn run_ws(mut ws: WebSocket, mut conn: TtsConn) {
         let now = Instant::now();
         while let Some(action) = conn.out.pop_due(now) {
             match action {
-                Action::Send {
-                    ctx,
-                    json,
-                    audio_bytes,
-                } => {
-                    let final_ctx =
-                        (audio_bytes == 0 && json.contains("\"isFinal\":true")).then(|| {
-                            serde_json::from_str::<Value>(&json)
-                                .ok()
-                                .and_then(|v| {
-                                    v.get("contextId")
-                                        .and_then(Value::as_str)
-                                        .map(str::to_string)
-                                })
-                                .or(ctx)
-                        });
+                Action::Send { ctx, json, audio_bytes } => {
+                    let final_ctx = (audio_bytes == 0 && json.contains("\"isFinal\":true")).then(|| {
+                        serde_json::from_str::<Value>(&json)
+                            .ok()
+                            .and_then(|v| v.get("contextId").and_then(Value::as_str).map(str::to_string))
+                            .or(ctx)
+                    });
                     if ws.send(Message::Text(json.into())).await.is_err() {
                         break 'outer;
                     }
@@ -889,10 +769,7 @@ async fn run_ws(mut ws: WebSocket, mut conn: TtsConn) {
                         if let TtsFault::CloseMidStream { after_chunks } = conn.fault
                             && conn.audio_chunks_sent >= after_chunks
                         {
-                            tracing::info!(
-                                index = conn.index,
-                                "elevenlabs emulator cutting the socket (fault)"
-                            );
+                            tracing::info!(index = conn.index, "elevenlabs emulator cutting the socket (fault)");
                             break 'outer;
                         }
                     } else if let Some(id) = final_ctx {
@@ -950,16 +827,7 @@ async fn http_stream(
     query: RawQuery,
     body: Bytes,
 ) -> Response {
-    http_common(
-        state,
-        path,
-        headers,
-        query,
-        body,
-        HttpMode::Stream,
-        "stream",
-    )
-    .await
+    http_common(state, path, headers, query, body, HttpMode::Stream, "stream").await
 }
 
 async fn http_stream_timestamps(
@@ -969,16 +837,7 @@ async fn http_stream_timestamps(
     query: RawQuery,
     body: Bytes,
 ) -> Response {
-    http_common(
-        state,
-        path,
-        headers,
-        query,
-        body,
-        HttpMode::Timestamps,
-        "stream/with-timestamps",
-    )
-    .await
+    http_common(state, path, headers, query, body, HttpMode::Timestamps, "stream/with-timestamps").await
 }
 
 async fn http_whole(
@@ -1039,11 +898,7 @@ async fn http_handle(
     if let Some(expected) = &inner.cfg.api_key
         && header_str(headers, "xi-api-key") != Some(expected.as_str())
     {
-        return detail(
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "Invalid API key",
-        );
+        return detail(StatusCode::UNAUTHORIZED, "invalid_api_key", "Invalid API key");
     }
     let fault = inner.cfg.http_faults.get(idx).cloned().unwrap_or_default();
     match &fault {
@@ -1061,26 +916,15 @@ async fn http_handle(
         }
         TtsFault::NeverAnswer => {
             inner.cancel.cancelled().await;
-            return detail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "system_busy",
-                "shutting down",
-            );
+            return detail(StatusCode::SERVICE_UNAVAILABLE, "system_busy", "shutting down");
         }
         _ => {}
     }
-    let text = parsed
-        .as_ref()
-        .and_then(|v| v.get("text"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let text = parsed.as_ref().and_then(|v| v.get("text")).and_then(Value::as_str).map(str::to_string);
     let Some(text) = text else {
-        let body = json!({"detail": [{"type": "missing", "loc": ["body", "text"], "msg": "Field required", "input": parsed}]});
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
+        let body =
+            json!({"detail": [{"type": "missing", "loc": ["body", "text"], "msg": "Field required", "input": parsed}]});
+        return (StatusCode::UNPROCESSABLE_ENTITY, [(header::CONTENT_TYPE, "application/json")], body.to_string())
             .into_response();
     };
     let format_name = query_get(query, "output_format").unwrap_or("mp3_44100_128");
@@ -1141,24 +985,11 @@ async fn http_handle(
             if cut_after == Some(i) {
                 // Let hyper flush the chunks already sent before the connection is aborted.
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                let _ = tx
-                    .send(Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "emulated cut",
-                    )))
-                    .await;
+                let _ = tx.send(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "emulated cut"))).await;
                 return;
             }
-            let delay = if i == 0 {
-                cfg.first_audio_delay
-            } else {
-                cfg.chunk_delay
-            };
-            if !delay.is_zero()
-                && crate::common::or_cancelled(&cancel, tokio::time::sleep(delay))
-                    .await
-                    .is_none()
-            {
+            let delay = if i == 0 { cfg.first_audio_delay } else { cfg.chunk_delay };
+            if !delay.is_zero() && crate::common::or_cancelled(&cancel, tokio::time::sleep(delay)).await.is_none() {
                 return;
             }
             if tx.send(Ok(piece)).await.is_err() {
@@ -1166,9 +997,8 @@ async fn http_handle(
             }
         }
     });
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+    let body =
+        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }));
     let mut resp = Response::new(body);
     if let Ok(v) = content_type.parse() {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);

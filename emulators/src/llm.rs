@@ -30,11 +30,7 @@ pub struct ScriptedToolCall {
 impl ScriptedToolCall {
     /// A call with a generated id.
     pub fn new(name: impl Into<String>, arguments: &Value) -> Self {
-        Self {
-            id: None,
-            name: name.into(),
-            arguments: arguments.to_string(),
-        }
+        Self { id: None, name: name.into(), arguments: arguments.to_string() }
     }
 
     /// Sets an explicit id.
@@ -142,10 +138,7 @@ impl Scripted {
     /// A text answer split into word-sized tokens (`"Sure, one moment."` → `"Sure,"`,
     /// `" one"`, `" moment."`).
     pub fn text(text: &str) -> Self {
-        Self {
-            text: split_tokens(text),
-            ..Self::default()
-        }
+        Self { text: split_tokens(text), ..Self::default() }
     }
 
     /// A text answer with explicit pieces.
@@ -154,34 +147,22 @@ impl Scripted {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self {
-            text: pieces.into_iter().map(Into::into).collect(),
-            ..Self::default()
-        }
+        Self { text: pieces.into_iter().map(Into::into).collect(), ..Self::default() }
     }
 
     /// A single tool call.
     pub fn tool_call(name: &str, arguments: &Value) -> Self {
-        Self {
-            tool_calls: vec![ScriptedToolCall::new(name, arguments)],
-            ..Self::default()
-        }
+        Self { tool_calls: vec![ScriptedToolCall::new(name, arguments)], ..Self::default() }
     }
 
     /// Several (parallel) tool calls.
     pub fn tool_calls(calls: Vec<ScriptedToolCall>) -> Self {
-        Self {
-            tool_calls: calls,
-            ..Self::default()
-        }
+        Self { tool_calls: calls, ..Self::default() }
     }
 
     /// A response that is only a fault.
     pub fn fault(fault: LlmFault) -> Self {
-        Self {
-            fault: Some(fault),
-            ..Self::text("This text should not be delivered.")
-        }
+        Self { fault: Some(fault), ..Self::text("This text should not be delivered.") }
     }
 
     /// Adds a fault.
@@ -232,11 +213,7 @@ impl Scripted {
             .map(|c| {
                 let mut c = c.clone();
                 if truncate {
-                    let cut: String = c
-                        .arguments
-                        .chars()
-                        .take(c.arguments.chars().count() / 2)
-                        .collect();
+                    let cut: String = c.arguments.chars().take(c.arguments.chars().count() / 2).collect();
                     c.arguments = cut;
                 }
                 c
@@ -283,10 +260,7 @@ impl RecordedRequest {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -309,11 +283,7 @@ pub(crate) async fn pump(
 ) {
     for (i, frame) in frames.into_iter().enumerate() {
         let delay = if i == 0 { ttft } else { token_delay };
-        if !delay.is_zero()
-            && crate::common::or_cancelled(&cancel, tokio::time::sleep(delay))
-                .await
-                .is_none()
-        {
+        if !delay.is_zero() && crate::common::or_cancelled(&cancel, tokio::time::sleep(delay)).await.is_none() {
             return;
         }
         match frame {
@@ -326,12 +296,7 @@ pub(crate) async fn pump(
             Frame::Cut => {
                 // Let hyper flush what was already sent, so the client sees a cut after data.
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                let _ = tx
-                    .send(Err(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        "emulated cut",
-                    )))
-                    .await;
+                let _ = tx.send(Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "emulated cut"))).await;
                 return;
             }
             Frame::Stall => {
@@ -383,49 +348,30 @@ pub(crate) enum LastTurn {
 
 /// Shared call-center logic behind `openai::call_center_responder` and
 /// `anthropic::call_center_responder`.
-pub(crate) fn call_center_decision(
-    last: LastTurn,
-    declared_tools: &[String],
-    user_turns: usize,
-) -> Scripted {
+pub(crate) fn call_center_decision(last: LastTurn, declared_tools: &[String], user_turns: usize) -> Scripted {
     let has_tool = |name: &str| declared_tools.iter().any(|t| t == name);
     match last {
         LastTurn::ToolResult(content) => Scripted::text(&describe_tool_result(&content)),
         LastTurn::User(text) => {
             let lower = text.to_lowercase();
-            if ["bye", "goodbye", "that's all", "thats all", "hang up"]
-                .iter()
-                .any(|w| lower.contains(w))
-            {
+            if ["bye", "goodbye", "that's all", "thats all", "hang up"].iter().any(|w| lower.contains(w)) {
                 if has_tool("end_call") {
-                    return Scripted::tool_call(
-                        "end_call",
-                        &serde_json::json!({"reason": "caller said goodbye"}),
-                    );
+                    return Scripted::tool_call("end_call", &serde_json::json!({"reason": "caller said goodbye"}));
                 }
                 return Scripted::text("Thank you for calling. Goodbye!");
             }
             if let Some(order_id) = find_order_number(&text) {
                 if has_tool("check_order_status") {
-                    return Scripted::tool_call(
-                        "check_order_status",
-                        &serde_json::json!({"order_id": order_id}),
-                    );
+                    return Scripted::tool_call("check_order_status", &serde_json::json!({"order_id": order_id}));
                 }
-                return Scripted::text(&format!(
-                    "I can't look up order {order_id} right now, sorry."
-                ));
+                return Scripted::text(&format!("I can't look up order {order_id} right now, sorry."));
             }
             if user_turns <= 1
-                && ["hello", "hi", "hey"]
-                    .iter()
-                    .any(|w| lower.split(|c: char| !c.is_alphanumeric()).any(|t| t == *w))
+                && ["hello", "hi", "hey"].iter().any(|w| lower.split(|c: char| !c.is_alphanumeric()).any(|t| t == *w))
             {
                 return Scripted::text("Hello, thanks for calling. How can I help you today?");
             }
-            Scripted::text(
-                "I can help you check the status of an order. What is your order number?",
-            )
+            Scripted::text("I can help you check the status of an order. What is your order number?")
         }
         LastTurn::Nothing => Scripted::text("Hello, thanks for calling. How can I help you today?"),
     }
@@ -435,22 +381,11 @@ pub(crate) fn call_center_decision(
 /// or a run of spoken digits split by spaces ("1 2 3 4").
 pub(crate) fn find_order_number(text: &str) -> Option<String> {
     let tokens: Vec<String> = text
-        .split(|c: char| {
-            c.is_whitespace()
-                || c == ','
-                || c == '.'
-                || c == '?'
-                || c == '!'
-                || c == '#'
-                || c == ':'
-        })
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '.' || c == '?' || c == '!' || c == '#' || c == ':')
         .map(|t| t.trim_matches(|c: char| !c.is_alphanumeric()).to_string())
         .filter(|t| !t.is_empty())
         .collect();
-    if let Some(t) = tokens
-        .iter()
-        .find(|t| t.chars().filter(char::is_ascii_digit).count() >= 3)
-    {
+    if let Some(t) = tokens.iter().find(|t| t.chars().filter(char::is_ascii_digit).count() >= 3) {
         return Some(t.to_uppercase());
     }
     // Speech recognizers often produce digits one by one: join consecutive single digits.
@@ -469,18 +404,10 @@ pub(crate) fn find_order_number(text: &str) -> Option<String> {
 
 fn describe_tool_result(content: &str) -> String {
     let Ok(v) = serde_json::from_str::<Value>(content) else {
-        return format!(
-            "Here is what I found: {}.",
-            content.trim().trim_end_matches('.')
-        );
+        return format!("Here is what I found: {}.", content.trim().trim_end_matches('.'));
     };
-    let field = |k: &str| {
-        v.get(k).and_then(|x| {
-            x.as_str()
-                .map(str::to_string)
-                .or_else(|| x.as_i64().map(|n| n.to_string()))
-        })
-    };
+    let field =
+        |k: &str| v.get(k).and_then(|x| x.as_str().map(str::to_string).or_else(|| x.as_i64().map(|n| n.to_string())));
     if let Some(err) = field("error") {
         return format!("Sorry, I couldn't find that order: {err}.");
     }
@@ -506,27 +433,15 @@ mod tests {
 
     #[test]
     fn tokens_keep_spaces() {
-        assert_eq!(
-            split_tokens("Sure, one moment."),
-            vec!["Sure,", " one", " moment."]
-        );
+        assert_eq!(split_tokens("Sure, one moment."), vec!["Sure,", " one", " moment."]);
         assert_eq!(Scripted::text("a b").full_text(), "a b");
     }
 
     #[test]
     fn order_numbers() {
-        assert_eq!(
-            find_order_number("my order is 12345 please").as_deref(),
-            Some("12345")
-        );
-        assert_eq!(
-            find_order_number("order A-1234.").as_deref(),
-            Some("A-1234")
-        );
-        assert_eq!(
-            find_order_number("it's 4 5 6 7 thanks").as_deref(),
-            Some("4567")
-        );
+        assert_eq!(find_order_number("my order is 12345 please").as_deref(), Some("12345"));
+        assert_eq!(find_order_number("order A-1234.").as_deref(), Some("A-1234"));
+        assert_eq!(find_order_number("it's 4 5 6 7 thanks").as_deref(), Some("4567"));
         assert_eq!(find_order_number("hello there"), None);
     }
 }

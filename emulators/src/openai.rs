@@ -29,9 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{Recorder, Server, header_pairs, header_str, token_id, unix_secs};
 use crate::llm::{Frame, LastTurn, apply_stream_fault, call_center_decision, pump};
-pub use crate::llm::{
-    LlmFault, RecordedRequest, Responder, Scripted, ScriptedToolCall, ToolCallStyle,
-};
+pub use crate::llm::{LlmFault, RecordedRequest, Responder, Scripted, ScriptedToolCall, ToolCallStyle};
 
 /// Emulator configuration.
 #[derive(Clone)]
@@ -74,10 +72,7 @@ impl std::fmt::Debug for OpenAiConfig {
 impl OpenAiConfig {
     /// Config serving `script` in order.
     pub fn with_script(script: Vec<Scripted>) -> Self {
-        Self {
-            script,
-            ..Self::default()
-        }
+        Self { script, ..Self::default() }
     }
 
     /// Sets the expected API key.
@@ -87,10 +82,7 @@ impl OpenAiConfig {
     }
 
     /// Sets the responder used when the queue is empty.
-    pub fn with_responder(
-        mut self,
-        responder: impl Fn(&Value) -> Scripted + Send + Sync + 'static,
-    ) -> Self {
+    pub fn with_responder(mut self, responder: impl Fn(&Value) -> Scripted + Send + Sync + 'static) -> Self {
         self.responder = Some(Arc::new(responder));
         self
     }
@@ -111,9 +103,7 @@ pub struct OpenAiEmulator {
 
 impl std::fmt::Debug for OpenAiEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiEmulator")
-            .field("addr", &self.server.addr())
-            .finish()
+        f.debug_struct("OpenAiEmulator").field("addr", &self.server.addr()).finish()
     }
 }
 
@@ -122,12 +112,7 @@ impl OpenAiEmulator {
     pub fn start(cfg: OpenAiConfig) -> io::Result<Self> {
         let cancel = CancellationToken::new();
         let queue = Mutex::new(cfg.script.iter().cloned().collect());
-        let inner = Arc::new(Inner {
-            cfg,
-            queue,
-            rec: Recorder::new(Vec::new()),
-            cancel: cancel.clone(),
-        });
+        let inner = Arc::new(Inner { cfg, queue, rec: Recorder::new(Vec::new()), cancel: cancel.clone() });
         let router = Router::new()
             .route("/v1/chat/completions", post(completions))
             .fallback(not_found)
@@ -162,20 +147,12 @@ impl OpenAiEmulator {
 
     /// Appends a response to the script queue.
     pub fn enqueue(&self, scripted: Scripted) {
-        self.inner
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(scripted);
+        self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(scripted);
     }
 
     /// Responses still queued.
     pub fn pending(&self) -> usize {
-        self.inner
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Stops the server and ends open streams.
@@ -184,20 +161,9 @@ impl OpenAiEmulator {
     }
 }
 
-fn error_response(
-    status: StatusCode,
-    message: &str,
-    ty: &str,
-    param: Option<&str>,
-    code: Option<&str>,
-) -> Response {
+fn error_response(status: StatusCode, message: &str, ty: &str, param: Option<&str>, code: Option<&str>) -> Response {
     let body = json!({"error": {"message": message, "type": ty, "param": param, "code": code}});
-    let mut resp = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
     if let Ok(v) = format!("req_{}", token_id(24)).parse() {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -263,9 +229,7 @@ async fn completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: 
 
 async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) -> Response {
     if let Some(expected) = &inner.cfg.api_key {
-        let presented = header_str(headers, "authorization")
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .map(str::trim);
+        let presented = header_str(headers, "authorization").and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
         if presented != Some(expected.as_str()) {
             let msg = match presented {
                 None => "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).".to_string(),
@@ -275,13 +239,7 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
                 }
             };
             let code = presented.map(|_| "invalid_api_key");
-            return error_response(
-                StatusCode::UNAUTHORIZED,
-                &msg,
-                "invalid_request_error",
-                None,
-                code,
-            );
+            return error_response(StatusCode::UNAUTHORIZED, &msg, "invalid_request_error", None, code);
         }
     }
     let Some(req) = parsed.filter(Value::is_object) else {
@@ -335,11 +293,7 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
     }
 
     let scripted = {
-        let next = inner
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front();
+        let next = inner.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         match (next, &inner.cfg.responder) {
             (Some(s), _) => s,
             (None, Some(r)) => r(&req),
@@ -350,13 +304,7 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
     match &scripted.fault {
         Some(LlmFault::NeverAnswer) => {
             inner.cancel.cancelled().await;
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting down",
-                "server_error",
-                None,
-                None,
-            );
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down", "server_error", None, None);
         }
         Some(LlmFault::ServerError) => {
             return error_response(
@@ -382,10 +330,7 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
             if let Ok(v) = (retry_after_secs * 1000).to_string().parse() {
                 h.insert("retry-after-ms", v);
             }
-            h.insert(
-                "x-ratelimit-remaining-requests",
-                header::HeaderValue::from_static("0"),
-            );
+            h.insert("x-ratelimit-remaining-requests", header::HeaderValue::from_static("0"));
             return resp;
         }
         Some(LlmFault::Overloaded) => {
@@ -399,45 +344,20 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
         }
         Some(LlmFault::HttpStatus { status, message }) => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let ty = if status.is_server_error() {
-                "server_error"
-            } else {
-                "invalid_request_error"
-            };
+            let ty = if status.is_server_error() { "server_error" } else { "invalid_request_error" };
             return error_response(status, message, ty, None, None);
         }
         _ => {}
     }
 
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("gpt-emulator")
-        .to_string();
-    let prompt_tokens = (req
-        .get("messages")
-        .map(|m| m.to_string().len())
-        .unwrap_or(0)
-        / 4)
-    .max(1) as u64;
+    let model = req.get("model").and_then(Value::as_str).unwrap_or("gpt-emulator").to_string();
+    let prompt_tokens = (req.get("messages").map(|m| m.to_string().len()).unwrap_or(0) / 4).max(1) as u64;
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = req
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let r = Render {
-        id: format!("chatcmpl-{}", token_id(29)),
-        created: unix_secs(),
-        model,
-        include_usage,
-        prompt_tokens,
-    };
+    let include_usage = req.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let r =
+        Render { id: format!("chatcmpl-{}", token_id(29)), created: unix_secs(), model, include_usage, prompt_tokens };
     if !stream {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            r.whole(&scripted).to_string(),
-        )
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r.whole(&scripted).to_string())
             .into_response();
     }
     let frames = apply_stream_fault(
@@ -449,26 +369,13 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
         ),
     );
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(pump(
-        frames,
-        scripted.ttft,
-        scripted.token_delay,
-        tx,
-        inner.cancel.clone(),
-    ));
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+    tokio::spawn(pump(frames, scripted.ttft, scripted.token_delay, tx, inner.cancel.clone()));
+    let body =
+        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-cache"),
-    );
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
     if let Ok(v) = format!("req_{}", token_id(24)).parse() {
         h.insert("x-request-id", v);
     }
@@ -504,12 +411,7 @@ impl Render {
     }
 
     fn completion_tokens(s: &Scripted) -> u64 {
-        (s.text.len()
-            + s.tool_calls
-                .iter()
-                .map(|c| s.fragments(&c.arguments).len() + 1)
-                .sum::<usize>())
-        .max(1) as u64
+        (s.text.len() + s.tool_calls.iter().map(|c| s.fragments(&c.arguments).len() + 1).sum::<usize>()).max(1) as u64
     }
 
     fn usage(&self, s: &Scripted) -> Value {
@@ -524,24 +426,11 @@ impl Render {
     }
 
     fn finish_reason(s: &Scripted) -> String {
-        s.stop_reason.clone().unwrap_or_else(|| {
-            if s.tool_calls.is_empty() {
-                "stop"
-            } else {
-                "tool_calls"
-            }
-            .to_string()
-        })
+        s.stop_reason.clone().unwrap_or_else(|| if s.tool_calls.is_empty() { "stop" } else { "tool_calls" }.to_string())
     }
 
     fn call_ids(calls: &[ScriptedToolCall]) -> Vec<String> {
-        calls
-            .iter()
-            .map(|c| {
-                c.id.clone()
-                    .unwrap_or_else(|| format!("call_{}", token_id(24)))
-            })
-            .collect()
+        calls.iter().map(|c| c.id.clone().unwrap_or_else(|| format!("call_{}", token_id(24)))).collect()
     }
 
     fn frames(&self, s: &Scripted) -> Vec<Frame> {
@@ -551,8 +440,7 @@ impl Render {
         let header = |i: usize| json!({"index": i, "id": ids[i], "type": "function", "function": {"name": calls[i].name, "arguments": ""}});
         let frag = |i: usize, f: &str| json!({"index": i, "function": {"arguments": f}});
         let mut first_header_in_role = false;
-        if s.text.is_empty() && !calls.is_empty() && s.tool_call_style == ToolCallStyle::Sequential
-        {
+        if s.text.is_empty() && !calls.is_empty() && s.tool_call_style == ToolCallStyle::Sequential {
             // OpenAI puts the first call's header in the role chunk when there is no text.
             out.push(Frame::Data(self.chunk(
                 json!({"role": "assistant", "content": null, "tool_calls": [header(0)], "refusal": null}),
@@ -560,10 +448,7 @@ impl Render {
             )));
             first_header_in_role = true;
         } else {
-            out.push(Frame::Data(self.chunk(
-                json!({"role": "assistant", "content": "", "refusal": null}),
-                None,
-            )));
+            out.push(Frame::Data(self.chunk(json!({"role": "assistant", "content": "", "refusal": null}), None)));
         }
         for piece in &s.text {
             out.push(Frame::Data(self.chunk(json!({"content": piece}), None)));
@@ -573,30 +458,22 @@ impl Render {
             ToolCallStyle::Sequential => {
                 for (i, call_frags) in frags.iter().enumerate() {
                     if !(i == 0 && first_header_in_role) {
-                        out.push(Frame::Data(
-                            self.chunk(json!({"tool_calls": [header(i)]}), None),
-                        ));
+                        out.push(Frame::Data(self.chunk(json!({"tool_calls": [header(i)]}), None)));
                     }
                     for f in call_frags {
-                        out.push(Frame::Data(
-                            self.chunk(json!({"tool_calls": [frag(i, f)]}), None),
-                        ));
+                        out.push(Frame::Data(self.chunk(json!({"tool_calls": [frag(i, f)]}), None)));
                     }
                 }
             }
             ToolCallStyle::Interleaved => {
                 for i in 0..calls.len() {
-                    out.push(Frame::Data(
-                        self.chunk(json!({"tool_calls": [header(i)]}), None),
-                    ));
+                    out.push(Frame::Data(self.chunk(json!({"tool_calls": [header(i)]}), None)));
                 }
                 let rounds = frags.iter().map(Vec::len).max().unwrap_or(0);
                 for r in 0..rounds {
                     for (i, f) in frags.iter().enumerate() {
                         if let Some(f) = f.get(r) {
-                            out.push(Frame::Data(
-                                self.chunk(json!({"tool_calls": [frag(i, f)]}), None),
-                            ));
+                            out.push(Frame::Data(self.chunk(json!({"tool_calls": [frag(i, f)]}), None)));
                         }
                     }
                 }
@@ -604,26 +481,17 @@ impl Render {
             ToolCallStyle::Batched => {
                 if !calls.is_empty() {
                     let headers: Vec<Value> = (0..calls.len()).map(header).collect();
-                    out.push(Frame::Data(
-                        self.chunk(json!({"tool_calls": headers}), None),
-                    ));
+                    out.push(Frame::Data(self.chunk(json!({"tool_calls": headers}), None)));
                 }
                 let rounds = frags.iter().map(Vec::len).max().unwrap_or(0);
                 for r in 0..rounds {
-                    let entries: Vec<Value> = frags
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, f)| f.get(r).map(|f| frag(i, f)))
-                        .collect();
-                    out.push(Frame::Data(
-                        self.chunk(json!({"tool_calls": entries}), None),
-                    ));
+                    let entries: Vec<Value> =
+                        frags.iter().enumerate().filter_map(|(i, f)| f.get(r).map(|f| frag(i, f))).collect();
+                    out.push(Frame::Data(self.chunk(json!({"tool_calls": entries}), None)));
                 }
             }
         }
-        out.push(Frame::Data(
-            self.chunk(json!({}), Some(&Self::finish_reason(s))),
-        ));
+        out.push(Frame::Data(self.chunk(json!({}), Some(&Self::finish_reason(s)))));
         if self.include_usage {
             let v = json!({
                 "id": self.id,
@@ -666,11 +534,9 @@ impl Render {
 fn content_text(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(Value::Array(parts)) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+        }
         _ => String::new(),
     }
 }
@@ -687,28 +553,17 @@ fn content_text(content: Option<&Value>) -> String {
 /// - a greeting on the first turn → greets; anything else → asks for the order number.
 pub fn call_center_responder() -> Responder {
     Arc::new(|req: &Value| {
-        let messages = req
-            .get("messages")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let messages = req.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
         let tools: Vec<String> = req
             .get("tools")
             .and_then(Value::as_array)
             .map(|ts| {
                 ts.iter()
-                    .filter_map(|t| {
-                        t.pointer("/function/name")
-                            .and_then(Value::as_str)
-                            .map(str::to_string)
-                    })
+                    .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str).map(str::to_string))
                     .collect()
             })
             .unwrap_or_default();
-        let user_turns = messages
-            .iter()
-            .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .count();
+        let user_turns = messages.iter().filter(|m| m.get("role").and_then(Value::as_str) == Some("user")).count();
         let last = match messages.last() {
             Some(m) if m.get("role").and_then(Value::as_str) == Some("tool") => {
                 LastTurn::ToolResult(content_text(m.get("content")))

@@ -10,8 +10,7 @@ use voxline_emulators::deepgram::{
     ControlMessage, DeepgramConfig, DeepgramEmulator, DeepgramFault, TranscriptScript, Trigger,
 };
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(
     emu: &DeepgramEmulator,
@@ -20,14 +19,9 @@ async fn connect(
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let mut req = format!("{}/v1/listen?{query}", emu.base_url()).into_client_request()?;
     if let Some(k) = key {
-        req.headers_mut().insert(
-            "Authorization",
-            format!("Token {k}").parse().expect("header"),
-        );
+        req.headers_mut().insert("Authorization", format!("Token {k}").parse().expect("header"));
     }
-    tokio_tungstenite::connect_async(req)
-        .await
-        .map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
 }
 
 async fn next_json(ws: &mut Ws) -> Value {
@@ -49,11 +43,8 @@ const Q: &str = "model=nova-3&encoding=mulaw&sample_rate=8000&channels=1&interim
 
 #[tokio::test]
 async fn rejects_bad_key_with_401() {
-    let emu =
-        DeepgramEmulator::start(DeepgramConfig::default().with_api_key("secret")).expect("start");
-    let err = connect(&emu, Q, Some("wrong"))
-        .await
-        .expect_err("must fail");
+    let emu = DeepgramEmulator::start(DeepgramConfig::default().with_api_key("secret")).expect("start");
+    let err = connect(&emu, Q, Some("wrong")).await.expect_err("must fail");
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
             assert_eq!(resp.status().as_u16(), 401);
@@ -68,28 +59,20 @@ async fn rejects_bad_key_with_401() {
     let r = emu.received();
     assert_eq!(r.rejected.len(), 2);
     assert_eq!(r.connection_count(), 1);
-    assert_eq!(
-        r.connections[0].authorization.as_deref(),
-        Some("Token secret")
-    );
+    assert_eq!(r.connections[0].authorization.as_deref(), Some("Token secret"));
     assert_eq!(r.connections[0].query_param("encoding"), Some("mulaw"));
 }
 
 #[tokio::test]
 async fn audio_triggered_utterance_with_interims_vad_and_utterance_end() {
     let cfg = DeepgramConfig {
-        script: vec![
-            TranscriptScript::new("Book a table for two.", Trigger::AudioBytes(1600))
-                .with_interims(1),
-        ],
+        script: vec![TranscriptScript::new("Book a table for two.", Trigger::AudioBytes(1600)).with_interims(1)],
         ..DeepgramConfig::default()
     };
     let emu = DeepgramEmulator::start(cfg).expect("start");
     let mut ws = connect(&emu, Q, None).await.expect("connect");
     for _ in 0..10 {
-        ws.send(Message::Binary(vec![0xFFu8; 160].into()))
-            .await
-            .expect("send");
+        ws.send(Message::Binary(vec![0xFFu8; 160].into())).await.expect("send");
     }
     let started = next_json(&mut ws).await;
     assert_eq!(started["type"], "SpeechStarted");
@@ -100,109 +83,59 @@ async fn audio_triggered_utterance_with_interims_vad_and_utterance_end() {
     assert_eq!(fin["is_final"], true);
     assert_eq!(fin["speech_final"], true);
     assert_eq!(fin["from_finalize"], false);
-    assert_eq!(
-        fin["channel"]["alternatives"][0]["transcript"],
-        "Book a table for two."
-    );
-    let words = fin["channel"]["alternatives"][0]["words"]
-        .as_array()
-        .expect("words");
+    assert_eq!(fin["channel"]["alternatives"][0]["transcript"], "Book a table for two.");
+    let words = fin["channel"]["alternatives"][0]["words"].as_array().expect("words");
     assert_eq!(words.len(), 5);
     assert_eq!(words[0]["word"], "book");
     assert_eq!(words[0]["punctuated_word"], "Book");
     assert!(words[0]["end"].as_f64() > words[0]["start"].as_f64());
-    assert!(
-        (fin["duration"].as_f64().expect("duration") - 0.2).abs() < 1e-6,
-        "1600 μ-law bytes = 0.2 s"
-    );
+    assert!((fin["duration"].as_f64().expect("duration") - 0.2).abs() < 1e-6, "1600 μ-law bytes = 0.2 s");
     let ue = next_json(&mut ws).await;
     assert_eq!(ue["type"], "UtteranceEnd");
 
-    ws.send(Message::Text(
-        json!({"type": "KeepAlive"}).to_string().into(),
-    ))
-    .await
-    .expect("send");
-    ws.send(Message::Text(
-        json!({"type": "CloseStream"}).to_string().into(),
-    ))
-    .await
-    .expect("send");
+    ws.send(Message::Text(json!({"type": "KeepAlive"}).to_string().into())).await.expect("send");
+    ws.send(Message::Text(json!({"type": "CloseStream"}).to_string().into())).await.expect("send");
     let meta = next_json(&mut ws).await;
     assert_eq!(meta["type"], "Metadata");
-    let close = tokio::time::timeout(Duration::from_secs(2), ws.next())
-        .await
-        .expect("timeout");
+    let close = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.expect("timeout");
     match close {
         Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1000),
         other => panic!("expected close 1000, got {other:?}"),
     }
     let r = emu
-        .wait_for(
-            |r| r.connections.first().is_some_and(|c| c.closed),
-            Duration::from_secs(2),
-        )
+        .wait_for(|r| r.connections.first().is_some_and(|c| c.closed), Duration::from_secs(2))
         .await
         .expect("closed");
     let c = &r.connections[0];
     assert_eq!(c.audio_bytes, 1600);
-    assert_eq!(
-        c.controls,
-        vec![ControlMessage::KeepAlive, ControlMessage::CloseStream]
-    );
+    assert_eq!(c.controls, vec![ControlMessage::KeepAlive, ControlMessage::CloseStream]);
 }
 
 #[tokio::test]
 async fn finalize_emits_from_finalize_final_for_simulation_queue() {
-    let emu = DeepgramEmulator::start(DeepgramConfig::with_utterances([
-        "Hi there",
-        "My order is 12345",
-    ]))
-    .expect("start");
-    let mut ws = connect(
-        &emu,
-        "model=nova-3&encoding=linear16&sample_rate=16000",
-        None,
-    )
-    .await
-    .expect("connect");
-    ws.send(Message::Binary(vec![0u8; 3200].into()))
-        .await
-        .expect("send");
-    ws.send(Message::Text(r#"{"type":"Finalize"}"#.into()))
-        .await
-        .expect("send");
+    let emu =
+        DeepgramEmulator::start(DeepgramConfig::with_utterances(["Hi there", "My order is 12345"])).expect("start");
+    let mut ws = connect(&emu, "model=nova-3&encoding=linear16&sample_rate=16000", None).await.expect("connect");
+    ws.send(Message::Binary(vec![0u8; 3200].into())).await.expect("send");
+    ws.send(Message::Text(r#"{"type":"Finalize"}"#.into())).await.expect("send");
     let fin = next_json(&mut ws).await;
     assert_eq!(fin["from_finalize"], true);
     assert_eq!(fin["is_final"], true);
     assert_eq!(fin["speech_final"], true);
     assert_eq!(fin["channel"]["alternatives"][0]["transcript"], "Hi there");
-    ws.send(Message::Binary(vec![0u8; 3200].into()))
-        .await
-        .expect("send");
-    ws.send(Message::Text(r#"{"type":"Finalize"}"#.into()))
-        .await
-        .expect("send");
+    ws.send(Message::Binary(vec![0u8; 3200].into())).await.expect("send");
+    ws.send(Message::Text(r#"{"type":"Finalize"}"#.into())).await.expect("send");
     let fin = next_json(&mut ws).await;
-    assert_eq!(
-        fin["channel"]["alternatives"][0]["transcript"],
-        "My order is 12345"
-    );
+    assert_eq!(fin["channel"]["alternatives"][0]["transcript"], "My order is 12345");
     assert!((fin["start"].as_f64().expect("start") - 0.1).abs() < 1e-6);
     // Queue exhausted: audio left over produces an empty from_finalize result.
-    ws.send(Message::Binary(vec![0u8; 320].into()))
-        .await
-        .expect("send");
-    ws.send(Message::Text(r#"{"type":"Finalize"}"#.into()))
-        .await
-        .expect("send");
+    ws.send(Message::Binary(vec![0u8; 320].into())).await.expect("send");
+    ws.send(Message::Text(r#"{"type":"Finalize"}"#.into())).await.expect("send");
     let empty = next_json(&mut ws).await;
     assert_eq!(empty["from_finalize"], true);
     assert_eq!(empty["channel"]["alternatives"][0]["transcript"], "");
     // Unknown client message type gets a Deepgram Error frame.
-    ws.send(Message::Text(r#"{"type":"Bogus"}"#.into()))
-        .await
-        .expect("send");
+    ws.send(Message::Text(r#"{"type":"Bogus"}"#.into())).await.expect("send");
     let err = next_json(&mut ws).await;
     assert_eq!(err["type"], "Error");
 }
@@ -210,42 +143,25 @@ async fn finalize_emits_from_finalize_final_for_simulation_queue() {
 #[tokio::test]
 async fn faults_drop_after_bytes_then_reconnect_works() {
     let cfg = DeepgramConfig {
-        faults: vec![
-            DeepgramFault::DropAfterBytes(500),
-            DeepgramFault::MalformedJson,
-        ],
+        faults: vec![DeepgramFault::DropAfterBytes(500), DeepgramFault::MalformedJson],
         ..DeepgramConfig::with_utterances(["hello"])
     };
     let emu = DeepgramEmulator::start(cfg).expect("start");
     let mut ws = connect(&emu, Q, None).await.expect("connect");
-    ws.send(Message::Binary(vec![0xFFu8; 600].into()))
-        .await
-        .expect("send");
-    let end = tokio::time::timeout(Duration::from_secs(2), ws.next())
-        .await
-        .expect("timeout");
-    assert!(
-        matches!(end, None | Some(Err(_))),
-        "expected abrupt drop, got {end:?}"
-    );
+    ws.send(Message::Binary(vec![0xFFu8; 600].into())).await.expect("send");
+    let end = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.expect("timeout");
+    assert!(matches!(end, None | Some(Err(_))), "expected abrupt drop, got {end:?}");
 
     let mut ws2 = connect(&emu, Q, None).await.expect("reconnect");
-    let bad = tokio::time::timeout(Duration::from_secs(2), ws2.next())
-        .await
-        .expect("timeout")
-        .expect("msg")
-        .expect("ok");
+    let bad =
+        tokio::time::timeout(Duration::from_secs(2), ws2.next()).await.expect("timeout").expect("msg").expect("ok");
     match bad {
         Message::Text(t) => assert!(serde_json::from_str::<Value>(t.as_str()).is_err()),
         other => panic!("unexpected {other:?}"),
     }
     let mut ws3 = connect(&emu, Q, None).await.expect("third");
-    ws3.send(Message::Binary(vec![0xFFu8; 160].into()))
-        .await
-        .expect("send");
-    ws3.send(Message::Text(r#"{"type":"Finalize"}"#.into()))
-        .await
-        .expect("send");
+    ws3.send(Message::Binary(vec![0xFFu8; 160].into())).await.expect("send");
+    ws3.send(Message::Text(r#"{"type":"Finalize"}"#.into())).await.expect("send");
     loop {
         let v = next_json(&mut ws3).await;
         if v["type"] == "Results" {
@@ -258,15 +174,10 @@ async fn faults_drop_after_bytes_then_reconnect_works() {
 
 #[tokio::test]
 async fn idle_socket_closed_with_net0001() {
-    let cfg = DeepgramConfig {
-        idle_timeout: Some(Duration::from_millis(150)),
-        ..DeepgramConfig::default()
-    };
+    let cfg = DeepgramConfig { idle_timeout: Some(Duration::from_millis(150)), ..DeepgramConfig::default() };
     let emu = DeepgramEmulator::start(cfg).expect("start");
     let mut ws = connect(&emu, Q, None).await.expect("connect");
-    let msg = tokio::time::timeout(Duration::from_secs(2), ws.next())
-        .await
-        .expect("timeout");
+    let msg = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.expect("timeout");
     match msg {
         Some(Ok(Message::Close(Some(f)))) => {
             assert_eq!(u16::from(f.code), 1011);
@@ -278,10 +189,7 @@ async fn idle_socket_closed_with_net0001() {
 
 #[tokio::test]
 async fn rejects_handshake_on_fault_status() {
-    let cfg = DeepgramConfig {
-        faults: vec![DeepgramFault::RejectHandshake(429)],
-        ..DeepgramConfig::default()
-    };
+    let cfg = DeepgramConfig { faults: vec![DeepgramFault::RejectHandshake(429)], ..DeepgramConfig::default() };
     let emu = DeepgramEmulator::start(cfg).expect("start");
     match connect(&emu, Q, None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {

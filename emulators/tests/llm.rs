@@ -46,9 +46,7 @@ fn chat_body(messages: Value, include_usage: bool) -> Value {
 }
 
 async fn post_openai(emu: &OpenAiEmulator, body: &Value, key: Option<&str>) -> reqwest::Response {
-    let mut req = reqwest::Client::new()
-        .post(format!("{}/chat/completions", emu.base_url()))
-        .json(body);
+    let mut req = reqwest::Client::new().post(format!("{}/chat/completions", emu.base_url())).json(body);
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
@@ -58,8 +56,7 @@ async fn post_openai(emu: &OpenAiEmulator, body: &Value, key: Option<&str>) -> r
 #[tokio::test]
 async fn openai_text_stream_with_usage_and_done() {
     let emu = OpenAiEmulator::start(
-        OpenAiConfig::with_script(vec![Scripted::text("Sure, one moment.")])
-            .with_api_key("sk-test"),
+        OpenAiConfig::with_script(vec![Scripted::text("Sure, one moment.")]).with_api_key("sk-test"),
     )
     .expect("start");
     let body = chat_body(json!([{"role": "user", "content": "hi"}]), true);
@@ -70,29 +67,16 @@ async fn openai_text_stream_with_usage_and_done() {
 
     let resp = post_openai(&emu, &body, Some("sk-test")).await;
     assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .expect("ct")
-            .starts_with("text/event-stream")
-    );
+    assert!(resp.headers()["content-type"].to_str().expect("ct").starts_with("text/event-stream"));
     let (events, cut) = sse(resp).await;
     assert!(!cut);
-    assert!(
-        events.iter().all(|(name, _)| name.is_none()),
-        "OpenAI sends no event names"
-    );
+    assert!(events.iter().all(|(name, _)| name.is_none()), "OpenAI sends no event names");
     assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|(_, d)| serde_json::from_str(d).expect("chunk"))
-        .collect();
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|(_, d)| serde_json::from_str(d).expect("chunk")).collect();
     assert_eq!(chunks[0]["object"], "chat.completion.chunk");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, "Sure, one moment.");
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
@@ -108,10 +92,8 @@ async fn openai_text_stream_with_usage_and_done() {
 #[tokio::test]
 async fn openai_parallel_tool_calls_interleaved_by_index() {
     let calls = vec![
-        ScriptedToolCall::new("check_order_status", &json!({"order_id": "12345"}))
-            .with_id("call_a"),
-        ScriptedToolCall::new("lookup_customer", &json!({"phone": "+15550001111"}))
-            .with_id("call_b"),
+        ScriptedToolCall::new("check_order_status", &json!({"order_id": "12345"})).with_id("call_a"),
+        ScriptedToolCall::new("lookup_customer", &json!({"phone": "+15550001111"})).with_id("call_b"),
     ];
     let script = vec![
         Scripted::tool_calls(calls.clone()).with_tool_call_style(ToolCallStyle::Interleaved),
@@ -130,18 +112,11 @@ async fn openai_parallel_tool_calls_interleaved_by_index() {
         let mut names: Vec<String> = vec![String::new(); 2];
         let mut seen_order = Vec::new();
         for c in &chunks {
-            for tc in c["choices"][0]["delta"]["tool_calls"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
+            for tc in c["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
                 let i = tc["index"].as_u64().expect("index") as usize;
                 seen_order.push(i);
                 if let Some(n) = tc["function"]["name"].as_str() {
-                    assert_eq!(
-                        tc["function"]["arguments"], "",
-                        "header carries empty arguments"
-                    );
+                    assert_eq!(tc["function"]["arguments"], "", "header carries empty arguments");
                     assert_eq!(tc["type"], "function");
                     assert!(tc["id"].as_str().is_some());
                     names[i] = n.to_string();
@@ -150,19 +125,10 @@ async fn openai_parallel_tool_calls_interleaved_by_index() {
             }
         }
         assert_eq!(names, vec!["check_order_status", "lookup_customer"]);
-        assert_eq!(
-            serde_json::from_str::<Value>(&args[0]).expect("args0"),
-            json!({"order_id": "12345"})
-        );
-        assert_eq!(
-            serde_json::from_str::<Value>(&args[1]).expect("args1"),
-            json!({"phone": "+15550001111"})
-        );
+        assert_eq!(serde_json::from_str::<Value>(&args[0]).expect("args0"), json!({"order_id": "12345"}));
+        assert_eq!(serde_json::from_str::<Value>(&args[1]).expect("args1"), json!({"phone": "+15550001111"}));
         assert!(seen_order.len() > 4);
-        assert_eq!(
-            chunks.last().expect("last")["choices"][0]["finish_reason"],
-            "tool_calls"
-        );
+        assert_eq!(chunks.last().expect("last")["choices"][0]["finish_reason"], "tool_calls");
     }
 }
 
@@ -170,9 +136,7 @@ async fn openai_parallel_tool_calls_interleaved_by_index() {
 async fn openai_faults() {
     let script = vec![
         Scripted::fault(LlmFault::ServerError),
-        Scripted::fault(LlmFault::RateLimited {
-            retry_after_secs: 2,
-        }),
+        Scripted::fault(LlmFault::RateLimited { retry_after_secs: 2 }),
         Scripted::text("a b c d e f").with_fault(LlmFault::CloseMidStream { after_events: 2 }),
         Scripted::text("a b c").with_fault(LlmFault::MalformedData { after_events: 1 }),
         Scripted::tool_call("check_order_status", &json!({"order_id": "999"}))
@@ -189,24 +153,14 @@ async fn openai_faults() {
     assert!(cut, "stream must be cut");
     assert_eq!(events.len(), 2);
     let (events, _) = sse(post_openai(&emu, &body, None).await).await;
-    assert!(
-        serde_json::from_str::<Value>(&events[1].1).is_err(),
-        "second event is malformed"
-    );
+    assert!(serde_json::from_str::<Value>(&events[1].1).is_err(), "second event is malformed");
     let (events, _) = sse(post_openai(&emu, &body, None).await).await;
     let args: String = events
         .iter()
         .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
-                .as_str()
-                .map(str::to_string)
-        })
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().map(str::to_string))
         .collect();
-    assert!(
-        serde_json::from_str::<Value>(&args).is_err(),
-        "truncated args: {args}"
-    );
+    assert!(serde_json::from_str::<Value>(&args).is_err(), "truncated args: {args}");
     let (events, _) = sse(post_openai(&emu, &body, None).await).await;
     assert!(events.last().expect("last").1.contains("\"error\""));
     assert!(events.iter().all(|(_, d)| d != "[DONE]"));
@@ -230,34 +184,19 @@ async fn openai_ttft_and_responder() {
     };
     let emu = OpenAiEmulator::start(cfg).expect("start");
     let t0 = Instant::now();
-    let (events, _) = sse(post_openai(
-        &emu,
-        &chat_body(json!([{"role": "user", "content": "hi"}]), false),
-        None,
-    )
-    .await)
-    .await;
+    let (events, _) =
+        sse(post_openai(&emu, &chat_body(json!([{"role": "user", "content": "hi"}]), false), None).await).await;
     assert!(t0.elapsed() >= Duration::from_millis(200));
     assert!(!events.is_empty());
 
-    let body = chat_body(
-        json!([{"role": "user", "content": "Where is my order 12345?"}]),
-        false,
-    );
+    let body = chat_body(json!([{"role": "user", "content": "Where is my order 12345?"}]), false);
     let (events, _) = sse(post_openai(&emu, &body, None).await).await;
     let args: String = events
         .iter()
         .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
-                .as_str()
-                .map(str::to_string)
-        })
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().map(str::to_string))
         .collect();
-    assert_eq!(
-        serde_json::from_str::<Value>(&args).expect("args"),
-        json!({"order_id": "12345"})
-    );
+    assert_eq!(serde_json::from_str::<Value>(&args).expect("args"), json!({"order_id": "12345"}));
 
     let body = chat_body(
         json!([{"role": "user", "content": "Where is my order 12345?"},
@@ -269,20 +208,12 @@ async fn openai_ttft_and_responder() {
     let text: String = events
         .iter()
         .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
         .collect();
     assert!(text.contains("Your order 12345 is shipped"), "{text}");
 }
 
-async fn post_anthropic(
-    emu: &AnthropicEmulator,
-    body: &Value,
-    key: Option<&str>,
-) -> reqwest::Response {
+async fn post_anthropic(emu: &AnthropicEmulator, body: &Value, key: Option<&str>) -> reqwest::Response {
     let mut req = reqwest::Client::new()
         .post(format!("{}/v1/messages", emu.base_url()))
         .header("anthropic-version", "2023-06-01")
@@ -296,13 +227,10 @@ async fn post_anthropic(
 #[tokio::test]
 async fn anthropic_event_sequence_text_then_tool_use() {
     let script = vec![
-        Scripted::text("One moment.").with_tool_calls(vec![ScriptedToolCall::new(
-            "check_order_status",
-            &json!({"order_id": "42"}),
-        )]),
+        Scripted::text("One moment.")
+            .with_tool_calls(vec![ScriptedToolCall::new("check_order_status", &json!({"order_id": "42"}))]),
     ];
-    let emu = AnthropicEmulator::start(AnthropicConfig::with_script(script).with_api_key("ak"))
-        .expect("start");
+    let emu = AnthropicEmulator::start(AnthropicConfig::with_script(script).with_api_key("ak")).expect("start");
     let body = json!({"model": "claude-x", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "order 42"}]});
     let unauth = post_anthropic(&emu, &body, Some("bad")).await;
     assert_eq!(unauth.status(), 401);
@@ -311,57 +239,33 @@ async fn anthropic_event_sequence_text_then_tool_use() {
 
     let (events, cut) = sse(post_anthropic(&emu, &body, Some("ak")).await).await;
     assert!(!cut);
-    let names: Vec<&str> = events
-        .iter()
-        .map(|(n, _)| n.as_deref().expect("event name"))
-        .collect();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().expect("event name")).collect();
     for (name, data) in &events {
         let v: Value = serde_json::from_str(data).expect("json");
-        assert_eq!(
-            v["type"].as_str(),
-            name.as_deref(),
-            "data type repeats event name"
-        );
+        assert_eq!(v["type"].as_str(), name.as_deref(), "data type repeats event name");
     }
     let filtered: Vec<&str> = names.iter().copied().filter(|n| *n != "ping").collect();
     assert_eq!(filtered.first(), Some(&"message_start"));
     assert_eq!(filtered.last(), Some(&"message_stop"));
     assert!(names.contains(&"ping"));
-    let data: Vec<Value> = events
-        .iter()
-        .map(|(_, d)| serde_json::from_str(d).expect("json"))
-        .collect();
-    let tool_start = data
-        .iter()
-        .find(|v| v["content_block"]["type"] == "tool_use")
-        .expect("tool_use");
+    let data: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).expect("json")).collect();
+    let tool_start = data.iter().find(|v| v["content_block"]["type"] == "tool_use").expect("tool_use");
     assert_eq!(tool_start["index"], 1);
     assert_eq!(tool_start["content_block"]["input"], json!({}));
-    assert!(
-        tool_start["content_block"]["id"]
-            .as_str()
-            .expect("id")
-            .starts_with("toolu_")
-    );
+    assert!(tool_start["content_block"]["id"].as_str().expect("id").starts_with("toolu_"));
     let partial: String = data
         .iter()
         .filter(|v| v["delta"]["type"] == "input_json_delta")
         .filter_map(|v| v["delta"]["partial_json"].as_str())
         .collect();
-    assert_eq!(
-        serde_json::from_str::<Value>(&partial).expect("json"),
-        json!({"order_id": "42"})
-    );
+    assert_eq!(serde_json::from_str::<Value>(&partial).expect("json"), json!({"order_id": "42"}));
     let text: String = data
         .iter()
         .filter(|v| v["delta"]["type"] == "text_delta")
         .filter_map(|v| v["delta"]["text"].as_str())
         .collect();
     assert_eq!(text, "One moment.");
-    let md = data
-        .iter()
-        .find(|v| v["type"] == "message_delta")
-        .expect("message_delta");
+    let md = data.iter().find(|v| v["type"] == "message_delta").expect("message_delta");
     assert_eq!(md["delta"]["stop_reason"], "tool_use");
     assert!(md["usage"]["output_tokens"].as_u64().is_some());
     let reqs = emu.requests();
@@ -393,25 +297,13 @@ async fn anthropic_errors_and_responder() {
     let (events, _) = sse(post_anthropic(&emu, &body, None).await).await;
     let last = events.last().expect("last");
     assert_eq!(last.0.as_deref(), Some("error"));
-    assert_eq!(
-        serde_json::from_str::<Value>(&last.1).expect("json")["error"]["type"],
-        "overloaded_error"
-    );
+    assert_eq!(serde_json::from_str::<Value>(&last.1).expect("json")["error"]["type"], "overloaded_error");
 
     let (events, _) = sse(post_anthropic(&emu, &body, None).await).await;
-    let data: Vec<Value> = events
-        .iter()
-        .map(|(_, d)| serde_json::from_str(d).expect("json"))
-        .collect();
-    let tool = data
-        .iter()
-        .find(|v| v["content_block"]["type"] == "tool_use")
-        .expect("tool_use");
+    let data: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).expect("json")).collect();
+    let tool = data.iter().find(|v| v["content_block"]["type"] == "tool_use").expect("tool_use");
     assert_eq!(tool["content_block"]["name"], "check_order_status");
-    let tool_id = tool["content_block"]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let tool_id = tool["content_block"]["id"].as_str().expect("id").to_string();
 
     let follow = json!({"model": "claude-x", "max_tokens": 100, "stream": true,
         "messages": [{"role": "user", "content": "my order is 777"},
@@ -426,12 +318,8 @@ async fn anthropic_errors_and_responder() {
     assert!(text.contains("Your order 777 is delivered"), "{text}");
 
     // Missing version header and unanswered tool_use are 400s.
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/messages", emu.base_url()))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let r =
+        reqwest::Client::new().post(format!("{}/v1/messages", emu.base_url())).json(&body).send().await.expect("send");
     assert_eq!(r.status(), 400);
     let bad = json!({"model": "claude-x", "max_tokens": 100,
         "messages": [{"role": "user", "content": "x"},
