@@ -79,6 +79,8 @@ pub struct UserAggregator {
     ctx: ConversationContext,
     turn: Arc<Mutex<Turn>>,
     timer: Option<tokio::task::JoinHandle<()>>,
+    /// How the pending timer commits (`true`: may use interim text).
+    armed: Option<bool>,
     bot_speaking: bool,
 }
 
@@ -99,7 +101,7 @@ impl UserAggregator {
     /// An aggregator writing user turns into `ctx`.
     #[must_use]
     pub fn new(ctx: ConversationContext, settings: UserAggregatorSettings) -> Self {
-        Self { settings, ctx, turn: Arc::default(), timer: None, bot_speaking: false }
+        Self { settings, ctx, turn: Arc::default(), timer: None, armed: None, bot_speaking: false }
     }
 
     /// The shared context.
@@ -109,6 +111,7 @@ impl UserAggregator {
     }
 
     fn cancel_timer(&mut self) {
+        self.armed = None;
         if let Some(t) = self.timer.take() {
             t.abort();
         }
@@ -117,6 +120,7 @@ impl UserAggregator {
     /// (Re)arm the commit timer: after `delay`, commit the turn unless something superseded it.
     fn arm(&mut self, delay: Duration, use_interim: bool, sender: FrameSender) {
         self.cancel_timer();
+        self.armed = Some(use_interim);
         let generation = {
             let mut t = lock(&self.turn);
             t.generation += 1;
@@ -199,6 +203,15 @@ impl Processor for UserAggregator {
                     self.arm(self.settings.grace, false, cx.sender());
                 } else {
                     self.arm(self.settings.final_transcript_timeout, true, cx.sender());
+                }
+            }
+            Event::Interrupt => {
+                // A pending commit holds a sender stamped with the old epoch, so its `LlmRun`
+                // would be dropped as stale: re-arm with a fresh one.
+                let pending = self.timer.as_ref().is_some_and(|t| !t.is_finished());
+                if let (true, Some(use_interim)) = (pending, self.armed) {
+                    let delay = if use_interim { self.settings.final_transcript_timeout } else { self.settings.grace };
+                    self.arm(delay, use_interim, cx.sender());
                 }
             }
             Event::BotStartedSpeaking => self.bot_speaking = true,

@@ -1,5 +1,5 @@
 //! Helpers shared by the LLM / tools integration tests (emulators on 127.0.0.1).
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
