@@ -287,3 +287,25 @@ async fn interruption_while_the_llm_is_still_streaming() {
     assert_eq!(msgs[2].role, Role::Assistant);
     assert_eq!(msgs[2].content, "Your order has shipped");
 }
+
+#[tokio::test]
+async fn without_word_timings_nothing_is_trimmed() {
+    let ctx = ConversationContext::new("sys", Vec::new());
+    let (assistant, tap) = AssistantAggregator::new(ctx.clone(), AssistantSettings::default());
+    let h = Harness::new(Pipeline::new().with(assistant).with(tap));
+    h.push(Frame::LlmResponseStart).await;
+    h.push(Frame::LlmText("A full answer.".into())).await;
+    h.push(Frame::LlmResponseEnd).await;
+    h.push(audio("u1", Arc::from(Vec::new()))).await;
+    assert!(h.wait_for(WAIT, |f| count(f, FrameKind::TtsAudio) >= 1).await);
+    h.push_upstream(played("u1", 2000, true)).await;
+    assert!(h.wait_for(WAIT, played_out_any).await);
+    h.interrupt();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = h.finish().await;
+    assert_eq!(ctx.messages().last().unwrap().content, "A full answer.");
+}
+
+fn played_out_any(frames: &[(Direction, Frame)]) -> bool {
+    played_out(frames) >= 1
+}

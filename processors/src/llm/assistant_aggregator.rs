@@ -20,8 +20,8 @@
 //!
 //! Trade-offs: alignment is by normalised word (lowercase alphanumerics) with a small look-ahead,
 //! so TTS words that differ in punctuation, or an extra line the recorder never saw (a tool
-//! filler), do not derail it. Without a running [`PlayoutTap`] (text-only pipelines) nothing is
-//! trimmed: the full response is the record.
+//! filler), do not derail it. Without a running [`PlayoutTap`] (text-only pipelines), or with a
+//! TTS that delivers no word timings, nothing is trimmed: the full response is the record.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -249,6 +249,8 @@ impl State {
 struct Shared {
     state: Mutex<State>,
     tap_running: AtomicBool,
+    /// TTS has delivered word timings; without them nothing can be trimmed reliably.
+    words_seen: AtomicBool,
 }
 
 impl Shared {
@@ -289,7 +291,11 @@ impl AssistantAggregator {
     #[must_use]
     pub fn new(ctx: ConversationContext, settings: AssistantSettings) -> (Self, PlayoutTap) {
         let state = State { ctx: ctx.clone(), settings, pending: VecDeque::new(), utterances: VecDeque::new() };
-        let shared = Arc::new(Shared { state: Mutex::new(state), tap_running: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            tap_running: AtomicBool::new(false),
+            words_seen: AtomicBool::new(false),
+        });
         (Self { shared: shared.clone(), ctx }, PlayoutTap { shared })
     }
 
@@ -385,12 +391,12 @@ impl voxline_pipeline::Processor for AssistantAggregator {
 
     fn on_event(&mut self, event: &Event, _cx: &mut Context) -> FlowResult {
         if matches!(event, Event::Interrupt) {
-            let tracking = self.tracking();
+            let tracking = self.tracking() && self.shared.words_seen.load(Ordering::Acquire);
             let mut st = self.shared.lock();
             if tracking {
                 st.interrupt();
             } else {
-                // Without play-out reports the best record is what was generated.
+                // Without play-out reports or word timings the best record is what was generated.
                 let open: Vec<Spoken> = st.pending.drain(..).filter(|s| s.open).collect();
                 drop(st);
                 for s in open {
@@ -422,6 +428,7 @@ impl voxline_pipeline::Processor for PlayoutTap {
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
         match (&frame, direction) {
             (Frame::TtsAudio(a), Direction::Downstream) if !a.words.is_empty() => {
+                self.shared.words_seen.store(true, Ordering::Release);
                 self.shared.lock().add_words(&a.context_id, &a.words);
             }
             (Frame::PlayedUpTo { context_id, position, complete }, Direction::Upstream) => {
