@@ -263,8 +263,10 @@ async fn twenty_concurrent_calls() {
     for i in 0..20 {
         let base = server.base.clone();
         joins.push(tokio::spawn(async move {
-            let steps = vec![quiet(), say(1), quiet(), say(2), Step::WaitServerClose(Duration::from_secs(30))];
-            place_call(&base, &format!("CA{i:032}"), "+15550001111", steps).await
+            let steps = vec![quiet(), say(1), quiet(), say(2), Step::WaitServerClose(Duration::from_secs(60))];
+            place_call(&base, &format!("CA{i:032}"), "+15550001111", steps)
+                .await
+                .map_err(|e| anyhow::anyhow!("call {i}: {e:#}"))
         }));
     }
     for j in joins {
