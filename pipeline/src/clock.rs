@@ -282,6 +282,11 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
                         cx.emit(Event::BotStoppedSpeaking);
                     }
                     self.utterance = None;
+                } else {
+                    // The transport announces the stop (from the far end's echo); this stage only
+                    // re-arms so the next utterance announces its start again.
+                    self.speaking = false;
+                    self.utterance = None;
                 }
                 cx.push(Frame::TtsStopped { context_id }, Direction::Downstream).await;
                 Ok(())

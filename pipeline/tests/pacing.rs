@@ -116,3 +116,28 @@ fn clock_rebases_after_an_underrun() {
     let late = t0 + Duration::from_secs(1);
     assert_eq!(c.next_release(late), late);
 }
+
+#[derive(Clone, Default)]
+struct EchoSink;
+
+impl AudioSink for EchoSink {
+    async fn write(&mut self, _chunk: Bytes, _format: AudioFormat) -> FlowResult {
+        Ok(())
+    }
+    fn reports_playout(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_utterance_announces_its_start_when_the_sink_reports_playout() {
+    let h = Harness::new(Pipeline::new().with(AudioOutput::new(EchoSink, OutputParams::default())));
+    for u in ["u1", "u2", "u3"] {
+        h.push(tts(u, 640 * 3)).await;
+        h.push(Frame::TtsStopped { context_id: u.into() }).await;
+    }
+    let out = h.finish().await;
+    let starts = out.events.iter().filter(|e| matches!(e, Event::BotStartedSpeaking)).count();
+    assert_eq!(starts, 3);
+    assert!(!out.events.iter().any(|e| matches!(e, Event::BotStoppedSpeaking)), "the transport reports stops");
+}
