@@ -139,7 +139,9 @@ impl Harness {
     pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&[(Direction, Frame)]) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if pred(&lock(&self.collected)) {
+            // Snapshot first so the predicate may call back into the harness without deadlocking.
+            let snapshot = lock(&self.collected).clone();
+            if pred(&snapshot) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
