@@ -139,11 +139,11 @@ pub(crate) fn main(args: &[String]) {
             let t_inject = Instant::now();
             let _ = handle.interrupt();
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let m = lock(&marks);
-            let after: Vec<Instant> = m.writes.iter().copied().filter(|t| *t >= t_inject).collect();
-            let last = m.last_interrupt.first().copied();
-            let cleared = m.cleared.first().copied();
-            drop(m);
+            let (after, last, cleared) = {
+                let m = lock(&marks);
+                let after: Vec<Instant> = m.writes.iter().copied().filter(|t| *t >= t_inject).collect();
+                (after, m.last_interrupt.first().copied(), m.cleared.first().copied())
+            };
             tokio::time::sleep(Duration::from_millis(100)).await;
             if trial < warmup {
                 continue;
