@@ -134,6 +134,7 @@ async fn run(frames: &[&[u8]], window: u64) -> anyhow::Result<RunResult> {
         }
     };
     let report = tokio::select! {
+        biased;
         () = wait_last => None,
         r = join => Some(r?),
     };

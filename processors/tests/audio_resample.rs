@@ -1,5 +1,6 @@
 //! Resampler: frequency preserved, no clicks at chunk edges, SNR of a round trip, odd frame
 //! sizes, bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use bytes::Bytes;
 use voxline_pipeline::testing::Harness;
@@ -142,8 +143,11 @@ async fn bad_input_is_refused_without_panics() {
     h.push(Frame::InputAudio(AudioFrame::new(Bytes::from(vec![0u8; 160]), AudioFormat::mulaw_8k()))).await;
     h.push(Frame::InputAudio(frame(&[100; 160], 8000))).await;
     let out = h.finish().await;
-    let errors: Vec<String> =
-        out.events.iter().filter_map(|e| if let Event::Error(e) = e { Some(e.message.to_string()) } else { None }).collect();
+    let errors: Vec<String> = out
+        .events
+        .iter()
+        .filter_map(|e| if let Event::Error(e) = e { Some(e.message.to_string()) } else { None })
+        .collect();
     assert_eq!(errors.len(), 4, "{errors:?}");
     assert!(errors[0].contains("Pcm16 8000 Hz x1") && errors[0].contains("Pcm16 16000 Hz x1"), "{}", errors[0]);
     assert!(errors[1].contains("x2"));

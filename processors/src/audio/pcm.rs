@@ -77,7 +77,7 @@ pub(crate) fn check_whole_samples(
     len: usize,
     bytes_per_frame: usize,
 ) -> Result<(), FlowError> {
-    if bytes_per_frame == 0 || len % bytes_per_frame != 0 {
+    if bytes_per_frame == 0 || !len.is_multiple_of(bytes_per_frame) {
         Err(FlowError::BadInput(format!(
             "{processor}: payload of {len} bytes is not a whole number of {bytes_per_frame}-byte sample frames"
         )))
@@ -98,7 +98,7 @@ pub(crate) fn put_pcm16(out: &mut BytesMut, samples: impl IntoIterator<Item = i1
     }
 }
 
-/// f32 in [-1, 1] → i16 with saturation (NaN maps to 0: callers count non-finite input first).
+/// f32 in [-1, 1] → i16 with saturation; NaN maps to silence rather than garbage.
 #[inline]
 pub(crate) fn f32_to_i16(x: f32) -> i16 {
     if x.is_nan() {
@@ -115,7 +115,6 @@ pub struct AudioCounters {
     frames: AtomicU64,
     dropped_empty: AtomicU64,
     rejected: AtomicU64,
-    non_finite: AtomicU64,
 }
 
 impl AudioCounters {
@@ -127,9 +126,6 @@ impl AudioCounters {
     }
     pub(crate) fn reject(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn add_non_finite(&self, n: u64) {
-        self.non_finite.fetch_add(n, Ordering::Relaxed);
     }
     /// Audio frames transformed.
     #[must_use]
@@ -145,11 +141,6 @@ impl AudioCounters {
     #[must_use]
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
-    }
-    /// NaN or infinite samples replaced by silence.
-    #[must_use]
-    pub fn non_finite(&self) -> u64 {
-        self.non_finite.load(Ordering::Relaxed)
     }
 }
 

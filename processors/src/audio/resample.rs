@@ -84,7 +84,10 @@ impl StreamResampler {
         // in_rate/gcd): otherwise samples would carry over between calls and a 20 ms frame would
         // not always give exactly 20 ms out.
         let min_block = in_rate as usize / gcd(in_rate as usize, out_rate as usize);
-        let sub_chunks = (1..=4).rev().find(|k| chunk_in % k == 0 && (chunk_in / k) % min_block == 0).unwrap_or(1);
+        let sub_chunks = (1..=4)
+            .rev()
+            .find(|&k| chunk_in.is_multiple_of(k) && (chunk_in / k).is_multiple_of(min_block))
+            .unwrap_or(1);
         let inner = Fft::<f32>::new_custom(
             in_rate as usize,
             out_rate as usize,

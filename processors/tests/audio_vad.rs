@@ -1,0 +1,312 @@
+//! VAD on real (synthetic) speech: espeak-ng sentences with known pauses, at 16 kHz PCM and at
+//! 8 kHz μ-law, clean and with white noise at 20 dB and 5 dB SNR, plus a tonal distractor; and
+//! barge-in through the harness. Skipped with a message when espeak-ng is not installed.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use voxline_pipeline::testing::Harness;
+use voxline_pipeline::{AudioFormat, AudioFrame, Event, Frame, Pipeline, PipelineParams, StartInfo};
+use voxline_processors::audio::{Resampler, StreamResampler, VadProcessor, VadTransition};
+use voxline_processors::codec::{MulawDecoder, g711};
+
+const SENTENCES: [&str; 3] = [
+    "Hello, I would like to check the status of my order please.",
+    "The number is four seven two nine one.",
+    "Thank you so much for your help today.",
+];
+const PAUSES: [f64; 3] = [1.0, 1.3, 0.9]; // silence before each sentence
+const TAIL: f64 = 1.2;
+
+fn espeak(text: &str) -> Option<Vec<i16>> {
+    let dir = std::env::temp_dir().join(format!("voxline_vad_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let path = dir.join(format!("s{}.wav", text.len()));
+    let st = std::process::Command::new("espeak-ng").args(["-v", "en-us", "-w"]).arg(&path).arg(text).status().ok()?;
+    if !st.success() {
+        return None;
+    }
+    let mut r = hound::WavReader::open(&path).ok()?;
+    let rate = r.spec().sample_rate;
+    let raw: Vec<i16> = r.samples::<i16>().filter_map(Result::ok).collect();
+    // espeak speaks at 22.05 kHz: bring it to 16 kHz with the resampler under test's sibling.
+    let mut rs = StreamResampler::new(rate, 16000).ok()?;
+    let mut out = Vec::new();
+    let pad = vec![0i16; rate as usize / 50];
+    rs.push(raw.iter().copied().chain(pad), |c| {
+        out.extend(c.iter().map(|&x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16))
+    })
+    .ok()?;
+    Some(out[rs.delay_samples()..].to_vec())
+}
+
+/// Speech extent of a clip: first/last 10 ms window at or above −45 dBFS RMS (as bench/make_audio.sh).
+fn extent(x: &[i16]) -> (usize, usize) {
+    let win = 160;
+    let thr = (32768.0f64 * 10f64.powf(-45.0 / 20.0)).powi(2) * win as f64;
+    let loud: Vec<usize> = (0..x.len().saturating_sub(win))
+        .step_by(16)
+        .filter(|&i| x[i..i + win].iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() >= thr)
+        .collect();
+    (loud[0], loud[loud.len() - 1] + win)
+}
+
+struct Call {
+    pcm: Vec<i16>,
+    truth: Vec<(f64, f64)>,
+}
+
+fn build_call() -> Option<Call> {
+    let mut pcm = Vec::new();
+    let mut truth = Vec::new();
+    for (s, pause) in SENTENCES.iter().zip(PAUSES) {
+        pcm.extend(std::iter::repeat_n(0i16, (pause * 16000.0) as usize));
+        let clip = espeak(s)?;
+        let (a, b) = extent(&clip);
+        let base = pcm.len();
+        truth.push(((base + a) as f64 / 16000.0, (base + b) as f64 / 16000.0));
+        pcm.extend(clip);
+    }
+    pcm.extend(std::iter::repeat_n(0i16, (TAIL * 16000.0) as usize));
+    Some(Call { pcm, truth })
+}
+
+/// Deterministic white noise (xorshift), scaled to `snr_db` below the speech RMS.
+fn add_noise(call: &Call, snr_db: f64) -> Vec<i16> {
+    let speech: Vec<f64> = call
+        .truth
+        .iter()
+        .flat_map(|&(a, b)| call.pcm[(a * 16000.0) as usize..(b * 16000.0) as usize].iter().map(|&v| f64::from(v)))
+        .collect();
+    let rms = (speech.iter().map(|v| v * v).sum::<f64>() / speech.len() as f64).sqrt();
+    let noise_rms = rms / 10f64.powf(snr_db / 20.0);
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    call.pcm
+        .iter()
+        .map(|&v| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Uniform in [-1, 1) has RMS 1/sqrt(3).
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+            (f64::from(v) + u * noise_rms * 3f64.sqrt()).clamp(-32768.0, 32767.0) as i16
+        })
+        .collect()
+}
+
+/// A-major chord (A3, C#4, E4, pure tones) with 3 Hz tremolo: hold music / ringback-like.
+///
+/// Known limit, measured: the same chord with 2nd and 3rd harmonics at a voice-like 220 Hz
+/// fundamental (a hummed or sung note) scores up to 0.81 in earshot and does start a segment.
+fn add_chord(call: &Call, rms: f64) -> Vec<i16> {
+    // Three equal tones of amplitude A have RMS A·sqrt(3/2); the tremolo averages 0.75.
+    let amp = rms * 32768.0 * 3.0 / (1.5f64.sqrt() * 0.75);
+    call.pcm
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let t = i as f64 / 16000.0;
+            let mut c = 0.0;
+            for f in [220.0, 277.18, 329.63] {
+                c += (2.0 * std::f64::consts::PI * f * t).sin();
+            }
+            let trem = 0.75 + 0.25 * (2.0 * std::f64::consts::PI * 3.0 * t).sin();
+            (f64::from(v) + c / 3.0 * amp * trem).clamp(-32768.0, 32767.0) as i16
+        })
+        .collect()
+}
+
+fn to_frames(pcm: &[i16], rate: u32, mulaw: bool) -> Vec<Frame> {
+    let n = rate as usize / 50;
+    pcm.chunks(n)
+        .enumerate()
+        .map(|(i, c)| {
+            let (data, format) = if mulaw {
+                (Bytes::from(c.iter().map(|&s| g711::mulaw_encode(s)).collect::<Vec<u8>>()), AudioFormat::mulaw_8k())
+            } else {
+                (Bytes::from(c.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>()), AudioFormat::pcm16(rate))
+            };
+            let mut a = AudioFrame::new(data, format);
+            a.pts = Some(Duration::from_millis(20 * i as u64));
+            Frame::InputAudio(a)
+        })
+        .collect()
+}
+
+fn downsample_8k(pcm: &[i16]) -> Vec<i16> {
+    let mut rs = StreamResampler::new(16000, 8000).unwrap();
+    let mut out = Vec::new();
+    rs.push(pcm.iter().copied(), |c| out.extend(c.iter().map(|&x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16)))
+        .unwrap();
+    out
+}
+
+/// Run frames through `pipeline` ending in a VAD; return (onset, offset) estimates of its segments.
+async fn segments(frames: Vec<Frame>, eight_k_ulaw: bool) -> Vec<(f64, Option<f64>)> {
+    let found = std::sync::Arc::new(std::sync::Mutex::new(Vec::<VadTransition>::new()));
+    let sink = found.clone();
+    let vad = VadProcessor::new().on_transition(move |t| sink.lock().unwrap().push(*t));
+    let pipeline = if eight_k_ulaw {
+        // The Twilio front end: μ-law decode, then the VAD upsamples internally.
+        Pipeline::new().with(MulawDecoder::new()).with(vad)
+    } else {
+        Pipeline::new().with(vad)
+    };
+    let h = Harness::new(pipeline);
+    for f in frames {
+        h.push(f).await;
+    }
+    h.finish().await;
+    let mut segs: Vec<(f64, Option<f64>)> = Vec::new();
+    for t in found.lock().unwrap().iter() {
+        if t.speaking {
+            segs.push((t.boundary.as_secs_f64(), None));
+        } else if let Some(last) = segs.last_mut() {
+            last.1 = Some(t.boundary.as_secs_f64());
+        }
+    }
+    segs
+}
+
+/// `tol` bounds the start error; ends get 50 ms more, because the model's score decays over its
+/// 48 ms analysis context after the last phoneme and a noise floor keeps it up a little longer.
+fn check(name: &str, segs: &[(f64, Option<f64>)], truth: &[(f64, f64)], tol: f64) {
+    eprintln!("{name}: {segs:?} truth {truth:?}");
+    assert_eq!(segs.len(), truth.len(), "{name}: segment count: {segs:?} vs {truth:?}");
+    for (i, ((s, e), (a, b))) in segs.iter().zip(truth).enumerate() {
+        let e = e.unwrap_or(f64::INFINITY);
+        assert!((s - a).abs() <= tol, "{name}: sentence {i} start {s:.3} vs {a:.3}");
+        assert!((e - b).abs() <= tol + 0.05, "{name}: sentence {i} end {e:.3} vs {b:.3}");
+    }
+}
+
+fn espeak_missing() -> bool {
+    let ok = std::process::Command::new("espeak-ng").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("skipping: espeak-ng not on PATH (apt-get install espeak-ng)");
+    }
+    !ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentences_are_segmented_clean_noisy_and_at_8k_ulaw() {
+    if espeak_missing() {
+        return;
+    }
+    let call = build_call().unwrap();
+    let tol = 0.15;
+    check("16k clean", &segments(to_frames(&call.pcm, 16000, false), false).await, &call.truth, tol);
+    let n20 = add_noise(&call, 20.0);
+    check("16k 20 dB", &segments(to_frames(&n20, 16000, false), false).await, &call.truth, tol);
+    let n5 = add_noise(&call, 5.0);
+    check("16k 5 dB", &segments(to_frames(&n5, 16000, false), false).await, &call.truth, 0.25);
+    check("8k ulaw clean", &segments(to_frames(&downsample_8k(&call.pcm), 8000, true), true).await, &call.truth, tol);
+    check("8k ulaw 20 dB", &segments(to_frames(&downsample_8k(&n20), 8000, true), true).await, &call.truth, tol);
+    // Known limit, measured: telephone band + μ-law + 5 dB white noise hides the breathy
+    // "Hello," of sentence 1 (its start is found ~0.6 s late, at the next word). Assert what holds:
+    // every sentence found once, no false segment, ends within tolerance.
+    let s5 = segments(to_frames(&downsample_8k(&n5), 8000, true), true).await;
+    assert_eq!(s5.len(), call.truth.len(), "8k ulaw 5 dB: {s5:?}");
+    for ((s, e), (a, b)) in s5.iter().zip(&call.truth) {
+        let e = e.unwrap_or(f64::INFINITY);
+        assert!(*s < *b && e > *a, "8k ulaw 5 dB: {s}..{e} does not overlap {a}..{b}");
+        assert!((e - b).abs() <= 0.3, "8k ulaw 5 dB: end {e} vs {b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonal_music_is_not_speech() {
+    // The level of the reference measurement (rust-ecosystem.md §3.3): RMS 0.045 of full scale.
+    const CHORD_RMS: f64 = 0.045;
+    if espeak_missing() {
+        return;
+    }
+    let call = build_call().unwrap();
+    // Chord alone (speech removed): no segment at all.
+    let silent = Call { pcm: vec![0; call.pcm.len()], truth: vec![] };
+    let only_chord = add_chord(&silent, CHORD_RMS);
+    assert!(segments(to_frames(&only_chord, 16000, false), false).await.is_empty());
+    // Chord under speech (about 6 dB below it): exactly the sentences.
+    let mixed = add_chord(&call, CHORD_RMS);
+    check("16k chord", &segments(to_frames(&mixed, 16000, false), false).await, &call.truth, 0.15);
+    // Known limit, measured: the same mix at 8 kHz μ-law is one segment from the first sentence to
+    // the end (the chord alone at 8 kHz is not speech, see below; under speech it keeps the score
+    // above the hold threshold through the pauses). It must at least start at the first sentence.
+    let s8 = segments(to_frames(&downsample_8k(&mixed), 8000, true), true).await;
+    eprintln!("8k chord under speech: {s8:?}");
+    assert!(!s8.is_empty() && (s8[0].0 - call.truth[0].0).abs() <= 0.15, "{s8:?}");
+    let chord_8k = segments(to_frames(&downsample_8k(&only_chord), 8000, true), true).await;
+    assert!(chord_8k.is_empty(), "8k chord alone: {chord_8k:?}");
+}
+
+async fn barge_in_run(pcm: &[i16], allow: bool) -> (usize, usize) {
+    let params = PipelineParams {
+        start: StartInfo { allow_interruptions: allow, ..StartInfo::default() },
+        ..Default::default()
+    };
+    let h = Harness::with_params(Pipeline::new().with(VadProcessor::new()), params);
+    h.emit(Event::BotStartedSpeaking);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for f in to_frames(pcm, 16000, false) {
+        h.push(f).await;
+    }
+    let out = h.finish().await;
+    let interrupts = out.events.iter().filter(|e| matches!(e, Event::Interrupt)).count();
+    let starts = out.events.iter().filter(|e| matches!(e, Event::UserStartedSpeaking)).count();
+    (interrupts, starts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_needs_sustained_speech_and_permission() {
+    if espeak_missing() {
+        return;
+    }
+    let call = build_call().unwrap();
+    let (a, b) = call.truth[0];
+    let (a, b) = ((a * 16000.0) as usize, (b * 16000.0) as usize);
+    let lead = vec![0i16; 8000];
+    // A full sentence while the bot speaks: one interruption (not one per window).
+    let full: Vec<i16> = lead.iter().copied().chain(call.pcm[a..b].iter().copied()).chain(vec![0; 16000]).collect();
+    assert_eq!(barge_in_run(&full, true).await, (1, 1));
+    // A short burst (the first 150 ms of speech, a cough's length): no interruption.
+    let short: Vec<i16> =
+        lead.iter().copied().chain(call.pcm[a..a + 2400].iter().copied()).chain(vec![0; 16000]).collect();
+    assert_eq!(barge_in_run(&short, true).await.0, 0);
+    // Interruptions not allowed: the user is still heard, the bot is not cut off.
+    assert_eq!(barge_in_run(&full, false).await, (0, 1));
+}
+
+#[tokio::test]
+async fn vad_refuses_bad_formats_and_passes_audio_through() {
+    let vad = VadProcessor::new();
+    let counters = vad.counters();
+    let h = Harness::single(vad);
+    h.push(Frame::InputAudio(AudioFrame::new(Bytes::from(vec![0u8; 960]), AudioFormat::pcm16(24000)))).await;
+    h.push(Frame::InputAudio(AudioFrame::new(Bytes::from(vec![0u8; 641]), AudioFormat::pcm16(16000)))).await;
+    h.push(Frame::InputAudio(AudioFrame::new(Bytes::from(vec![0u8; 640]), AudioFormat::pcm16(16000)))).await;
+    h.push(Frame::InputAudio(AudioFrame::new(Bytes::new(), AudioFormat::pcm16(16000)))).await;
+    let out = h.finish().await;
+    let errors: Vec<String> = out
+        .events
+        .iter()
+        .filter_map(|e| if let Event::Error(e) = e { Some(e.message.to_string()) } else { None })
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("Pcm16 16000 Hz x1 or Pcm16 8000 Hz x1") && errors[0].contains("24000"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[1].contains("641 bytes"));
+    assert_eq!(counters.rejected(), 2);
+    // The well-formed frame and the empty one pass through (the VAD never eats audio).
+    assert_eq!(out.kinds().len(), 2);
+}
+
+#[test]
+fn resampled_front_end_is_the_w2_chain() {
+    // Compile-time check that the W2 stages compose: decoder → resampler → VAD.
+    let _ =
+        Pipeline::new().with(MulawDecoder::new()).with(Resampler::new(8000, 16000).unwrap()).with(VadProcessor::new());
+}
