@@ -69,16 +69,19 @@ fn cpu_seconds() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// `[start_s, stop_s]` detection times; `None` while speech is still on.
+type Segments = Vec<(f64, Option<f64>)>;
+
 struct RunResult {
     wall_s: f64,
     cpu_s: f64,
-    segments: Vec<(f64, Option<f64>)>,
+    segments: Segments,
     start_secs: f64,
     stop_secs: f64,
 }
 
 async fn run(frames: &[&[u8]], window: u64) -> anyhow::Result<RunResult> {
-    let segments: Arc<Mutex<Vec<(f64, Option<f64>)>>> = Arc::default();
+    let segments: Arc<Mutex<Segments>> = Arc::default();
     let seg_sink = segments.clone();
     let vad = VadProcessor::new().on_transition(move |t| {
         let at = t.frame_pts.map_or(f64::NAN, |p| p.as_secs_f64()) + FRAME_SECS;
@@ -96,12 +99,10 @@ async fn run(frames: &[&[u8]], window: u64) -> anyhow::Result<RunResult> {
     let notify = Arc::new(Notify::new());
     let (done_sink, notify_sink) = (done.clone(), notify.clone());
     let sink = processor_fn("sink", move |frame, dir, cx| {
-        if let Frame::InputAudio(a) = &frame {
-            if let Some(pts) = a.pts {
-                let idx = (pts.as_micros() / 20_000) as u64;
-                done_sink.fetch_max(idx + 1, Ordering::Release);
-                notify_sink.notify_one();
-            }
+        if let Frame::InputAudio(AudioFrame { pts: Some(pts), .. }) = &frame {
+            let idx = (pts.as_micros() / 20_000) as u64;
+            done_sink.fetch_max(idx + 1, Ordering::Release);
+            notify_sink.notify_one();
         }
         cx.push_now(frame, dir);
         Ok(())
@@ -197,7 +198,7 @@ pub(crate) fn main(args: &[String]) {
         "audio_s": round(audio_s, 3),
         "wall_s": r.wall_s,
         "rtf": r.wall_s / audio_s,
-        "cpu_s": r.cpu_s,
+        "cpu_s": round(r.cpu_s, 3),
         "us_per_frame": r.wall_s / n as f64 * 1e6,
         "segments": segments,
         "start_secs": round(r.start_secs, 4),
