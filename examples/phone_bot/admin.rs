@@ -4,6 +4,11 @@
 //! config names, compared in constant time). Without a configured token those routes answer 503
 //! rather than being open. Statistics are computed from the stored calls, so they survive
 //! restarts; live gauges (active calls) come from in-process counters.
+//!
+//! `GET /admin/calls?live=true` lists the live calls of every instance (shared registry).
+//! Reads of stored calls (numbers, transcripts) are written to the audit log with the client
+//! address; `GET /admin/audit` shows it. `/health` answers 503 while the instance drains, so
+//! a load balancer stops routing to it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +25,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use voxline_transports::twilio::signature::constant_time_eq;
 
+use crate::jobs::Jobs;
+use crate::shared_state::Shared;
+use crate::shutdown::Lifecycle;
 use crate::store::{CallRow, Store};
 
 /// Live counters.
@@ -37,6 +45,36 @@ pub struct AdminState {
     pub store: Store,
     pub token: Option<Arc<str>>,
     pub counters: Arc<Counters>,
+    pub shared: Shared,
+    pub jobs: Jobs,
+    pub lifecycle: Arc<Lifecycle>,
+    pub instance: String,
+    pub trust_forwarded_for: bool,
+}
+
+/// Who is reading, for the audit log: the client address (tokens are never written anywhere).
+fn client_of(headers: &axum::http::HeaderMap, peer: Option<&ConnectInfo<std::net::SocketAddr>>, trust: bool) -> String {
+    if trust
+        && let Some(f) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next())
+    {
+        return f.trim().to_string();
+    }
+    peer.map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
+}
+
+async fn audit(
+    st: &AdminState,
+    headers: &axum::http::HeaderMap,
+    peer: Option<&ConnectInfo<std::net::SocketAddr>>,
+    action: &str,
+    target: &str,
+) {
+    let client = client_of(headers, peer, st.trust_forwarded_for);
+    let actor = headers.get("x-admin-user").and_then(|v| v.to_str().ok()).unwrap_or("admin-token");
+    let actor: String = actor.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+    if let Err(e) = st.store.audit(&actor, action, target, &client).await {
+        tracing::error!(error = %format!("{e:#}"), action, "audit log write failed");
+    }
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -44,6 +82,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/stats", get(stats))
         .route("/admin/calls", get(list_calls))
         .route("/admin/calls/{call_sid}", get(get_call))
+        .route("/admin/audit", get(audit_log))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state.clone());
@@ -67,8 +106,14 @@ async fn require_token(State(st): State<AdminState>, req: Request, next: Next) -
     }
 }
 
-async fn health(State(st): State<AdminState>) -> Json<Value> {
-    Json(json!({"status": "ok", "active_calls": st.counters.calls_active.load(Ordering::Relaxed)}))
+async fn health(State(st): State<AdminState>) -> Response {
+    let active = st.counters.calls_active.load(Ordering::Relaxed);
+    if st.lifecycle.is_draining() {
+        let body = json!({"status": "draining", "active_calls": active, "instance": st.instance});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(json!({"status": "ok", "active_calls": active, "instance": st.instance, "shared_state": st.shared.backend()}))
+        .into_response()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -138,9 +183,23 @@ async fn stats(State(st): State<AdminState>) -> Response {
 #[derive(Deserialize)]
 struct ListQuery {
     limit: Option<i64>,
+    /// Live calls of every instance instead of stored ones.
+    live: Option<bool>,
 }
 
-async fn list_calls(State(st): State<AdminState>, Query(q): Query<ListQuery>) -> Response {
+async fn list_calls(
+    State(st): State<AdminState>,
+    Query(q): Query<ListQuery>,
+    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if q.live == Some(true) {
+        return match st.shared.live_calls().await {
+            Ok(calls) => Json(json!({"live": true, "calls": calls})).into_response(),
+            Err(e) => internal(e),
+        };
+    }
+    audit(&st, &headers, peer.as_ref().map(|p| &p.0), "list_calls", "calls").await;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     match st.store.list_calls(limit).await {
         Ok(calls) => {
@@ -158,10 +217,23 @@ async fn list_calls(State(st): State<AdminState>, Query(q): Query<ListQuery>) ->
     }
 }
 
-async fn get_call(State(st): State<AdminState>, Path(call_sid): Path<String>) -> Response {
+async fn get_call(
+    State(st): State<AdminState>,
+    Path(call_sid): Path<String>,
+    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    audit(&st, &headers, peer.as_ref().map(|p| &p.0), "get_call", &call_sid).await;
     match st.store.get_call(&call_sid).await {
         Ok(Some(c)) => Json(serde_json::to_value(&c).unwrap_or(Value::Null)).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": "no such call"}))).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn audit_log(State(st): State<AdminState>, Query(q): Query<ListQuery>) -> Response {
+    match st.store.audit_log(q.limit.unwrap_or(100).clamp(1, 1000)).await {
+        Ok(items) => Json(json!({"audit": items})).into_response(),
         Err(e) => internal(e),
     }
 }
@@ -230,7 +302,32 @@ async fn metrics(State(st): State<AdminState>) -> Response {
             q.push((format!("{{quantile=\"{label}\"}}"), v / 1e3));
         }
     }
-    metric("voxline_turn_latency_seconds", "summary", "User stopped speaking to first bot audio.", q);
+    metric("voxline_turn_latency_p_seconds", "summary", "User stopped speaking to first bot audio (stored calls).", q);
+    let mut gauges: Vec<(&str, &str, String, f64)> = Vec::new();
+    match st.jobs.depth().await {
+        Ok(d) => {
+            for status in ["queued", "running", "dead"] {
+                let n = d.get(status).copied().unwrap_or(0) as f64;
+                gauges.push((
+                    "voxline_jobs",
+                    "Post-call jobs by status (queue depth).",
+                    format!("status=\"{status}\""),
+                    n,
+                ));
+            }
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "job queue depth unavailable"),
+    }
+    if let Ok(live) = st.shared.live_calls().await {
+        gauges.push(("voxline_calls_live_fleet", "Live calls on all instances.", String::new(), live.len() as f64));
+    }
+    gauges.push((
+        "voxline_draining",
+        "1 while this instance drains.",
+        String::new(),
+        f64::from(u8::from(st.lifecycle.is_draining())),
+    ));
+    out.push_str(&crate::observability::metrics().render(&gauges));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -28,6 +28,9 @@ pub struct Config {
     pub workflow: WorkflowConfig,
     pub storage: StorageConfig,
     pub admin: AdminConfig,
+    pub jobs: JobsConfig,
+    pub security: SecurityConfig,
+    pub observability: ObservabilityConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -41,6 +44,10 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Concurrent calls accepted; more are refused.
     pub max_calls: usize,
+    /// This instance's name in the shared live-call registry (default: hostname-pid).
+    pub instance_id: Option<String>,
+    /// On SIGTERM/SIGINT, live calls get this long to finish before the bot ends them politely.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +57,8 @@ impl Default for ServerConfig {
             public_url: "http://localhost:8080".into(),
             max_message_bytes: 64 * 1024,
             max_calls: 100,
+            instance_id: None,
+            drain_timeout_ms: 30_000,
         }
     }
 }
@@ -275,11 +284,99 @@ pub struct StorageConfig {
     pub url: String,
     /// Seed demo customers and orders when the tables are empty.
     pub seed_demo_data: bool,
+    /// Largest database connection pool.
+    pub pool_max_connections: u32,
+    /// `redis://…`: live-call registry, rate limits and lookup cache shared by every instance.
+    /// Unset: the same interfaces run in process (one instance).
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key (several deployments can share one Redis).
+    pub redis_prefix: String,
+    /// Lifetime of cached customer/order lookups.
+    pub cache_ttl_secs: u64,
+    /// Env var holding the base64 AES-256 key that encrypts PII at rest (unset: stored in clear).
+    pub pii_key_env: String,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { url: "sqlite://voxline.db".into(), seed_demo_data: true }
+        Self {
+            url: "sqlite://voxline.db".into(),
+            seed_demo_data: true,
+            pool_max_connections: 16,
+            redis_url: None,
+            redis_prefix: "voxline".into(),
+            cache_ttl_secs: 60,
+            pii_key_env: "VOXLINE_PII_KEY".into(),
+        }
+    }
+}
+
+/// Durable post-call jobs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// A claimed job is another instance's to retry when its lease is not renewed this long.
+    pub lease_ms: u64,
+    /// How often idle workers look for queued or abandoned jobs.
+    pub poll_ms: u64,
+    /// Background workers per instance (0: only the instance that ended the call runs its job).
+    pub workers: usize,
+    /// Attempts before a job is parked as `dead`.
+    pub max_attempts: u32,
+    /// Testing only: stall a job forever after this step (to kill the instance mid-job).
+    pub stall_after_step: Option<String>,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self { lease_ms: 30_000, poll_ms: 1000, workers: 2, max_attempts: 5, stall_after_step: None }
+    }
+}
+
+/// Rate limits, CORS, retention.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Webhook + status callback requests per client address per minute (0: unlimited).
+    pub webhook_rate_per_minute: u64,
+    /// Admin API requests per client address per minute (0: unlimited).
+    pub admin_rate_per_minute: u64,
+    /// Take the client address from the first `X-Forwarded-For` hop (behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Origins allowed to call the admin API from a browser (`*` for any; empty: none).
+    pub cors_origins: Vec<String>,
+    /// Call data older than this many days is deleted or redacted (0: kept forever).
+    pub retention_days: u64,
+    /// `delete` or `redact` (keep the statistics, drop numbers, transcripts, summaries).
+    pub retention_mode: String,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            webhook_rate_per_minute: 600,
+            admin_rate_per_minute: 120,
+            trust_forwarded_for: false,
+            cors_origins: Vec::new(),
+            retention_days: 0,
+            retention_mode: "redact".into(),
+        }
+    }
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// `json` (one object per line) or `text`.
+    pub log_format: String,
+    /// OTLP/HTTP endpoint for spans (needs the `otlp` feature), e.g. `http://collector:4318`.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self { log_format: "json".into(), otlp_endpoint: None }
     }
 }
 
@@ -407,6 +504,23 @@ impl Config {
         if !url_ok(&self.storage.url, &["sqlite:", "postgres://", "postgresql://"]) {
             bail!("config: storage.url must be sqlite:… or postgres://…");
         }
+        if let Some(r) = &self.storage.redis_url
+            && !url_ok(r, &["redis://", "rediss://"])
+        {
+            bail!("config: storage.redis_url must be redis://… or rediss://…");
+        }
+        if self.storage.pool_max_connections == 0 {
+            bail!("config: storage.pool_max_connections must be at least 1");
+        }
+        if self.jobs.lease_ms < 200 || self.jobs.poll_ms == 0 || self.jobs.max_attempts == 0 {
+            bail!("config: jobs.lease_ms must be at least 200, jobs.poll_ms and jobs.max_attempts at least 1");
+        }
+        if !matches!(self.security.retention_mode.as_str(), "delete" | "redact") {
+            bail!("config: security.retention_mode must be delete or redact");
+        }
+        if !matches!(self.observability.log_format.as_str(), "json" | "text") {
+            bail!("config: observability.log_format must be json or text");
+        }
         for (field, name) in [
             ("telephony.account_sid_env", &self.telephony.account_sid_env),
             ("telephony.auth_token_env", &self.telephony.auth_token_env),
@@ -414,6 +528,7 @@ impl Config {
             ("llm.api_key_env", &self.llm.api_key_env),
             ("tts.api_key_env", &self.tts.api_key_env),
             ("admin.token_env", &self.admin.token_env),
+            ("storage.pii_key_env", &self.storage.pii_key_env),
         ] {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 bail!("config: {field} must name an environment variable, got {name:?}");

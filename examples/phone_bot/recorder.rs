@@ -10,16 +10,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use voxline_pipeline::{Direction, Event, Frame, MetricsEvent, Processor, processor_fn};
 
 /// A line printer for live output (the simulation prints the transcript as it happens).
 pub type LiveFn = Arc<dyn Fn(&str) + Send + Sync>;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct TranscriptLine {
-    pub role: &'static str,
+    /// `user` or `bot`.
+    pub role: String,
     pub text: String,
     /// Milliseconds since the call started.
     pub t_ms: u64,
@@ -27,7 +29,8 @@ pub struct TranscriptLine {
     pub interrupted: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct ToolCallLine {
     pub name: String,
     pub arguments: Value,
@@ -36,7 +39,8 @@ pub struct ToolCallLine {
     pub duration_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct TurnLatency {
     pub turn: u32,
     /// User stopped speaking → first bot audio at the output.
@@ -46,7 +50,9 @@ pub struct TurnLatency {
     pub tts_ttfb_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+/// The record is stored as JSON and read back by the post-call job (possibly on another instance).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct CallRecord {
     pub call_sid: String,
     pub from: String,
@@ -104,6 +110,11 @@ impl Recorder {
         crate::skills::lock(&self.st)
     }
 
+    /// User turns so far (the turn number of log lines and spans).
+    pub fn turns(&self) -> usize {
+        self.lock().rec.turns.len()
+    }
+
     pub fn snapshot(&self) -> CallRecord {
         self.lock().rec.clone()
     }
@@ -118,7 +129,12 @@ impl Recorder {
         let mut st = self.lock();
         let t_ms = ms(st.t0);
         st.user_spoke = true;
-        st.rec.transcript.push(TranscriptLine { role: "user", text: text.to_string(), t_ms, interrupted: false });
+        st.rec.transcript.push(TranscriptLine {
+            role: "user".into(),
+            text: text.to_string(),
+            t_ms,
+            interrupted: false,
+        });
         Self::say(&st, &format!("[{:>6.2}s] caller: {text}", t_ms as f64 / 1e3));
     }
 
@@ -138,7 +154,7 @@ impl Recorder {
             }
             _ => {
                 st.rec.transcript.push(TranscriptLine {
-                    role: "bot",
+                    role: "bot".into(),
                     text: text.trim().to_string(),
                     t_ms,
                     interrupted: false,
@@ -163,6 +179,13 @@ impl Recorder {
         let t_ms = ms(st.t0);
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(0);
         Self::say(&st, &format!("[{:>6.2}s] tool:   {name}({arguments}) -> {result}", t_ms as f64 / 1e3));
+        let outcome = crate::observability::tool_outcome(&result);
+        crate::observability::metrics().tool_call(name, outcome);
+        // The executor is not ours to instrument, so the span is emitted when the result lands,
+        // carrying the measured duration.
+        let span =
+            tracing::info_span!("tool_execution", tool = name, outcome, duration_ms, call_sid = %st.rec.call_sid);
+        span.in_scope(|| tracing::info!(tool = name, outcome, duration_ms, "tool executed"));
         st.rec.tool_calls.push(ToolCallLine { name: name.to_string(), arguments, result, t_ms, duration_ms });
     }
 

@@ -4,15 +4,24 @@
 //! (both accept them), text ids generated here (no autoincrement dialects), timestamps as epoch
 //! milliseconds in BIGINT, and the rich per-call record as JSON text. SQLite files are created
 //! and seeded with demo data on first run.
+//!
+//! PII columns (numbers, emails, transcripts, summaries, email bodies) go through
+//! [`Crypto`] when a key is configured, so lookups by email/phone compare in Rust after opening
+//! rather than in SQL. Customer and order reads are read-through cached in [`Shared`] (Redis or
+//! in process) and invalidated by every write to the record.
 
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
+
+use crate::security::{Crypto, open_opt, seal_opt};
+use crate::shared_state::Shared;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -41,6 +50,18 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS calls (call_sid TEXT PRIMARY KEY, from_number TEXT NOT NULL, started_ms BIGINT NOT NULL, \
      ended_ms BIGINT NOT NULL, duration_ms BIGINT NOT NULL, end_reason TEXT NOT NULL, resolved BIGINT NOT NULL, \
      errors BIGINT NOT NULL, summary TEXT, sentiment TEXT, record_json TEXT NOT NULL, workflow_json TEXT)",
+    // Durable post-call jobs (see jobs.rs) and the per-step markers that make retries idempotent.
+    "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, call_sid TEXT NOT NULL UNIQUE, payload TEXT NOT NULL, \
+     status TEXT NOT NULL, attempts BIGINT NOT NULL, lease_owner TEXT, lease_until_ms BIGINT NOT NULL, \
+     created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, last_error TEXT)",
+    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, lease_until_ms)",
+    "CREATE TABLE IF NOT EXISTS job_steps (job_id TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, \
+     detail TEXT NOT NULL, owner TEXT NOT NULL, done_ms BIGINT NOT NULL, PRIMARY KEY (job_id, step))",
+    // CRM contact history: one row per call, written by the workflow's crm_update step.
+    "CREATE TABLE IF NOT EXISTS crm_log (id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, call_sid TEXT NOT NULL, \
+     note TEXT NOT NULL, created_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit_log (id TEXT PRIMARY KEY, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, \
+     action TEXT NOT NULL, target TEXT NOT NULL, client TEXT NOT NULL)",
 ];
 
 /// A customer row.
@@ -90,11 +111,27 @@ pub struct CallRow {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    postgres: bool,
+    crypto: Option<Crypto>,
+    cache: Option<(Shared, Duration)>,
+}
+
+/// A cache key for a lookup value that is itself PII (phone, email): hashed so the key names in
+/// Redis do not spell out callers' numbers.
+fn pii_key(kind: &str, v: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    format!("{kind}:{:016x}", h.finish())
 }
 
 impl Store {
     /// Connect, create tables, and seed demo data if asked and the database is empty.
     pub async fn connect(url: &str, seed: bool) -> anyhow::Result<Self> {
+        Self::connect_with(url, seed, 8, None).await
+    }
+
+    /// [`Store::connect`] with a pool size and an optional PII key (demo data is sealed too).
+    pub async fn connect_with(url: &str, seed: bool, pool_max: u32, crypto: Option<Crypto>) -> anyhow::Result<Self> {
         install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
         let url = if is_sqlite && !url.contains("mode=") && !url.contains(":memory:") {
@@ -103,9 +140,30 @@ impl Store {
             url.to_string()
         };
         // An in-memory SQLite database exists per connection: keep exactly one.
-        let max = if url.contains(":memory:") { 1 } else { 8 };
+        let max = if url.contains(":memory:") { 1 } else { pool_max.max(1) };
+        let (url, schema) = split_schema(&url)?;
+        if let Some(schema) = &schema {
+            // A private schema per deployment (or test run) on a shared Postgres database.
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .with_context(|| format!("storage: cannot open {}", redact(&url)))?;
+            let _ = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&pool).await;
+            pool.close().await;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    if let Some(schema) = schema {
+                        sqlx::query(&format!("SET search_path TO {schema}")).execute(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await
             .with_context(|| format!("storage: cannot open {}", redact(&url)))?;
@@ -115,9 +173,21 @@ impl Store {
             let _ = sqlx::query("PRAGMA busy_timeout=5000").execute(&pool).await;
         }
         for stmt in SCHEMA {
-            sqlx::query(stmt).execute(&pool).await.context("storage: schema")?;
+            // Instances starting together race on CREATE … IF NOT EXISTS in Postgres (a unique
+            // violation on the catalog): the loser retries once the winner committed.
+            let mut tries = 0;
+            loop {
+                match sqlx::query(stmt).execute(&pool).await {
+                    Ok(_) => break,
+                    Err(_) if tries < 5 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                    }
+                    Err(e) => return Err(e).context("storage: schema"),
+                }
+            }
         }
-        let store = Self { pool };
+        let store = Self { pool, postgres: !is_sqlite, crypto, cache: None };
         if seed {
             store.seed().await?;
         }
@@ -138,8 +208,8 @@ impl Store {
             sqlx::query("INSERT INTO customers (id, name, phone, email, tier, notes) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(id)
                 .bind(name)
-                .bind(phone)
-                .bind(email)
+                .bind(self.seal(phone)?)
+                .bind(self.seal(email)?)
                 .bind(tier)
                 .bind(notes)
                 .execute(&self.pool)
@@ -171,41 +241,117 @@ impl Store {
         Ok(())
     }
 
-    fn customer_from(row: &sqlx::any::AnyRow) -> anyhow::Result<Customer> {
+    /// Use `shared` as a read-through cache for customer and order lookups.
+    pub fn with_cache(mut self, shared: Shared, ttl: Duration) -> Self {
+        self.cache = Some((shared, ttl));
+        self
+    }
+
+    /// The pool (the job queue shares it).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Postgres (row locks, `SKIP LOCKED`) rather than SQLite (one writer at a time).
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
+    /// Seal a PII value for storage.
+    pub fn seal(&self, plain: &str) -> anyhow::Result<String> {
+        seal_opt(self.crypto.as_ref(), plain)
+    }
+
+    /// Open a stored PII value.
+    pub fn open(&self, stored: &str) -> anyhow::Result<String> {
+        open_opt(self.crypto.as_ref(), stored)
+    }
+
+    fn open_opt_col(&self, v: Option<String>) -> anyhow::Result<Option<String>> {
+        v.map(|v| self.open(&v)).transpose()
+    }
+
+    async fn cached<T: Serialize + for<'de> Deserialize<'de>>(&self, key: &str) -> Option<T> {
+        let (shared, _) = self.cache.as_ref()?;
+        let raw = shared.cache_get(key).await?;
+        let json = self.open(&raw).ok()?;
+        serde_json::from_str(&json).ok()
+    }
+
+    async fn cache_put<T: Serialize>(&self, key: &str, v: &T) {
+        let Some((shared, ttl)) = &self.cache else { return };
+        // Cached customers carry PII too: sealed like the columns they came from.
+        if let Ok(json) = serde_json::to_string(v)
+            && let Ok(sealed) = self.seal(&json)
+        {
+            shared.cache_put(key, &sealed, *ttl).await;
+        }
+    }
+
+    /// Drop a customer's cached record (every write to a customer calls this).
+    pub async fn invalidate_customer(&self, id: &str) {
+        if let Some((shared, _)) = &self.cache {
+            shared.cache_invalidate(&format!("customer:{id}")).await;
+        }
+    }
+
+    fn customer_from(&self, row: &sqlx::any::AnyRow) -> anyhow::Result<Customer> {
         Ok(Customer {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
-            phone: row.try_get("phone")?,
-            email: row.try_get("email")?,
+            phone: self.open(&row.try_get::<String, _>("phone")?)?,
+            email: self.open(&row.try_get::<String, _>("email")?)?,
             tier: row.try_get("tier")?,
             notes: row.try_get("notes")?,
             last_contact_ms: row.try_get("last_contact_ms")?,
-            last_call_summary: row.try_get("last_call_summary")?,
+            last_call_summary: self.open_opt_col(row.try_get("last_call_summary")?)?,
         })
     }
 
     /// Find a customer by phone (digits compared, so formatting does not matter) or email.
     pub async fn find_customer(&self, phone: Option<&str>, email: Option<&str>) -> anyhow::Result<Option<Customer>> {
-        const COLS: &str = "id, name, phone, email, tier, notes, last_contact_ms, last_call_summary";
-        if let Some(email) = email.filter(|e| !e.trim().is_empty()) {
-            let row = sqlx::query(&format!("SELECT {COLS} FROM customers WHERE LOWER(email) = LOWER($1)"))
-                .bind(email.trim().to_string())
-                .fetch_optional(&self.pool)
-                .await?;
-            if let Some(r) = row {
-                return Ok(Some(Self::customer_from(&r)?));
-            }
+        let email = email.map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty());
+        let digits: Option<String> =
+            phone.map(|p| p.chars().filter(char::is_ascii_digit).collect::<String>()).filter(|d: &String| d.len() >= 7);
+        let index_key = match (&email, &digits) {
+            (Some(e), _) => Some(pii_key("customer-by-email", e)),
+            (None, Some(d)) => Some(pii_key("customer-by-phone", d)),
+            _ => None,
+        };
+        if let Some(k) = &index_key
+            && let Some(id) = self.cached::<String>(k).await
+            && let Some(c) = self.customer(&id).await?
+        {
+            return Ok(Some(c));
         }
-        if let Some(phone) = phone {
-            let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-            if digits.len() >= 7 {
-                let rows = sqlx::query(&format!("SELECT {COLS} FROM customers")).fetch_all(&self.pool).await?;
-                for r in rows {
-                    let c = Self::customer_from(&r)?;
-                    let cd: String = c.phone.chars().filter(char::is_ascii_digit).collect();
-                    if cd.ends_with(&digits) || digits.ends_with(&cd) {
-                        return Ok(Some(c));
-                    }
+        let found = self.find_customer_db(email.as_deref(), digits.as_deref()).await?;
+        if let (Some(k), Some(c)) = (&index_key, &found) {
+            self.cache_put(k, &c.id).await;
+            self.cache_put(&format!("customer:{}", c.id), c).await;
+        }
+        Ok(found)
+    }
+
+    async fn find_customer_db(&self, email: Option<&str>, digits: Option<&str>) -> anyhow::Result<Option<Customer>> {
+        const COLS: &str = "id, name, phone, email, tier, notes, last_contact_ms, last_call_summary";
+        if email.is_none() && digits.is_none() {
+            return Ok(None);
+        }
+        // Sealed columns cannot be compared in SQL: scan and compare opened values. The
+        // customer table of a call center is small next to its call volume, and the cache
+        // absorbs repeat lookups.
+        let rows = sqlx::query(&format!("SELECT {COLS} FROM customers ORDER BY id")).fetch_all(&self.pool).await?;
+        let all: Vec<Customer> = rows.iter().map(|r| self.customer_from(r)).collect::<anyhow::Result<_>>()?;
+        if let Some(e) = email
+            && let Some(c) = all.iter().find(|c| c.email.to_lowercase() == e)
+        {
+            return Ok(Some(c.clone()));
+        }
+        if let Some(digits) = digits {
+            for c in &all {
+                let cd: String = c.phone.chars().filter(char::is_ascii_digit).collect();
+                if !cd.is_empty() && (cd.ends_with(digits) || digits.ends_with(&cd)) {
+                    return Ok(Some(c.clone()));
                 }
             }
         }
@@ -215,6 +361,19 @@ impl Store {
     /// An order by id (case-insensitive, `#` and spaces ignored).
     pub async fn order(&self, order_id: &str) -> anyhow::Result<Option<Order>> {
         let id: String = order_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let key = format!("order:{}", id.to_uppercase());
+        if let Some(o) = self.cached::<Order>(&key).await {
+            return Ok(Some(o));
+        }
+        let found = self.order_db(&id).await?;
+        if let Some(o) = &found {
+            self.cache_put(&key, o).await;
+        }
+        Ok(found)
+    }
+
+    async fn order_db(&self, id: &str) -> anyhow::Result<Option<Order>> {
+        let id = id.to_string();
         let row = sqlx::query(
             "SELECT id, customer_id, item, status, eta, carrier, tracking, total_cents FROM orders WHERE UPPER(id) = UPPER($1)",
         )
@@ -253,7 +412,7 @@ impl Store {
         .bind(customer_id.map(str::to_string))
         .bind(call_sid.to_string())
         .bind(subject.to_string())
-        .bind(description.to_string())
+        .bind(self.seal(description)?)
         .bind(priority.to_string())
         .bind(now_ms())
         .execute(&self.pool)
@@ -291,7 +450,7 @@ impl Store {
         )
         .bind(id.clone())
         .bind(customer_id.map(str::to_string))
-        .bind(phone.to_string())
+        .bind(self.seal(phone)?)
         .bind(when.to_string())
         .bind(reason.to_string())
         .bind(call_sid.to_string())
@@ -302,6 +461,8 @@ impl Store {
     }
 
     /// Queue an email in the outbox; returns its id.
+    // The workflow queues emails through its idempotent step (jobs.rs); kept for tests/tools.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub async fn queue_email(
         &self,
         to: &str,
@@ -315,10 +476,10 @@ impl Store {
             "INSERT INTO outbox (id, to_addr, from_addr, subject, body, call_sid, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id.clone())
-        .bind(to.to_string())
+        .bind(self.seal(to)?)
         .bind(from.to_string())
         .bind(subject.to_string())
-        .bind(body.to_string())
+        .bind(self.seal(body)?)
         .bind(call_sid.to_string())
         .bind(now_ms())
         .execute(&self.pool)
@@ -327,59 +488,69 @@ impl Store {
     }
 
     /// CRM update: last contact time and the latest call summary.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub async fn update_customer_contact(&self, customer_id: &str, summary: &str) -> anyhow::Result<bool> {
         let r = sqlx::query("UPDATE customers SET last_contact_ms = $1, last_call_summary = $2 WHERE id = $3")
             .bind(now_ms())
-            .bind(summary.to_string())
+            .bind(self.seal(summary)?)
             .bind(customer_id.to_string())
             .execute(&self.pool)
             .await?;
+        self.invalidate_customer(customer_id).await;
         Ok(r.rows_affected() > 0)
     }
 
     /// Insert or replace a call record.
     pub async fn save_call(&self, c: &CallRow) -> anyhow::Result<()> {
-        let record = serde_json::to_string(&c.record)?;
-        let workflow = c.workflow.as_ref().map(serde_json::to_string).transpose()?;
-        // Delete-then-insert keeps one statement set valid on both SQLite and Postgres.
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM calls WHERE call_sid = $1").bind(c.call_sid.clone()).execute(&mut *tx).await?;
+        self.save_call_in(&mut tx, c).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::save_call`] inside a caller's transaction (the job queue enqueues in the same one).
+    pub async fn save_call_in(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &CallRow) -> anyhow::Result<()> {
+        let record = self.seal(&serde_json::to_string(&c.record)?)?;
+        let workflow = c.workflow.as_ref().map(serde_json::to_string).transpose()?;
+        let workflow = workflow.map(|w| self.seal(&w)).transpose()?;
+        let summary = c.summary.as_deref().map(|s| self.seal(s)).transpose()?;
+        // Delete-then-insert keeps one statement set valid on both SQLite and Postgres.
+        sqlx::query("DELETE FROM calls WHERE call_sid = $1").bind(c.call_sid.clone()).execute(&mut **tx).await?;
         sqlx::query(
             "INSERT INTO calls (call_sid, from_number, started_ms, ended_ms, duration_ms, end_reason, resolved, errors, \
              summary, sentiment, record_json, workflow_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(c.call_sid.clone())
-        .bind(c.from_number.clone())
+        .bind(self.seal(&c.from_number)?)
         .bind(c.started_ms)
         .bind(c.ended_ms)
         .bind(c.duration_ms)
         .bind(c.end_reason.clone())
         .bind(i64::from(c.resolved))
         .bind(c.errors)
-        .bind(c.summary.clone())
+        .bind(summary)
         .bind(c.sentiment.clone())
         .bind(record)
         .bind(workflow)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
-    fn call_from(r: &sqlx::any::AnyRow) -> anyhow::Result<CallRow> {
-        let record: String = r.try_get("record_json")?;
-        let workflow: Option<String> = r.try_get("workflow_json")?;
+    fn call_from(&self, r: &sqlx::any::AnyRow) -> anyhow::Result<CallRow> {
+        let record = self.open(&r.try_get::<String, _>("record_json")?)?;
+        let workflow = self.open_opt_col(r.try_get("workflow_json")?)?;
         let resolved: i64 = r.try_get("resolved")?;
         Ok(CallRow {
             call_sid: r.try_get("call_sid")?,
-            from_number: r.try_get("from_number")?,
+            from_number: self.open(&r.try_get::<String, _>("from_number")?)?,
             started_ms: r.try_get("started_ms")?,
             ended_ms: r.try_get("ended_ms")?,
             duration_ms: r.try_get("duration_ms")?,
             end_reason: r.try_get("end_reason")?,
             resolved: resolved != 0,
             errors: r.try_get("errors")?,
-            summary: r.try_get("summary")?,
+            summary: self.open_opt_col(r.try_get("summary")?)?,
             sentiment: r.try_get("sentiment")?,
             record: serde_json::from_str(&record).unwrap_or(Value::Null),
             workflow: workflow.and_then(|w| serde_json::from_str(&w).ok()),
@@ -392,7 +563,7 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(Self::call_from).collect()
+        rows.iter().map(|r| self.call_from(r)).collect()
     }
 
     /// One call.
@@ -401,7 +572,7 @@ impl Store {
             .bind(call_sid.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(Self::call_from).transpose()
+        row.as_ref().map(|r| self.call_from(r)).transpose()
     }
 
     /// Emails queued for a call.
@@ -414,22 +585,126 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(json!({"id": r.try_get::<String, _>("id")?, "to": r.try_get::<String, _>("to_addr")?,
+                Ok(json!({"id": r.try_get::<String, _>("id")?, "to": self.open(&r.try_get::<String, _>("to_addr")?)?,
                           "subject": r.try_get::<String, _>("subject")?}))
             })
             .collect()
     }
 
-    /// A customer by id.
+    /// A customer by id (read-through cached).
     pub async fn customer(&self, id: &str) -> anyhow::Result<Option<Customer>> {
+        let key = format!("customer:{id}");
+        if let Some(c) = self.cached::<Customer>(&key).await {
+            return Ok(Some(c));
+        }
         let row = sqlx::query(
             "SELECT id, name, phone, email, tier, notes, last_contact_ms, last_call_summary FROM customers WHERE id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(Self::customer_from).transpose()
+        let found = row.as_ref().map(|r| self.customer_from(r)).transpose()?;
+        if let Some(c) = &found {
+            self.cache_put(&key, c).await;
+        }
+        Ok(found)
     }
+
+    /// Record an admin read of customer data.
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, client: &str) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO audit_log (id, at_ms, actor, action, target, client) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(new_id("AUD"))
+            .bind(now_ms())
+            .bind(actor.to_string())
+            .bind(action.to_string())
+            .bind(target.to_string())
+            .bind(client.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest audit entries.
+    pub async fn audit_log(&self, limit: i64) -> anyhow::Result<Vec<Value>> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, actor, action, target, client FROM audit_log ORDER BY at_ms DESC, id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(json!({"id": r.try_get::<String, _>("id")?, "at_ms": r.try_get::<i64, _>("at_ms")?,
+                          "actor": r.try_get::<String, _>("actor")?, "action": r.try_get::<String, _>("action")?,
+                          "target": r.try_get::<String, _>("target")?, "client": r.try_get::<String, _>("client")?}))
+            })
+            .collect()
+    }
+
+    /// Retention: call data that ended before `cutoff_ms` is deleted, or redacted (numbers,
+    /// transcripts, summaries and email bodies dropped; durations and outcomes kept for stats).
+    /// Returns how many calls were affected.
+    pub async fn apply_retention(&self, cutoff_ms: i64, redact: bool) -> anyhow::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let n = if redact {
+            sqlx::query(
+                "UPDATE calls SET from_number = '[redacted]', summary = NULL, record_json = '{\"redacted\":true}', \
+                 workflow_json = NULL WHERE ended_ms < $1 AND from_number <> '[redacted]'",
+            )
+            .bind(cutoff_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        } else {
+            sqlx::query("DELETE FROM calls WHERE ended_ms < $1")
+                .bind(cutoff_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        };
+        // Derived copies of the conversation go either way.
+        sqlx::query("UPDATE outbox SET body = '[redacted]', to_addr = '[redacted]' WHERE created_ms < $1")
+            .bind(cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE tickets SET description = '[redacted]' WHERE created_ms < $1")
+            .bind(cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE callbacks SET phone = '[redacted]' WHERE created_ms < $1")
+            .bind(cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM jobs WHERE updated_ms < $1 AND status IN ('done', 'dead')")
+            .bind(cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+}
+
+/// Take `voxline_schema=NAME` out of a Postgres URL: the tables then live in schema `NAME`.
+fn split_schema(url: &str) -> anyhow::Result<(String, Option<String>)> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((url.to_string(), None)) };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("voxline_schema=") {
+            Some(v) => {
+                schema = Some(v.to_string());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if let Some(s) = &schema
+        && (s.is_empty() || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+    {
+        anyhow::bail!("storage: voxline_schema must be lowercase letters, digits and _");
+    }
+    let url = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+    Ok((url, schema))
 }
 
 /// Hide the password of a database URL.
@@ -441,7 +716,7 @@ pub fn redact(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) async fn temp_store() -> Store {

@@ -3,25 +3,32 @@
 //! Steps run in the configured order; each one's outcome (`ok`, `skipped` with why, or `failed`
 //! with the error) is recorded, and a failing step never stops the others: a summary the LLM
 //! could not produce falls back to an extractive one so the CRM note and email still go out.
+//!
+//! The workflow runs as a durable job (jobs.rs) and may be retried on another instance after a
+//! crash, so each finished step is marked done in the same transaction as its side effect and a
+//! retry replays the recorded results instead of running the step again. Ids of what a step
+//! creates derive from the call (`MAIL-<call>`, `TKT-<call>-wf`), a second line of defence.
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use crate::config::Config;
+use crate::jobs::{self, Effect};
 use crate::recorder::CallRecord;
 use crate::store::Store;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepResult {
     pub step: String,
     /// `ok`, `skipped` or `failed`.
-    pub status: &'static str,
+    pub status: String,
     pub detail: Value,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct WorkflowOutcome {
     pub summary: Option<String>,
     pub sentiment: Option<String>,
@@ -36,6 +43,15 @@ pub struct WorkflowInput<'a> {
     pub end_reason: &'a str,
     pub transferred: bool,
     pub ended_by_bot: bool,
+}
+
+/// The job a workflow runs as.
+pub struct JobRef<'a> {
+    pub id: &'a str,
+    /// The claim (see [`jobs::Claimed::owner`]).
+    pub owner: &'a str,
+    /// Testing only: never return after this step (the instance gets killed mid-job).
+    pub stall_after: Option<&'a str>,
 }
 
 /// The LLM endpoint for summaries (same provider as the bot).
@@ -61,6 +77,18 @@ impl SummaryLlm {
     }
 
     async fn complete(&self, system: &str, user: &str) -> anyhow::Result<String> {
+        let span = tracing::info_span!("external_api", otel.kind = "client", service = "llm", provider = %self.provider,
+                                       op = "summary");
+        let started = std::time::Instant::now();
+        let r = self.complete_inner(system, user).instrument(span).await;
+        if r.is_err() {
+            crate::observability::metrics().provider_error("llm_summary");
+        }
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ok = r.is_ok(), "summary LLM call");
+        r
+    }
+
+    async fn complete_inner(&self, system: &str, user: &str) -> anyhow::Result<String> {
         let key = self.api_key.clone().unwrap_or_default();
         if self.provider == "anthropic" {
             let body = json!({"model": self.model, "max_tokens": 300, "system": system,
@@ -140,116 +168,196 @@ fn heuristic_resolved(input: &WorkflowInput<'_>) -> bool {
     !input.transferred && (input.ended_by_bot || ok_tool) && input.record.errors.is_empty()
 }
 
-/// Run the configured steps.
-pub async fn run(cfg: &Config, store: &Store, llm: &SummaryLlm, input: WorkflowInput<'_>) -> WorkflowOutcome {
+/// Run the configured steps as job `job`: steps the job already finished (an earlier attempt,
+/// possibly on another instance) are replayed from their markers, not run again.
+pub async fn run(
+    cfg: &Config,
+    store: &Store,
+    llm: &SummaryLlm,
+    input: WorkflowInput<'_>,
+    job: &JobRef<'_>,
+) -> WorkflowOutcome {
     let r = input.record;
     let mut out = WorkflowOutcome { resolved: heuristic_resolved(&input), ..WorkflowOutcome::default() };
     if !cfg.workflow.enabled {
         return out;
     }
+    let done = match jobs::done_steps(store, job.id).await {
+        Ok(d) => d,
+        Err(e) => {
+            // Without the markers a retry could repeat effects: fail the step set, the job retries.
+            tracing::warn!(call_sid = %r.call_sid, error = %format!("{e:#}"), "cannot read workflow progress");
+            out.steps.push(StepResult {
+                step: "load".into(),
+                status: "failed".into(),
+                detail: json!(format!("{e:#}")),
+            });
+            return out;
+        }
+    };
     // The customer: found during the call, or matched by the caller's number now.
     let customer = match &input.customer_id {
         Some(id) => store.customer(id).await.ok().flatten(),
         None => store.find_customer(Some(&r.from), None).await.ok().flatten(),
     };
     for step in &cfg.workflow.steps {
-        let res: anyhow::Result<(&'static str, Value)> = async {
-            match step.as_str() {
-                "summary" => {
-                    if r.transcript.is_empty() {
-                        out.summary = Some(extractive_summary(r));
-                        out.sentiment = Some("neutral".into());
-                        return Ok(("skipped", json!("empty transcript")));
-                    }
-                    let answer = llm.complete(SUMMARY_PROMPT, &transcript_text(r)).await;
-                    let answer = match answer {
-                        Ok(a) => a,
-                        Err(e) => {
-                            out.summary = Some(extractive_summary(r));
-                            out.sentiment = Some(heuristic_sentiment(r).into());
-                            return Err(e.context("summary LLM call failed (extractive fallback used)"));
-                        }
-                    };
-                    let parsed = extract_json(&answer);
-                    let summary = parsed
-                        .as_ref()
-                        .and_then(|v| v["summary"].as_str().map(str::to_string))
-                        .unwrap_or_else(|| extractive_summary(r));
-                    let sentiment = parsed
-                        .as_ref()
-                        .and_then(|v| v["sentiment"].as_str().map(str::to_lowercase))
-                        .filter(|s| matches!(s.as_str(), "positive" | "neutral" | "negative"))
-                        .unwrap_or_else(|| heuristic_sentiment(r).to_string());
-                    if let Some(res) = parsed.as_ref().and_then(|v| v["resolved"].as_bool()) {
-                        out.resolved = res && !input.transferred;
-                    }
-                    out.summary = Some(summary.clone());
-                    out.sentiment = Some(sentiment.clone());
-                    Ok(("ok", json!({"summary": summary, "sentiment": sentiment, "from_llm": parsed.is_some()})))
-                }
-                "crm_update" => {
-                    let Some(c) = &customer else { return Ok(("skipped", json!("caller is not a known customer"))) };
-                    let note = out.summary.clone().unwrap_or_else(|| extractive_summary(r));
-                    store.update_customer_contact(&c.id, &note).await?;
-                    Ok(("ok", json!({"customer_id": c.id})))
-                }
-                "follow_up_email" => {
-                    let Some(c) = &customer else { return Ok(("skipped", json!("no customer email"))) };
-                    let body = format!(
-                        "Hi {},\n\nThanks for calling {}. {}\n\n{}\n",
-                        c.name,
-                        cfg.persona.company,
-                        out.summary.clone().unwrap_or_default(),
-                        if out.resolved {
-                            "We're glad we could help."
-                        } else {
-                            "A member of our team will follow up shortly."
-                        }
-                    );
-                    let id = store
-                        .queue_email(&c.email, &cfg.workflow.email_from, "Your call with us", &body, &r.call_sid)
-                        .await?;
-                    Ok(("ok", json!({"email_id": id, "to": c.email})))
-                }
-                "support_ticket" => {
-                    if out.resolved {
-                        return Ok(("skipped", json!("call resolved")));
-                    }
-                    let existing = store.tickets_for_call(&r.call_sid).await?;
-                    if !existing.is_empty() {
-                        return Ok(("skipped", json!({"already_open": existing})));
-                    }
-                    let desc = format!(
-                        "Unresolved call ({}). {}\n\nTranscript:\n{}",
-                        input.end_reason,
-                        out.summary.clone().unwrap_or_default(),
-                        transcript_text(r)
-                    );
-                    let id = store
-                        .create_ticket(
-                            customer.as_ref().map(|c| c.id.as_str()),
-                            &r.call_sid,
-                            "Follow up on unresolved call",
-                            &desc,
-                            "normal",
-                        )
-                        .await?;
-                    Ok(("ok", json!({"ticket_id": id})))
-                }
-                other => Ok(("skipped", json!(format!("unknown step {other}")))),
+        if let Some((status, detail)) = done.get(step) {
+            if step == "summary" {
+                restore_summary(&mut out, detail);
             }
+            out.steps.push(StepResult { step: step.clone(), status: status.clone(), detail: detail.clone() });
+            continue;
         }
-        .await;
+        let span = tracing::info_span!("workflow_step", step = %step, call_sid = %r.call_sid, job_id = %job.id);
+        let res = run_step(cfg, store, llm, &input, job, step, customer.as_ref(), &mut out).instrument(span).await;
         let result = match res {
-            Ok((status, detail)) => StepResult { step: step.clone(), status, detail },
+            Ok((status, detail)) => StepResult { step: step.clone(), status: status.into(), detail },
             Err(e) => {
                 tracing::warn!(call_sid = %r.call_sid, step, error = %format!("{e:#}"), "workflow step failed");
-                StepResult { step: step.clone(), status: "failed", detail: json!(format!("{e:#}")) }
+                StepResult { step: step.clone(), status: "failed".into(), detail: json!(format!("{e:#}")) }
             }
         };
         out.steps.push(result);
+        if job.stall_after == Some(step.as_str()) {
+            tracing::warn!(call_sid = %r.call_sid, step, "jobs.stall_after_step: stalling this job (testing)");
+            std::future::pending::<()>().await;
+        }
     }
     out
+}
+
+fn restore_summary(out: &mut WorkflowOutcome, detail: &Value) {
+    out.summary = detail["summary"].as_str().map(str::to_string);
+    out.sentiment = detail["sentiment"].as_str().map(str::to_string);
+    if let Some(res) = detail["resolved"].as_bool() {
+        out.resolved = res;
+    }
+}
+
+/// Mark a step done with `effect`; if another attempt got there first, its result wins.
+async fn once(
+    store: &Store,
+    job: &JobRef<'_>,
+    step: &str,
+    status: &'static str,
+    detail: Value,
+    effect: Effect<'_>,
+) -> anyhow::Result<(&'static str, Value)> {
+    if jobs::step_once(store, job.id, step, job.owner, status, &detail, effect).await? {
+        return Ok((status, detail));
+    }
+    let theirs = jobs::done_steps(store, job.id).await?;
+    match theirs.get(step) {
+        Some((_, d)) => Ok(("ok", json!({"done_by_another_attempt": d}))),
+        None => anyhow::bail!("step {step} neither done nor recorded"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    cfg: &Config,
+    store: &Store,
+    llm: &SummaryLlm,
+    input: &WorkflowInput<'_>,
+    job: &JobRef<'_>,
+    step: &str,
+    customer: Option<&crate::store::Customer>,
+    out: &mut WorkflowOutcome,
+) -> anyhow::Result<(&'static str, Value)> {
+    let r = input.record;
+    match step {
+        "summary" => {
+            if r.transcript.is_empty() {
+                out.summary = Some(extractive_summary(r));
+                out.sentiment = Some("neutral".into());
+                let detail = json!({"summary": out.summary, "sentiment": out.sentiment, "resolved": out.resolved,
+                                    "why": "empty transcript"});
+                return once(store, job, step, "skipped", detail, Effect::None).await;
+            }
+            let answer = llm.complete(SUMMARY_PROMPT, &transcript_text(r)).await;
+            let answer = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    out.summary = Some(extractive_summary(r));
+                    out.sentiment = Some(heuristic_sentiment(r).into());
+                    return Err(e.context("summary LLM call failed (extractive fallback used)"));
+                }
+            };
+            let parsed = extract_json(&answer);
+            let summary = parsed
+                .as_ref()
+                .and_then(|v| v["summary"].as_str().map(str::to_string))
+                .unwrap_or_else(|| extractive_summary(r));
+            let sentiment = parsed
+                .as_ref()
+                .and_then(|v| v["sentiment"].as_str().map(str::to_lowercase))
+                .filter(|s| matches!(s.as_str(), "positive" | "neutral" | "negative"))
+                .unwrap_or_else(|| heuristic_sentiment(r).to_string());
+            if let Some(res) = parsed.as_ref().and_then(|v| v["resolved"].as_bool()) {
+                out.resolved = res && !input.transferred;
+            }
+            out.summary = Some(summary.clone());
+            out.sentiment = Some(sentiment.clone());
+            let detail = json!({"summary": summary, "sentiment": sentiment, "from_llm": parsed.is_some(),
+                                "resolved": out.resolved});
+            let (status, detail) = once(store, job, step, "ok", detail, Effect::None).await?;
+            if let Some(theirs) = detail.get("done_by_another_attempt") {
+                restore_summary(out, theirs);
+            }
+            Ok((status, detail))
+        }
+        "crm_update" => {
+            let Some(c) = customer else { return Ok(("skipped", json!("caller is not a known customer"))) };
+            let note = out.summary.clone().unwrap_or_else(|| extractive_summary(r));
+            let effect = Effect::Crm { customer_id: &c.id, call_sid: &r.call_sid, note: &note };
+            once(store, job, step, "ok", json!({"customer_id": c.id}), effect).await
+        }
+        "follow_up_email" => {
+            let Some(c) = customer else { return Ok(("skipped", json!("no customer email"))) };
+            let body = format!(
+                "Hi {},\n\nThanks for calling {}. {}\n\n{}\n",
+                c.name,
+                cfg.persona.company,
+                out.summary.clone().unwrap_or_default(),
+                if out.resolved { "We're glad we could help." } else { "A member of our team will follow up shortly." }
+            );
+            let id = format!("MAIL-{}", r.call_sid);
+            let effect = Effect::Email {
+                id: &id,
+                to: &c.email,
+                from: &cfg.workflow.email_from,
+                subject: "Your call with us",
+                body: &body,
+                call_sid: &r.call_sid,
+            };
+            once(store, job, step, "ok", json!({"email_id": id, "to": c.email}), effect).await
+        }
+        "support_ticket" => {
+            if out.resolved {
+                return Ok(("skipped", json!("call resolved")));
+            }
+            let existing = store.tickets_for_call(&r.call_sid).await?;
+            if !existing.is_empty() {
+                return Ok(("skipped", json!({"already_open": existing})));
+            }
+            let desc = format!(
+                "Unresolved call ({}). {}\n\nTranscript:\n{}",
+                input.end_reason,
+                out.summary.clone().unwrap_or_default(),
+                transcript_text(r)
+            );
+            let id = format!("TKT-{}-wf", r.call_sid);
+            let effect = Effect::Ticket {
+                id: &id,
+                customer_id: customer.map(|c| c.id.as_str()),
+                call_sid: &r.call_sid,
+                subject: "Follow up on unresolved call",
+                description: &desc,
+            };
+            once(store, job, step, "ok", json!({"ticket_id": id}), effect).await
+        }
+        other => Ok(("skipped", json!(format!("unknown step {other}")))),
+    }
 }
 
 /// The first JSON object inside `text` (models wrap JSON in prose or code fences).
@@ -287,30 +395,31 @@ mod tests {
         };
         let mut rec = CallRecord { call_sid: "CAwf".into(), from: "+15550001111".into(), ..CallRecord::default() };
         rec.transcript.push(crate::recorder::TranscriptLine {
-            role: "user",
+            role: "user".into(),
             text: "this is terrible".into(),
             t_ms: 0,
             interrupted: false,
         });
-        let out = run(
-            &cfg,
-            &store,
-            &llm,
-            WorkflowInput {
-                record: &rec,
-                customer_id: None,
-                end_reason: "hangup",
-                transferred: false,
-                ended_by_bot: false,
-            },
-        )
-        .await;
-        let status: Vec<(&str, &str)> = out.steps.iter().map(|s| (s.step.as_str(), s.status)).collect();
+        let input = || WorkflowInput {
+            record: &rec,
+            customer_id: None,
+            end_reason: "hangup",
+            transferred: false,
+            ended_by_bot: false,
+        };
+        let job = JobRef { id: "JOB-CAwf", owner: "t/1", stall_after: None };
+        let out = run(&cfg, &store, &llm, input(), &job).await;
+        let status: Vec<(&str, &str)> = out.steps.iter().map(|s| (s.step.as_str(), s.status.as_str())).collect();
         assert_eq!(
             status,
             vec![("summary", "failed"), ("crm_update", "ok"), ("follow_up_email", "ok"), ("support_ticket", "ok")]
         );
         assert_eq!(out.sentiment.as_deref(), Some("negative"));
         assert!(!out.resolved);
+        // A retry of the same job repeats none of the effects.
+        let again = run(&cfg, &store, &llm, input(), &job).await;
+        assert_eq!(again.steps.iter().filter(|s| s.status == "ok").count(), 3);
+        assert_eq!(store.outbox_for_call("CAwf").await.map(|v| v.len()).ok(), Some(1));
+        assert_eq!(store.tickets_for_call("CAwf").await.map(|v| v.len()).ok(), Some(1));
     }
 }

@@ -1,0 +1,440 @@
+//! Load and soak: N simulated Twilio calls over loopback against two instances sharing Redis
+//! and PostgreSQL, one of which is SIGKILLed mid-run.
+//!
+//! `phone_bot --soak [--calls N] [--concurrency C] [--minutes M] [--kill-after-secs S]`
+//! (`DATABASE_URL`, `REDIS_URL` required). The providers are the in-process emulators; the two
+//! instances are child processes of this binary (`--instance`), so the kill is a real SIGKILL and
+//! each instance's RSS/CPU is read from `/proc`. With `--minutes`, calls keep being placed (up to
+//! N in flight) until the time is up. The report (JSON on stdout): calls placed, completed
+//! (server ended the call with the goodbye), lost (cut by the kill or failed), post-call records
+//! written (must equal placed: the survivor records calls lost with their instance and retries
+//! their jobs), outbound audio jitter p50/p99 (deviation of media inter-arrival from 20 ms,
+//! after each utterance's send-ahead burst), and RSS/CPU per call over time.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use voxline_transports::twilio::serializer::{Outbound, client, decode_outbound};
+use voxline_transports::twilio::signature;
+
+use crate::config::Config;
+use crate::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
+use crate::skills::lock;
+use crate::store::{Store, new_id};
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok())
+}
+
+/// A child instance process.
+pub struct Instance {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub pid: u32,
+}
+
+/// A free loopback port (the public URL must carry it before the instance starts).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Env vars holding the emulated secrets, named as `cfg` expects them.
+pub fn secret_env(cfg: &Config) -> Vec<(String, String)> {
+    vec![
+        (cfg.stt.api_key_env.clone(), "dg-soak-secret-key".into()),
+        (cfg.llm.api_key_env.clone(), "sk-soak-secret-key".into()),
+        (cfg.tts.api_key_env.clone(), "el-soak-secret-key".into()),
+        (cfg.telephony.account_sid_env.clone(), "AC00000000000000000000000000000000".into()),
+        (cfg.telephony.auth_token_env.clone(), SIM_AUTH_TOKEN.into()),
+        (cfg.admin.token_env.clone(), SIM_ADMIN_TOKEN.into()),
+    ]
+}
+
+/// Start `exe args…` as an instance with `cfg`; `on_line` sees every stdout line (logs).
+pub async fn spawn_instance(
+    exe: &std::path::Path,
+    args: &[&str],
+    cfg: &Config,
+    extra_env: &[(String, String)],
+    on_line: Arc<dyn Fn(&str) + Send + Sync>,
+) -> anyhow::Result<Instance> {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(args)
+        .env(crate::INSTANCE_CONFIG_ENV, serde_json::to_string(cfg)?)
+        .envs(secret_env(cfg))
+        .envs(extra_env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("spawn {}", exe.display()))?;
+    let pid = child.id().context("child pid")?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            on_line(&l);
+        }
+    });
+    let base = cfg.server.public_url.clone();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/health")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("instance at {base} did not become healthy");
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("instance exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Instance { child, base, pid })
+}
+
+/// A config for an instance of the fleet: emulated providers, shared stores, fast leases.
+pub fn fleet_config(
+    emulated: &Emulated,
+    db_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    name: &str,
+) -> anyhow::Result<Config> {
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut cfg = emulated.config(db_url, &base);
+    cfg.server.listen = format!("127.0.0.1:{port}");
+    cfg.server.instance_id = Some(name.to_string());
+    cfg.server.max_calls = 1000;
+    cfg.storage.redis_url = Some(redis_url.to_string());
+    cfg.storage.redis_prefix = prefix.to_string();
+    cfg.storage.seed_demo_data = true;
+    cfg.jobs.lease_ms = 3000;
+    cfg.jobs.poll_ms = 250;
+    cfg.security.webhook_rate_per_minute = 0;
+    cfg.security.admin_rate_per_minute = 0;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// What one soak call saw.
+#[derive(Debug, Default)]
+pub struct SoakCall {
+    pub completed: bool,
+    pub jitter_ms: Vec<f64>,
+    pub error: Option<String>,
+}
+
+/// One simulated call: greeting, the order number, goodbye; the server ends the call. Keeps
+/// arrival times of outbound media for jitter, and echoes marks as Twilio's buffer plays.
+pub async fn soak_call(base: &str, call_sid: &str, lines: &[Vec<u8>]) -> SoakCall {
+    match soak_call_inner(base, call_sid, lines).await {
+        Ok(c) => c,
+        Err(e) => SoakCall { error: Some(format!("{e:#}")), ..SoakCall::default() },
+    }
+}
+
+async fn soak_call_inner(base: &str, call_sid: &str, lines: &[Vec<u8>]) -> anyhow::Result<SoakCall> {
+    let http = reqwest::Client::new();
+    let params = vec![
+        ("AccountSid".to_string(), "AC00000000000000000000000000000000".to_string()),
+        ("CallSid".to_string(), call_sid.to_string()),
+        ("From".to_string(), "+15550001111".to_string()),
+        ("To".to_string(), "+15550009999".to_string()),
+        ("CallStatus".to_string(), "ringing".to_string()),
+    ];
+    let url = format!("{base}/voice/twilio");
+    let sig = signature::compute(SIM_AUTH_TOKEN, &url, &params);
+    let resp = http.post(&url).header("X-Twilio-Signature", sig).form(&params).send().await?;
+    if !resp.status().is_success() {
+        bail!("webhook answered {}", resp.status());
+    }
+    let twiml = resp.text().await?;
+    let stream_url = between(&twiml, "Stream url=\"", "\"").context("no <Stream url>")?.replace("&amp;", "&");
+    let from = between(&twiml, "name=\"from\" value=\"", "\"").unwrap_or_default();
+    let (ws, _) = tokio_tungstenite::connect_async(&stream_url).await?;
+    let (mut tx, mut rx) = ws.split();
+    let stream_sid = format!("MZ{}", &call_sid[2..]);
+    tx.send(Message::text(client::connected())).await?;
+    tx.send(Message::text(client::start(&stream_sid, call_sid, &[("from", from.as_str())]))).await?;
+    let mut out = SoakCall::default();
+    let mut marks: VecDeque<(String, Instant)> = VecDeque::new();
+    let mut play_end = Instant::now();
+    let mut last_audio: Option<Instant> = None;
+    let mut run_start: Option<(Instant, u32)> = None;
+    let mut prev: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut speaking: VecDeque<u8> = VecDeque::new();
+    let mut next_line = 0usize;
+    let mut seq = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::select! {
+            msg = rx.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => continue,
+                };
+                let Ok((_, o)) = decode_outbound(&text) else { continue };
+                let now = Instant::now();
+                match o {
+                    Outbound::Media { payload } => {
+                        play_end = play_end.max(now) + Duration::from_millis(payload.len() as u64 / 8);
+                        // Jitter: inter-arrival vs 20 ms, skipping the send-ahead burst at the
+                        // start of each utterance (a gap > 200 ms starts a new one).
+                        match (prev, run_start) {
+                            (Some(p), Some((_, n))) if now.duration_since(p) < Duration::from_millis(200) => {
+                                if n >= 10 {
+                                    out.jitter_ms.push((now.duration_since(p).as_secs_f64() * 1e3 - 20.0).abs());
+                                }
+                                run_start = run_start.map(|(t, n)| (t, n + 1));
+                            }
+                            _ => run_start = Some((now, 0)),
+                        }
+                        prev = Some(now);
+                        last_audio = Some(now);
+                    }
+                    Outbound::Mark { name } => marks.push_back((name, play_end.max(now))),
+                    Outbound::Clear => {
+                        play_end = now;
+                        while let Some((name, _)) = marks.pop_front() {
+                            tx.send(Message::text(client::mark(&stream_sid, &name))).await?;
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if now > deadline {
+                    bail!("call did not end within 120 s");
+                }
+                while marks.front().is_some_and(|(_, at)| *at <= now) {
+                    if let Some((name, _)) = marks.pop_front() {
+                        tx.send(Message::text(client::mark(&stream_sid, &name))).await?;
+                    }
+                }
+                // Speak the next line once the bot has spoken and been quiet for 400 ms.
+                let quiet = marks.is_empty() && play_end + Duration::from_millis(400) <= now
+                    && last_audio.is_some_and(|t| t + Duration::from_millis(400) <= now);
+                if speaking.is_empty() && quiet && next_line < lines.len() {
+                    speaking.extend(&lines[next_line]);
+                    next_line += 1;
+                    last_audio = None;
+                }
+                let chunk: Vec<u8> = if speaking.is_empty() {
+                    vec![0xFF; 160]
+                } else {
+                    let n = speaking.len().min(160);
+                    let mut c: Vec<u8> = speaking.drain(..n).collect();
+                    c.resize(160, 0xFF);
+                    c
+                };
+                if tx.send(Message::text(client::media(&stream_sid, seq, &chunk))).await.is_err() {
+                    break;
+                }
+                seq += 1;
+            }
+        }
+    }
+    // Completed: every line was said and the server closed the stream after the goodbye.
+    out.completed = next_line == lines.len();
+    Ok(out)
+}
+
+fn between(s: &str, start: &str, end: &str) -> Option<String> {
+    let i = s.find(start)? + start.len();
+    let j = s[i..].find(end)? + i;
+    Some(s[i..j].to_string())
+}
+
+/// (RSS bytes, CPU seconds) of a process, from `/proc` (Linux).
+pub fn proc_usage(pid: u32) -> Option<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`: state is field 3, utime/stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some((rss_kb * 1024, ticks / 100.0))
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `--soak`: see the module docs.
+pub async fn run(args: &[String]) -> anyhow::Result<()> {
+    let calls: usize = arg(args, "--calls").unwrap_or(20);
+    let concurrency: usize = arg(args, "--concurrency").unwrap_or(calls.min(20)).max(1);
+    let minutes: Option<f64> = arg(args, "--minutes");
+    let (db, redis) = match (std::env::var("DATABASE_URL"), std::env::var("REDIS_URL")) {
+        (Ok(d), Ok(r)) => (d, r),
+        _ => bail!("--soak needs DATABASE_URL (postgres://…) and REDIS_URL"),
+    };
+    let report = soak(calls, concurrency, minutes, arg(args, "--kill-after-secs"), &db, &redis).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Run a soak and return its report.
+pub async fn soak(
+    calls: usize,
+    concurrency: usize,
+    minutes: Option<f64>,
+    kill_after_secs: Option<f64>,
+    db: &str,
+    redis: &str,
+) -> anyhow::Result<Value> {
+    let emulated = Emulated::start(Emulated::script(&[CALLER_LINES[1], CALLER_LINES[2]])).await?;
+    let run = new_id("soak").to_lowercase().replace('-', "_");
+    let sep = if db.contains('?') { '&' } else { '?' };
+    let db_url = format!("{db}{sep}voxline_schema={run}");
+    let exe = std::env::current_exe()?;
+    let quiet: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(|_| {});
+    let env = vec![("RUST_LOG".to_string(), "warn".to_string())];
+    let mut a_cfg = fleet_config(&emulated, &db_url, redis, &run, "A")?;
+    // A soak instance leaves its jobs to the run-once path: the kill hits calls, not job loops.
+    a_cfg.jobs.workers = 1;
+    let b_cfg = fleet_config(&emulated, &db_url, redis, &run, "B")?;
+    let mut a = spawn_instance(&exe, &["--instance"], &a_cfg, &env, quiet.clone()).await?;
+    let b = spawn_instance(&exe, &["--instance"], &b_cfg, &env, quiet).await?;
+    let lines = vec![speech(CALLER_LINES[1], 1)?, speech(CALLER_LINES[2], 2)?];
+    let started = Instant::now();
+    let until = minutes.map(|m| started + Duration::from_secs_f64(m * 60.0));
+    let kill_at = started
+        + Duration::from_secs_f64(kill_after_secs.unwrap_or(if let Some(m) = minutes { m * 30.0 } else { 8.0 }));
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let results: Arc<std::sync::Mutex<Vec<SoakCall>>> = Arc::default();
+    let mut joins = Vec::new();
+    let mut samples = Vec::new();
+    let mut killed = false;
+    let bases = [a.base.clone(), b.base.clone()];
+    let (a_pid, b_pid) = (a.pid, b.pid);
+    let mut placed = 0usize;
+    let mut last_sample = Instant::now() - Duration::from_secs(10);
+    let http = reqwest::Client::new();
+    loop {
+        let now = Instant::now();
+        let more = match until {
+            Some(u) => now < u,
+            None => placed < calls,
+        };
+        if !killed && now >= kill_at {
+            let _ = a.child.start_kill();
+            killed = true;
+            eprintln!(
+                "soak: SIGKILL instance A after {:.1} s, {placed} calls placed",
+                now.duration_since(started).as_secs_f64()
+            );
+        }
+        if now.duration_since(last_sample) >= Duration::from_secs(2) {
+            last_sample = now;
+            let mut s = json!({"t_s": (now.duration_since(started).as_secs_f64() * 10.0).round() / 10.0});
+            for (name, pid, base) in [("A", a_pid, &bases[0]), ("B", b_pid, &bases[1])] {
+                if name == "A" && killed {
+                    continue;
+                }
+                let active = match http.get(format!("{base}/health")).send().await {
+                    Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["active_calls"].as_u64()).unwrap_or(0),
+                    Err(_) => 0,
+                };
+                if let Some((rss, cpu)) = proc_usage(pid) {
+                    s[name] = json!({"active_calls": active, "rss_mb": rss as f64 / 1048576.0, "cpu_s": cpu});
+                }
+            }
+            samples.push(s);
+        }
+        if !more {
+            break;
+        }
+        let Ok(permit) = sem.clone().try_acquire_owned() else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        // After the kill, only B takes calls (the load balancer's health check would see A down).
+        let base = if killed { bases[1].clone() } else { bases[placed % 2].clone() };
+        let sid = format!("CA{:032x}", (u128::from(std::process::id()) << 64) | placed as u128);
+        let (lines, results) = (lines.clone(), results.clone());
+        joins.push(tokio::spawn(async move {
+            let r = soak_call(&base, &sid, &lines).await;
+            lock(&results).push(r);
+            drop(permit);
+        }));
+        placed += 1;
+        // Spread call arrivals a little (20 per second at most).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for j in joins {
+        let _ = j.await;
+    }
+    // Post-call records: every placed call, including those lost with A (reaped by B).
+    let store = Store::connect(&db_url, false).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut records = 0usize;
+    while Instant::now() < deadline {
+        records = store.list_calls(1_000_000).await?.iter().filter(|c| c.workflow.is_some()).count();
+        if records >= placed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let res = std::mem::take(&mut *lock(&results));
+    let completed = res.iter().filter(|r| r.completed).count();
+    let mut jitter: Vec<f64> = res.iter().flat_map(|r| r.jitter_ms.iter().copied()).collect();
+    let errors: Vec<&str> = res.iter().filter_map(|r| r.error.as_deref()).take(5).collect();
+    let retried: i64 = {
+        use sqlx::Row as _;
+        sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE attempts > 1").fetch_one(store.pool()).await?.try_get("n")?
+    };
+    let per_call: Vec<Value> = samples
+        .iter()
+        .map(|s| {
+            let mut o = json!({"t_s": s["t_s"]});
+            for n in ["A", "B"] {
+                let active = s[n]["active_calls"].as_f64().unwrap_or(0.0);
+                if active > 0.0 {
+                    o[n] =
+                        json!({"active": active, "rss_mb_per_call": s[n]["rss_mb"].as_f64().unwrap_or(0.0) / active});
+                }
+            }
+            o
+        })
+        .collect();
+    let cpu_total: f64 =
+        ["A", "B"].iter().map(|n| samples.iter().rev().find_map(|s| s[*n]["cpu_s"].as_f64()).unwrap_or(0.0)).sum();
+    let report = json!({
+        "calls_placed": placed,
+        "calls_completed": completed,
+        "calls_lost": placed - completed,
+        "post_call_records": records,
+        "records_equal_placed": records == placed,
+        "jobs_retried_after_kill": retried,
+        "jitter_ms": {"p50": percentile(&mut jitter, 0.5), "p99": percentile(&mut jitter, 0.99), "samples": jitter.len()},
+        "cpu_seconds_per_call": if placed > 0 { cpu_total / placed as f64 } else { 0.0 },
+        "samples": samples,
+        "rss_per_call": per_call,
+        "errors": errors,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    drop(b);
+    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {run} CASCADE")).execute(store.pool()).await;
+    Ok(report)
+}
