@@ -132,8 +132,8 @@ async fn two_instances_registry_and_sigkill_mid_workflow() {
     let mut b_cfg = fleet_config(&emulated, &db_url, &redis, &prefix, "B").unwrap_or_else(|e| panic!("{e:#}"));
     b_cfg.jobs.lease_ms = 1500;
     b_cfg.jobs.poll_ms = 100;
-    let log = Arc::default();
-    let mut a = spawn_child(&a_cfg, &[], log).await;
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut a = spawn_child(&a_cfg, &[], log.clone()).await;
     let store = Store::connect(&db_url, false).await.unwrap_or_else(|e| panic!("{e:#}"));
     let shared = Shared::connect(Some(&redis), &prefix).await.unwrap_or_else(|e| panic!("{e:#}"));
     let b_base = b_cfg.server.public_url.clone();
@@ -161,7 +161,11 @@ async fn two_instances_registry_and_sigkill_mid_workflow() {
     }
     let on_a: Vec<&str> =
         listed["calls"].as_array().into_iter().flatten().filter_map(|c| c["call_sid"].as_str()).collect();
-    assert!(sids.iter().all(|s| on_a.contains(&s.as_str())), "B lists {listed}");
+    assert!(
+        sids.iter().all(|s| on_a.contains(&s.as_str())),
+        "B lists {listed}; A logged:\n{}",
+        crate::skills::lock(&log).join("\n")
+    );
     for c in calls {
         let r = c.await.unwrap_or_default();
         assert!(r.completed && r.error.is_none(), "{r:?}");

@@ -162,13 +162,23 @@ async fn soak_call_inner(base: &str, call_sid: &str, lines: &[Vec<u8>]) -> anyho
         bail!("webhook answered {}", resp.status());
     }
     let twiml = resp.text().await?;
-    let stream_url = between(&twiml, "Stream url=\"", "\"").context("no <Stream url>")?.replace("&amp;", "&");
-    let from = between(&twiml, "name=\"from\" value=\"", "\"").unwrap_or_default();
+    let stream_url = unescape(&between(&twiml, "Stream url=\"", "\"").context("no <Stream url>")?);
+    // Every <Parameter> goes back in `start` (the stream token among them), as Twilio does.
+    let mut custom: Vec<(String, String)> = Vec::new();
+    let mut rest = twiml.as_str();
+    while let Some(i) = rest.find("<Parameter name=\"") {
+        rest = &rest[i..];
+        let name = between(rest, "name=\"", "\"").unwrap_or_default();
+        let value = between(rest, "value=\"", "\"").unwrap_or_default();
+        custom.push((unescape(&name), unescape(&value)));
+        rest = &rest[1..];
+    }
     let (ws, _) = tokio_tungstenite::connect_async(&stream_url).await?;
     let (mut tx, mut rx) = ws.split();
     let stream_sid = format!("MZ{}", &call_sid[2..]);
     tx.send(Message::text(client::connected())).await?;
-    tx.send(Message::text(client::start(&stream_sid, call_sid, &[("from", from.as_str())]))).await?;
+    let custom_ref: Vec<(&str, &str)> = custom.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    tx.send(Message::text(client::start(&stream_sid, call_sid, &custom_ref))).await?;
     let mut out = SoakCall::default();
     let mut marks: VecDeque<(String, Instant)> = VecDeque::new();
     let mut play_end = Instant::now();
@@ -250,8 +260,12 @@ async fn soak_call_inner(base: &str, call_sid: &str, lines: &[Vec<u8>]) -> anyho
         }
     }
     // Completed: every line was said and the server closed the stream after the goodbye.
-    out.completed = next_line == lines.len();
+    out.completed = next_line == lines.len() && seq > 0 && prev.is_some();
     Ok(out)
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
 
 fn between(s: &str, start: &str, end: &str) -> Option<String> {

@@ -460,33 +460,6 @@ impl Store {
         Ok(id)
     }
 
-    /// Queue an email in the outbox; returns its id.
-    // The workflow queues emails through its idempotent step (jobs.rs); kept for tests/tools.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub async fn queue_email(
-        &self,
-        to: &str,
-        from: &str,
-        subject: &str,
-        body: &str,
-        call_sid: &str,
-    ) -> anyhow::Result<String> {
-        let id = new_id("MAIL");
-        sqlx::query(
-            "INSERT INTO outbox (id, to_addr, from_addr, subject, body, call_sid, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(id.clone())
-        .bind(self.seal(to)?)
-        .bind(from.to_string())
-        .bind(subject.to_string())
-        .bind(self.seal(body)?)
-        .bind(call_sid.to_string())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(id)
-    }
-
     /// CRM update: last contact time and the latest call summary.
     #[cfg_attr(not(test), allow(dead_code))]
     pub async fn update_customer_contact(&self, customer_id: &str, summary: &str) -> anyhow::Result<bool> {
