@@ -295,7 +295,7 @@ async fn sigterm_drains_five_live_calls() {
         assert_eq!(row.end_reason, "shutdown");
         assert!(row.workflow.is_some(), "{sid}: no post-call workflow");
         let last_bot =
-            row.record["transcript"].as_array().into_iter().flatten().filter(|l| l["role"] == "bot").last().cloned();
+            row.record["transcript"].as_array().into_iter().flatten().rev().find(|l| l["role"] == "bot").cloned();
         assert!(last_bot.is_some_and(|l| l["text"].as_str().is_some_and(|t| t.contains("Goodbye"))), "{sid}");
     }
     assert_eq!(crate::skills::lock(&emulated.hangups).len(), 5, "each call hung up through REST");
