@@ -8,9 +8,10 @@
 //! from the echo, as on a real call). What the emulated STT "recognises" is scripted: it fires
 //! the next scripted sentence when the engine sends `Finalize` at the end of each spoken turn.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use voxline_emulators::deepgram::{DeepgramConfig, DeepgramEmulator, TranscriptScript, Trigger};
 use voxline_emulators::elevenlabs::{ElevenLabsConfig, ElevenLabsEmulator};
-use voxline_emulators::openai::{OpenAiConfig, OpenAiEmulator, call_center_responder};
+use voxline_emulators::openai::{OpenAiConfig, OpenAiEmulator, Responder, Scripted, call_center_responder};
 use voxline_transports::twilio::serializer::{Outbound, client, decode_outbound};
 use voxline_transports::twilio::signature;
 
@@ -47,11 +48,14 @@ pub struct Emulated {
 
 impl Emulated {
     pub async fn start(script: Vec<TranscriptScript>) -> anyhow::Result<Self> {
+        Self::start_with(script, call_center_responder()).await
+    }
+
+    /// Like [`start`](Self::start) with another LLM responder. Every emulator runs with zero
+    /// configured delay.
+    pub async fn start_with(script: Vec<TranscriptScript>, responder: Responder) -> anyhow::Result<Self> {
         let deepgram = DeepgramEmulator::start(DeepgramConfig { script, ..DeepgramConfig::default() })?;
-        let openai = OpenAiEmulator::start(OpenAiConfig {
-            responder: Some(call_center_responder()),
-            ..OpenAiConfig::default()
-        })?;
+        let openai = OpenAiEmulator::start(OpenAiConfig { responder: Some(responder), ..OpenAiConfig::default() })?;
         let elevenlabs = ElevenLabsEmulator::start(ElevenLabsConfig::default())?;
         let hangups: Arc<Mutex<Vec<String>>> = Arc::default();
         let h = hangups.clone();
@@ -68,7 +72,7 @@ impl Emulated {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(nodelay(listener), app).await;
         });
         Ok(Self { deepgram, openai, elevenlabs, twilio_rest: format!("http://{addr}"), hangups, _twilio: task })
     }
@@ -135,18 +139,70 @@ pub async fn start_server(
     let app = Arc::new(app);
     let router = app.router();
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        let _ = axum::serve(nodelay(listener), router).await;
     });
     Ok(Server { base, app, done_rx, _task: task })
 }
 
+/// Accepted sockets send small writes (one 20 ms media message) at once instead of waiting for
+/// the peer's delayed ACK (Nagle), which would add up to ~40 ms to what the bot's latency shows.
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
+}
+
 /// Speech for `text` as raw μ-law 8 kHz: espeak-ng + sox when available, else a fixture.
+///
+/// Safe to call from many concurrent calls: each text is synthesized once per process and
+/// cached. Synthesis used to write `u{index}.wav`/`u{index}.ulaw` shared by every caller, so
+/// twenty concurrent callers truncated each other's files and some "spoke" an empty or cut
+/// utterance (no VAD turn, so the scripted STT never fired): that was the intermittent
+/// "server did not end the call" of the 20-call test. Files are now unique per synthesis, the
+/// cache lock serializes synthesis, and an empty or implausibly short result falls back to the
+/// committed fixture.
 pub fn speech(text: &str, index: usize) -> anyhow::Result<Vec<u8>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Vec<u8>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    // Held across synthesis on purpose: concurrent first calls for one text wait for a single
+    // synthesis instead of racing their own.
+    let mut cache = crate::skills::lock(cache);
+    if let Some(bytes) = cache.get(text) {
+        return Ok(bytes.as_ref().clone());
+    }
+    let bytes = match synthesize(text) {
+        Some(b) => b,
+        None => {
+            let fixture: PathBuf = [
+                env!("CARGO_MANIFEST_DIR"),
+                "examples",
+                "phone_bot",
+                "fixtures",
+                &format!("caller_{}.ulaw", index + 1),
+            ]
+            .iter()
+            .collect();
+            std::fs::read(&fixture).with_context(|| format!("no espeak-ng/sox and no fixture {}", fixture.display()))?
+        }
+    };
+    cache.insert(text.to_string(), Arc::new(bytes.clone()));
+    Ok(bytes)
+}
+
+/// espeak-ng + sox into files no other synthesis shares; `None` when either tool is missing or
+/// the output is implausibly short (under 200 ms).
+fn synthesize(text: &str) -> Option<Vec<u8>> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!("voxline-sim-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let wav = dir.join(format!("u{index}.wav"));
-    let raw = dir.join(format!("u{index}.ulaw"));
+    std::fs::create_dir_all(&dir).ok()?;
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let wav = dir.join(format!("s{n}.wav"));
+    let raw = dir.join(format!("s{n}.ulaw"));
     let espeak = std::process::Command::new("espeak-ng").args(["-s", "165", "-w"]).arg(&wav).arg(text).output();
+    let mut out = None;
     if espeak.is_ok_and(|o| o.status.success()) {
         let sox = std::process::Command::new("sox")
             .arg(&wav)
@@ -154,17 +210,13 @@ pub fn speech(text: &str, index: usize) -> anyhow::Result<Vec<u8>> {
             .arg(&raw)
             .args(["norm", "-3"])
             .output();
-        if sox.is_ok_and(|o| o.status.success())
-            && let Ok(bytes) = std::fs::read(&raw)
-        {
-            return Ok(bytes);
+        if sox.is_ok_and(|o| o.status.success()) {
+            out = std::fs::read(&raw).ok().filter(|b| b.len() >= 1600);
         }
     }
-    let fixture: PathBuf =
-        [env!("CARGO_MANIFEST_DIR"), "examples", "phone_bot", "fixtures", &format!("caller_{}.ulaw", index + 1)]
-            .iter()
-            .collect();
-    std::fs::read(&fixture).with_context(|| format!("no espeak-ng/sox and no fixture {}", fixture.display()))
+    let _ = std::fs::remove_file(&wav);
+    let _ = std::fs::remove_file(&raw);
+    out
 }
 
 /// What the simulated Twilio side saw.
@@ -177,6 +229,9 @@ pub struct CallerLog {
     pub clear_after_speech: Vec<Duration>,
     pub closed_by_server: bool,
     pub bot_audio_ms: u64,
+    /// Per `Say` step: from sending the frame holding its last voiced sample to the first bot
+    /// media message after it (`None` if the bot never answered before the next `Say`).
+    pub answer_after_voice: Vec<Option<Duration>>,
 }
 
 /// One step of a caller script (the simulation uses a few; the tests use them all).
@@ -259,8 +314,12 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
     // Reader: the Twilio playback buffer. Audio plays in real time from when it arrives; a mark
     // is echoed when the audio before it has played; `clear` empties the buffer and echoes every
     // pending mark at once.
+    // Set when the last voiced frame of an utterance was sent; the reader takes it at the next
+    // bot audio.
+    let awaiting_answer: Arc<Mutex<Option<Instant>>> = Arc::default();
     let reader = {
         let (log, pb, speech_started) = (log.clone(), pb.clone(), speech_started.clone());
+        let awaiting_answer = awaiting_answer.clone();
         let echo_tx = echo_tx.clone();
         tokio::spawn(async move {
             while let Some(msg) = rx.next().await {
@@ -274,6 +333,9 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
                 let mut p = crate::skills::lock(&pb);
                 match out {
                     Outbound::Media { payload } => {
+                        if let Some(t) = crate::skills::lock(&awaiting_answer).take() {
+                            crate::skills::lock(&log).answer_after_voice.push(Some(now.duration_since(t)));
+                        }
                         let ms = payload.len() as u64 / 8;
                         p.play_end = p.play_end.max(now) + Duration::from_millis(ms);
                         p.bot_audio_ms += ms;
@@ -313,6 +375,8 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
     let mut waiting: Option<(Step, Instant)> = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut vanished = false;
+    // Bytes of the current utterance up to and including its last voiced sample.
+    let mut voiced_left: Option<usize> = None;
     loop {
         tick.tick().await;
         let now = Instant::now();
@@ -356,6 +420,10 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
                         p.last_audio.is_some() && p.bot_audio_ms >= u64::try_from(d.as_millis()).unwrap_or(0)
                     }
                     Step::Say(bytes) => {
+                        if crate::skills::lock(&awaiting_answer).take().is_some() {
+                            crate::skills::lock(&log).answer_after_voice.push(None);
+                        }
+                        voiced_left = Some(last_voiced(&bytes));
                         speaking.extend(bytes);
                         *crate::skills::lock(&speech_started) = Some(now);
                         true
@@ -403,8 +471,20 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
             c.resize(160, 0xFF);
             c
         };
+        let voice_ends_here = match voiced_left.as_mut() {
+            Some(left) if *left <= 160 => true,
+            Some(left) => {
+                *left -= 160;
+                false
+            }
+            None => false,
+        };
         if tx.send(Message::text(client::media(&stream_sid, seq, &chunk))).await.is_err() {
             break;
+        }
+        if voice_ends_here {
+            voiced_left = None;
+            *crate::skills::lock(&awaiting_answer) = Some(Instant::now());
         }
         seq += 1;
     }
@@ -420,6 +500,12 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
     Ok(out)
 }
 
+/// Bytes up to and including the last voiced sample (louder than the near-silence espeak and sox
+/// leave around speech).
+fn last_voiced(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
+}
+
 fn attr(s: &str, prefix: &str) -> Option<String> {
     let i = s.find(prefix)? + prefix.len();
     let j = s[i..].find('"')? + i;
@@ -430,8 +516,14 @@ fn unescape(s: &str) -> String {
     s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
 
-/// `--simulate`: one full call, printed live.
+/// `--simulate`: one full call, printed live. With `--bench-turns T [--bench-calls C]`: the
+/// end-to-end latency measurement instead (see [`bench_turns`]).
 pub async fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |k: &str| args.windows(2).find(|w| w[0] == k).and_then(|w| w[1].parse::<usize>().ok());
+    if let Some(turns) = opt("--bench-turns") {
+        return bench_turns(opt("--bench-calls").unwrap_or(4), turns).await;
+    }
     println!("=== Voxline phone bot: KEYLESS SIMULATION ===");
     println!("Providers are EMULATED in-process (voxline-emulators): Deepgram STT (scripted recognition),");
     println!("OpenAI chat (scripted call-center responder), ElevenLabs TTS (tone voice), Twilio REST (fake).");
@@ -511,4 +603,93 @@ pub fn print_post_call(row: &CallRow) {
         }
     }
     println!("interruptions: {}   errors: {}", row.record["interruptions"], row.record["errors"]);
+}
+
+/// What the caller says on every benchmark turn, and what the emulated LLM answers (short, so a
+/// turn is mostly latency rather than play-out).
+const BENCH_LINE: &str = "Hi, I'm calling about my order.";
+const BENCH_ANSWER: &str = "Okay, got it.";
+
+/// `--simulate --bench-turns T --bench-calls C`: `C` concurrent calls of `T` caller turns each
+/// against the in-process emulators (zero configured provider delay), one JSON line per turn on
+/// stdout (used by `bench e2e`):
+///
+/// - `caller_ms`: the caller's last voiced frame sent → the first bot media message received;
+/// - `server_ms`: the VAD's `UserStoppedSpeaking` → first bot audio at the output stage (the call
+///   record's `total_ms`);
+/// - `vad_stop_ms` = `caller_ms − server_ms`: the VAD's stop confirmation (it needs `stop_ms` of
+///   silence), plus the input and output socket hops (sub-millisecond on loopback);
+/// - `stt_ms`, `llm_ttfb_ms`, `tts_ttfb_ms`: the providers (emulators), from the record;
+/// - `engine_ms` = `server_ms − stt − llm_ttfb − tts_ttfb`: what the engine adds, including the
+///   user aggregator's grace window (`grace_ms`, a deliberate wait for late STT finals).
+pub async fn bench_turns(calls: usize, turns: usize) -> anyhow::Result<()> {
+    let (calls, turns) = (calls.max(1), turns.max(1));
+    let responder: Responder = Arc::new(|_: &serde_json::Value| Scripted::text(BENCH_ANSWER));
+    let emulated = Emulated::start_with(Emulated::script(&vec![BENCH_LINE; turns]), responder).await?;
+    let db = std::env::temp_dir().join(format!("voxline-bench-{}.db", std::process::id()));
+    let mut server = start_server(&emulated, &format!("sqlite://{}", db.display()), None, |c| {
+        c.persona.greeting = "Hi.".into();
+        c.server.max_calls = calls.max(c.server.max_calls);
+        c.workflow.enabled = false;
+    })
+    .await?;
+    let line = speech(BENCH_LINE, 0)?;
+    let voiced = line.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000);
+    let line = line[voiced.unwrap_or(0)..].to_vec();
+    let mut joins = Vec::new();
+    for c in 0..calls {
+        let base = server.base.clone();
+        let mut steps = vec![Step::WaitQuiet(Duration::from_millis(300))];
+        for _ in 0..turns {
+            steps.push(Step::Say(line.clone()));
+            steps.push(Step::WaitQuiet(Duration::from_millis(300)));
+        }
+        steps.push(Step::HangUp);
+        joins.push(tokio::spawn(async move {
+            place_call(&base, &format!("CA{:032}", 900 + c), "+15550001111", steps).await
+        }));
+    }
+    let mut logs = HashMap::new();
+    for (c, j) in joins.into_iter().enumerate() {
+        match j.await {
+            Ok(Ok(log)) => {
+                logs.insert(format!("CA{:032}", 900 + c), log);
+            }
+            Ok(Err(e)) => eprintln!("call {c}: {e:#}"),
+            Err(e) => eprintln!("call {c}: {e}"),
+        }
+    }
+    let grace_ms = voxline_processors::llm::DEFAULT_GRACE.as_secs_f64() * 1e3;
+    for _ in 0..logs.len() {
+        let Ok(Some(row)) = tokio::time::timeout(Duration::from_secs(30), server.done_rx.recv()).await else { break };
+        let Some(log) = logs.get(&row.call_sid) else { continue };
+        let server_turns = row.record["turns"].as_array().cloned().unwrap_or_default();
+        if server_turns.len() != log.answer_after_voice.len() {
+            // The VAD split or merged an utterance: turns cannot be paired reliably.
+            eprintln!(
+                "{}: {} caller turns vs {} VAD turns; skipped",
+                row.call_sid,
+                log.answer_after_voice.len(),
+                server_turns.len()
+            );
+            continue;
+        }
+        for (i, (caller, t)) in log.answer_after_voice.iter().zip(&server_turns).enumerate() {
+            let f = |k: &str| t[k].as_f64();
+            let (Some(caller), Some(server_ms)) = (caller, f("total_ms")) else { continue };
+            let caller_ms = caller.as_secs_f64() * 1e3;
+            let providers = [f("stt_ms"), f("llm_ttfb_ms"), f("tts_ttfb_ms")];
+            let engine_ms = server_ms - providers.iter().flatten().sum::<f64>();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "call": row.call_sid, "turn": i + 1, "caller_ms": caller_ms, "server_ms": server_ms,
+                    "vad_stop_ms": caller_ms - server_ms, "stt_ms": providers[0], "llm_ttfb_ms": providers[1],
+                    "tts_ttfb_ms": providers[2], "engine_ms": engine_ms, "grace_ms": grace_ms,
+                })
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&db);
+    Ok(())
 }

@@ -11,7 +11,18 @@ use serde_json::Value;
 use crate::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, Server, Step, place_call, speech, start_server};
 use crate::store::CallRow;
 
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 async fn setup(lines: &[&str], tweak: impl FnOnce(&mut crate::config::Config)) -> (Emulated, Server) {
+    init_tracing();
     let emulated = match Emulated::start(Emulated::script(lines)).await {
         Ok(e) => e,
         Err(e) => panic!("emulators: {e:#}"),
@@ -83,6 +94,10 @@ async fn greets_first_answers_order_status_and_hangs_up() {
         .map(|s| format!("{}={}", s["step"].as_str().unwrap_or(""), s["status"].as_str().unwrap_or("")))
         .collect();
     assert_eq!(steps.len(), 4, "{steps:?}");
+    // The emulated LLM answers the summary request with the JSON the workflow expects.
+    let summary = row.workflow.as_ref().and_then(|w| w["steps"][0]["detail"].as_object().cloned());
+    assert!(summary.as_ref().is_some_and(|d| d["from_llm"] == true), "{summary:?}");
+    assert!(row.summary.as_deref().is_some_and(|s| s.contains("12345")), "{:?}", row.summary);
     let mail = server.app.store.outbox_for_call(&row.call_sid).await.unwrap_or_default();
     assert_eq!(mail.len(), 1, "follow-up email queued");
     assert!(
@@ -145,8 +160,8 @@ async fn bad_signature_is_rejected_with_403() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn barge_in_clears_fast_and_context_keeps_heard_words() {
-    let (emulated, mut server) = setup(CALLER_LINES, |c| c.vad.min_barge_in_ms = 0).await;
+async fn barge_in_clears_fast() {
+    let (_emulated, mut server) = setup(CALLER_LINES, |c| c.vad.min_barge_in_ms = 0).await;
     // Speak over the greeting once 1 s of it has played, with the leading near-silence trimmed so
     // the measurement starts at the first voiced sample.
     let Step::Say(bytes) = say(0) else { return };
@@ -169,17 +184,54 @@ async fn barge_in_clears_fast_and_context_keeps_heard_words() {
     // VAD start confirmation (60 ms) + at most one 20 ms frame of lateness + 100 ms engine budget.
     assert!(first <= Duration::from_millis(60 + 20 + 100), "clear {first:?} after speech start");
     assert!(row.record["interruptions"].as_u64().unwrap_or(0) >= 1);
-    // The next LLM request carries only the greeting words the caller heard.
-    let reqs = emulated.openai.requests();
-    let greeting = crate::config::PersonaConfig::default().greeting;
-    let heard: Option<String> = reqs.iter().find_map(|r| {
-        r.body["messages"].as_array().and_then(|m| {
-            m.iter().find(|m| m["role"] == "assistant").and_then(|m| m["content"].as_str().map(str::to_string))
-        })
-    });
-    if let Some(h) = heard {
-        assert!(h.len() < greeting.len(), "assistant context not trimmed: {h:?}");
+}
+
+/// Barge-in over the greeting, then check what the next LLM request remembers of it.
+///
+/// Ignored until the assistant aggregator is fixed: on `Interrupt` it cuts the greeting to the
+/// words heard *so far*, which is none (the output's `PlayedUpTo { complete: false }` for the same
+/// interruption reaches `PlayoutTap` only after every stage's `on_event` ran), and
+/// `ConversationContext::set_content(id, "")` removes the message; when the play-out report then
+/// feeds the heard words, `set_content` finds the id gone and the heard words are lost. The
+/// request carries no assistant message at all. Run with `--ignored` to see it fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "assistant aggregator drops an interrupted line whose heard words arrive after the Interrupt"]
+async fn barge_in_context_keeps_heard_words() {
+    let (emulated, server) = setup(CALLER_LINES, |c| c.vad.min_barge_in_ms = 0).await;
+    let Step::Say(bytes) = say(0) else { return };
+    let voiced =
+        bytes.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+    let steps = vec![
+        Step::WaitBotTalking(Duration::from_millis(1000)),
+        Step::Pause(Duration::from_millis(300)),
+        Step::Say(bytes[voiced..].to_vec()),
+        quiet(),
+        Step::HangUp,
+    ];
+    if let Err(e) = place_call(&server.base, "CA00000000000000000000000000000e09", "+15550001111", steps).await {
+        panic!("call: {e:#}");
     }
+    // The LLM request for the caller's turn carries the greeting cut to the words the caller
+    // heard: a non-empty word prefix of it, strictly shorter. No such request, or no assistant
+    // message in it, fails the test rather than passing it.
+    let reqs = emulated.openai.requests();
+    let turn = reqs.iter().find_map(|r| {
+        let m = r.body["messages"].as_array()?;
+        (m.last()?["role"] == "user").then(|| m.clone())
+    });
+    let Some(messages) = turn else { panic!("no LLM request for the caller's turn: {reqs:?}") };
+    let heard: Vec<String> = messages
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .filter_map(|m| m["content"].as_str())
+        .flat_map(str::split_whitespace)
+        .map(str::to_string)
+        .collect();
+    let greeting = crate::config::PersonaConfig::default().greeting;
+    let spoken: Vec<&str> = greeting.split_whitespace().collect();
+    assert!(!heard.is_empty(), "no heard greeting words in the context: {messages:?}");
+    assert!(heard.len() < spoken.len(), "context kept unheard words: {heard:?}");
+    assert_eq!(heard, spoken[..heard.len()], "heard words are not the start of the greeting");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,11 +311,14 @@ async fn broken_streams_do_not_affect_other_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_calls() {
     let (_emulated, mut server) = setup(&[CALLER_LINES[1], CALLER_LINES[2]], |_| {}).await;
+    // Every caller speaks the same two utterances, synthesized once up front.
+    let (one, two) = (say(1), say(2));
     let mut joins = Vec::new();
     for i in 0..20 {
         let base = server.base.clone();
+        let (one, two) = (one.clone(), two.clone());
         joins.push(tokio::spawn(async move {
-            let steps = vec![quiet(), say(1), quiet(), say(2), Step::WaitServerClose(Duration::from_secs(60))];
+            let steps = vec![quiet(), one, quiet(), two, Step::WaitServerClose(Duration::from_secs(60))];
             place_call(&base, &format!("CA{i:032}"), "+15550001111", steps)
                 .await
                 .map_err(|e| anyhow::anyhow!("call {i}: {e:#}"))
@@ -284,4 +339,17 @@ async fn twenty_concurrent_calls() {
         }
     }
     assert_eq!(ok, 20);
+}
+
+/// Regression: concurrent synthesis used to share temp files, so some callers got empty or cut
+/// speech (and their call never reached its next turn).
+#[test]
+fn speech_is_whole_under_concurrency() {
+    let texts: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let joins: Vec<_> = (0..12).map(|_| s.spawn(|| speech(CALLER_LINES[1], 1))).collect();
+        joins.into_iter().map(|j| j.join().ok().and_then(Result::ok).unwrap_or_default()).collect()
+    });
+    let first = texts[0].clone();
+    assert!(first.len() >= 8000, "at least a second of speech, got {} bytes", first.len());
+    assert!(texts.iter().all(|t| *t == first), "every caller hears the same utterance");
 }
