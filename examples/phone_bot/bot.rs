@@ -1,22 +1,29 @@
-//! The per-call pipeline and the skills executor.
+//! The per-call pipeline, and the call control around the engine's tool executor.
 //!
 //! ```text
 //! twilio in → μ-law decode → VAD → Deepgram → record_input → UserAggregator → LLM
-//!   → AssistantAggregator → SkillExecutor → SentenceAggregator → ElevenLabs (ulaw_8000)
-//!   → PlayoutTap → record_output → AudioOutput(TwilioSink)
+//!   → AssistantAggregator → ToolLog → ToolExecutor → CallControl → SentenceAggregator
+//!   → ElevenLabs (ulaw_8000) → PlayoutTap → record_output → AudioOutput(TwilioSink)
 //! ```
+//!
+//! The LLM chain is the one documented in `voxline_processors::llm` (user aggregator, LLM,
+//! assistant aggregator, tool executor, sentence aggregator, TTS, playout tap). The two thin
+//! stages around the executor are the bot's: [`ToolLog`] notes each call's arguments and start
+//! time and holds back the follow-up LLM run once the call is ending or transferred;
+//! [`CallControl`] records each settled call and, when `end_call` succeeded, speaks the goodbye
+//! and asks the server to end the call.
 //!
 //! The whole call stays at 8 kHz: Twilio's μ-law is decoded once for the VAD and STT, and TTS is
 //! asked for `ulaw_8000` (it follows `StartInfo.output_audio`), so nothing is resampled.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::Notify;
 use voxline_pipeline::{
-    AudioFormat, Context, Direction, FlowResult, Frame, Pipeline, Processor, StartInfo, ToolCall, ToolOutcome,
-    ToolResult, ToolSpec,
+    AudioFormat, Context, Direction, FlowResult, Frame, Pipeline, Processor, StartInfo, ToolOutcome,
 };
 use voxline_processors::audio::VadProcessor;
 use voxline_processors::codec::MulawDecoder;
@@ -26,6 +33,7 @@ use voxline_processors::llm::{
 };
 use voxline_processors::stt::{DeepgramSettings, DeepgramStt};
 use voxline_processors::text::{SentenceAggregator, SentenceSettings};
+use voxline_processors::tools::{ToolExecutor, ToolExecutorSettings};
 use voxline_processors::tts::{ElevenLabsSettings, ElevenLabsTts};
 
 use crate::config::{Config, Secrets};
@@ -75,15 +83,9 @@ fn llm_service(cfg: &Config, secrets: &Secrets) -> anyhow::Result<LlmService> {
 /// Build the pipeline around the transport's `output` stage.
 pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipeline, ConversationContext)> {
     let cfg = &parts.cfg;
-    let tools: Vec<ToolSpec> = skills::specs(&cfg.skills.enabled)
-        .into_iter()
-        .map(|s| ToolSpec {
-            name: s.name.into(),
-            description: s.description.into(),
-            parameters: Arc::new(s.parameters),
-        })
-        .collect();
-    let conversation = ConversationContext::new(cfg.persona.system_prompt.clone(), tools);
+    let timeout = Duration::from_millis(cfg.skills.timeout_ms);
+    let registry = skills::registry(&cfg.skills.enabled, &parts.store, &parts.ctx, timeout);
+    let conversation = ConversationContext::new(cfg.persona.system_prompt.clone(), registry.specs());
 
     let vad_params = voxline_processors::audio::VadParams {
         start_secs: cfg.vad.start_ms as f32 / 1000.0,
@@ -104,14 +106,19 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
     let user = UserAggregator::new(conversation.clone(), UserAggregatorSettings::default());
     let llm = llm_service(cfg, &parts.secrets)?;
     let (assistant, playout_tap) = AssistantAggregator::new(conversation.clone(), AssistantSettings::default());
-    let executor = SkillExecutor {
-        conversation: conversation.clone(),
-        store: parts.store.clone(),
+    let executor = ToolExecutor::new(
+        registry,
+        conversation.clone(),
+        ToolExecutorSettings { default_timeout: timeout, ..ToolExecutorSettings::default() },
+    );
+    let started: Started = Arc::default();
+    let tool_log = ToolLog { ctx: parts.ctx.clone(), started: started.clone() };
+    let control = CallControl {
         ctx: parts.ctx.clone(),
         recorder: parts.recorder.clone(),
+        started,
         goodbye: cfg.persona.goodbye.clone(),
         end_call: parts.end_call.clone(),
-        timeout: Duration::from_millis(cfg.skills.timeout_ms),
     };
     let (tts_http, tts_ws) = if cfg.tts.base_url.starts_with("http") {
         (cfg.tts.base_url.clone(), cfg.tts.base_url.replacen("http", "ws", 1))
@@ -136,7 +143,9 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
         .with(user)
         .with(llm)
         .with(assistant)
+        .with(tool_log)
         .with(executor)
+        .with(control)
         .with(SentenceAggregator::new(SentenceSettings::default()))
         .with(tts)
         .with(playout_tap)
@@ -145,57 +154,86 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
     Ok((pipeline, conversation))
 }
 
-/// Runs the LLM's tool calls against the skills, stores the results in the conversation and
-/// re-runs the LLM upstream.
-///
-/// Skills run in a spawned task so an interruption cannot leave an assistant tool-call message
-/// without its results (providers reject such a context); the follow-up `LlmRun` is pushed with
-/// the epoch of the turn, so after a barge-in it is stale and dropped.
-struct SkillExecutor {
-    conversation: ConversationContext,
-    store: Store,
+/// Arguments and start time of each tool call in flight, by call id.
+type Started = Arc<Mutex<HashMap<Arc<str>, (Arc<str>, Instant)>>>;
+
+/// Before the executor: notes what each call was asked (the executor consumes `ToolCalls`), and
+/// drops the executor's follow-up `LlmRun` once the bot ended or transferred the call, so a
+/// batch like `[create_support_ticket, end_call]` does not make the bot talk past its goodbye.
+struct ToolLog {
     ctx: Arc<CallCtx>,
-    recorder: Recorder,
-    goodbye: String,
-    end_call: Arc<Notify>,
-    timeout: Duration,
+    started: Started,
 }
 
-impl Processor for SkillExecutor {
+impl Processor for ToolLog {
     fn name(&self) -> &str {
-        "skill_executor"
+        "tool_log"
     }
 
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        let Frame::ToolCalls(calls) = frame else {
+        match (&frame, direction) {
+            (Frame::ToolCalls(calls), Direction::Downstream) => {
+                let now = Instant::now();
+                let mut started = skills::lock(&self.started);
+                for c in calls.iter() {
+                    started.insert(c.id.clone(), (c.arguments.clone(), now));
+                }
+            }
+            (Frame::LlmRun(_), Direction::Upstream)
+                if skills::lock(&self.ctx.end_requested).is_some() || *skills::lock(&self.ctx.transferred) =>
+            {
+                tracing::debug!(call_sid = %self.ctx.call_sid, "call ending or transferred: no follow-up LLM run");
+                return Ok(());
+            }
+            _ => {}
+        }
+        cx.push(frame, direction).await;
+        Ok(())
+    }
+}
+
+/// After the executor: records each settled call, and turns a successful `end_call` into the
+/// goodbye line followed by the end of the call.
+///
+/// This reacts to the `ToolResult` frame rather than running inside the tool: results are
+/// uninterruptible, and the goodbye is pushed by this stage when the result reaches it (not by a
+/// `FrameSender` captured when the batch started, whose epoch a barge-in during the batch would
+/// make stale and whose frames would be silently dropped). The goodbye is uninterruptible too:
+/// the bot has decided to hang up, and `End` follows it whatever the caller does. `end_call` is
+/// notified only after the goodbye is queued, so the server's `End` travels behind it.
+struct CallControl {
+    ctx: Arc<CallCtx>,
+    recorder: Recorder,
+    started: Started,
+    goodbye: String,
+    end_call: Arc<Notify>,
+}
+
+impl Processor for CallControl {
+    fn name(&self) -> &str {
+        "call_control"
+    }
+
+    async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
+        let Frame::ToolResult(r) = &frame else {
             cx.push(frame, direction).await;
             return Ok(());
         };
-        if direction == Direction::Upstream {
-            cx.push(Frame::ToolCalls(calls), direction).await;
-            return Ok(());
+        let (arguments, started) =
+            skills::lock(&self.started).remove(&r.call_id).unwrap_or_else(|| ("".into(), Instant::now()));
+        let args: Value = serde_json::from_str(&arguments).unwrap_or(Value::Null);
+        self.recorder.tool_call(&r.name, args, skills::normalize_result(&r.content), started);
+        let ending = &*r.name == "end_call" && r.outcome == ToolOutcome::Ok;
+        if ending {
+            tracing::info!(call_sid = %self.ctx.call_sid, "end_call: saying goodbye, then hanging up");
         }
-        let sender = cx.sender();
-        let (conversation, store, ctx, recorder) =
-            (self.conversation.clone(), self.store.clone(), self.ctx.clone(), self.recorder.clone());
-        let (goodbye, end_call, timeout) = (self.goodbye.clone(), self.end_call.clone(), self.timeout);
-        tokio::spawn(async move {
-            let runs = calls.iter().map(|c| run_one(&store, &ctx, &recorder, c, timeout));
-            let results: Vec<ToolResult> = futures::future::join_all(runs).await;
-            conversation.add_tool_results(&results);
-            let ending = skills::lock(&ctx.end_requested).is_some();
-            let transferred = *skills::lock(&ctx.transferred);
-            if ending {
-                for f in spoken_line(&goodbye) {
-                    sender.push(f, Direction::Downstream);
-                }
-                end_call.notify_one();
-            } else if transferred {
-                // Twilio ends the media stream itself once the <Dial> takes over.
-            } else if results.iter().any(|r| r.run_llm) {
-                sender.push(Frame::LlmRun(conversation.snapshot()), Direction::Upstream);
+        cx.push(frame, direction).await;
+        if ending {
+            for f in spoken_line(&self.goodbye) {
+                cx.push_uninterruptible(f, Direction::Downstream).await;
             }
-        });
+            self.end_call.notify_one();
+        }
         Ok(())
     }
 }
@@ -204,24 +242,4 @@ impl Processor for SkillExecutor {
 /// output marks it) and the assistant aggregator records it.
 pub fn spoken_line(text: &str) -> [Frame; 3] {
     [Frame::LlmResponseStart, Frame::Text(text.into()), Frame::LlmResponseEnd]
-}
-
-async fn run_one(store: &Store, ctx: &CallCtx, recorder: &Recorder, call: &ToolCall, timeout: Duration) -> ToolResult {
-    let started = Instant::now();
-    let args: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
-    let (result, outcome) = match tokio::time::timeout(timeout, skills::call(store, ctx, &call.name, &args)).await {
-        Ok(v) => {
-            let outcome = if v["success"] == true { ToolOutcome::Ok } else { ToolOutcome::Error };
-            (v, outcome)
-        }
-        Err(_) => (skills::err(format!("{} timed out", call.name)), ToolOutcome::Timeout),
-    };
-    recorder.tool_call(&call.name, args, result.clone(), started);
-    ToolResult {
-        call_id: call.id.clone(),
-        name: call.name.clone(),
-        content: result.to_string().into(),
-        outcome,
-        run_llm: &*call.name != "end_call",
-    }
 }

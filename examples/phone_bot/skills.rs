@@ -1,15 +1,21 @@
-//! The call-center skills the LLM may call, with one result shape for all of them:
-//! `{"success": true, "data": …}` or `{"success": false, "error": "…"}`.
+//! The call-center skills the LLM may call, as a [`ToolRegistry`] for the engine's
+//! [`ToolExecutor`](voxline_processors::tools::ToolExecutor).
 //!
-//! Arguments are typed structs (schemas generated with `schemars`, so the schema the model sees
-//! and the parser can never disagree). A skill never panics or returns a transport error to the
-//! model: every failure becomes `success: false` with a message the model can relay.
+//! Arguments are typed structs (schemas generated with `schemars` by the registry, so the schema
+//! the model sees and the parser can never disagree). A successful skill answers
+//! `{"success": true, "data": …}`; a failing one returns `Err(message)`, which the executor sends
+//! to the model as `{"error": "…"}` and settles as `ToolOutcome::Error` (so metrics and traces see
+//! the failure). The executor also turns invalid arguments, unknown tools, timeouts and panics
+//! into `{"error": …}` results. A skill never panics or returns a transport error to the model:
+//! every failure is a message the model can relay.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use voxline_processors::tools::{Tool, ToolRegistry, parameters_schema};
 use voxline_transports::twilio::TwilioRest;
 
 use crate::store::Store;
@@ -103,163 +109,169 @@ pub struct TransferToHuman {
     pub reason: Option<String>,
 }
 
+// Lenient on purpose: `end_call` does not re-run the LLM, so an argument error here would
+// leave the caller in silence.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 /// End the call after saying goodbye, when the caller has nothing else.
 pub struct EndCall {
     /// Why the call is ending.
     pub reason: Option<String>,
 }
 
-/// A tool declaration as the LLM sees it.
-#[derive(Debug, Clone)]
-pub struct SkillSpec {
-    pub name: &'static str,
-    pub description: String,
-    pub parameters: Value,
-}
-
-fn spec<T: JsonSchema>(name: &'static str) -> SkillSpec {
-    let schema = schemars::schema_for!(T);
-    let mut v = serde_json::to_value(&schema).unwrap_or_else(|_| json!({"type": "object"}));
-    let description = v.get("description").and_then(Value::as_str).unwrap_or(name).to_string();
-    if let Value::Object(m) = &mut v {
-        m.remove("$schema");
-        m.remove("title");
-        m.remove("description");
+/// Tool results in the bot's own shape, for the call record: `{"success": true, "data": …}` as
+/// the skill produced it, or `{"success": false, "error": …}` for anything the executor
+/// settled as a failure (`{"error": …}` on the wire).
+pub fn normalize_result(content: &str) -> Value {
+    let v: Value = serde_json::from_str(content).unwrap_or_else(|_| Value::String(content.to_string()));
+    if v.get("success").is_some() {
+        return v;
     }
-    SkillSpec { name, description, parameters: v }
+    let error = v.get("error").and_then(Value::as_str).map_or_else(|| v.to_string(), str::to_string);
+    json!({"success": false, "error": error})
 }
 
-/// Declarations for the enabled skills, in a stable order.
-pub fn specs(enabled: &[String]) -> Vec<SkillSpec> {
-    let all = [
-        spec::<LookupCustomer>("lookup_customer"),
-        spec::<CheckOrderStatus>("check_order_status"),
-        spec::<CreateSupportTicket>("create_support_ticket"),
-        spec::<ScheduleCallback>("schedule_callback"),
-        spec::<TransferToHuman>("transfer_to_human"),
-        spec::<EndCall>("end_call"),
-    ];
-    all.into_iter().filter(|s| enabled.iter().any(|e| e == s.name)).collect()
+fn ok(data: Value) -> Result<Value, String> {
+    Ok(json!({"success": true, "data": data}))
 }
 
-pub fn ok(data: Value) -> Value {
-    json!({"success": true, "data": data})
+/// The skills enabled in `enabled`, in a stable order, bound to this call's store and context.
+///
+/// Side-effecting skills (tickets, callbacks, transfers, hang-ups) are not cancelled by
+/// barge-in: a caller talking over the bot must not leave a ticket half-created or a
+/// transfer half-done. `end_call` and a successful transfer do not re-run the LLM (the bot's
+/// turn is over; see `bot::CallControl`).
+pub fn registry(enabled: &[String], store: &Store, ctx: &Arc<CallCtx>, timeout: Duration) -> ToolRegistry {
+    let (st, cx) = (store.clone(), ctx.clone());
+    let lookup = Tool::new("lookup_customer", &describe::<LookupCustomer>(), move |a: LookupCustomer| {
+        let (st, cx) = (st.clone(), cx.clone());
+        async move { lookup_customer(&st, &cx, a).await }
+    });
+    let st = store.clone();
+    let order = Tool::new("check_order_status", &describe::<CheckOrderStatus>(), move |a: CheckOrderStatus| {
+        let st = st.clone();
+        async move { check_order_status(&st, a).await }
+    });
+    let (st, cx) = (store.clone(), ctx.clone());
+    let ticket = Tool::new("create_support_ticket", &describe::<CreateSupportTicket>(), move |a| {
+        let (st, cx) = (st.clone(), cx.clone());
+        async move { create_support_ticket(&st, &cx, a).await }
+    })
+    .side_effecting(true);
+    let (st, cx) = (store.clone(), ctx.clone());
+    let callback = Tool::new("schedule_callback", &describe::<ScheduleCallback>(), move |a| {
+        let (st, cx) = (st.clone(), cx.clone());
+        async move { schedule_callback(&st, &cx, a).await }
+    })
+    .side_effecting(true);
+    let cx = ctx.clone();
+    let transfer = Tool::new("transfer_to_human", &describe::<TransferToHuman>(), move |a| {
+        let cx = cx.clone();
+        async move { transfer_to_human(&cx, a).await }
+    })
+    .side_effecting(true);
+    let cx = ctx.clone();
+    let end = Tool::new("end_call", &describe::<EndCall>(), move |a| {
+        let cx = cx.clone();
+        async move { end_call(&cx, a) }
+    })
+    .side_effecting(true)
+    .run_llm(false);
+    let mut registry = ToolRegistry::new();
+    for tool in [lookup, order, ticket, callback, transfer, end] {
+        if enabled.iter().any(|e| **e == **tool.name()) {
+            registry.register(tool.with_timeout(timeout));
+        }
+    }
+    registry
 }
 
-pub fn err(msg: impl std::fmt::Display) -> Value {
-    json!({"success": false, "error": msg.to_string()})
+/// The model-facing description: the argument struct's doc comment.
+fn describe<T: JsonSchema>() -> String {
+    let schema = parameters_schema::<T>();
+    schema.get("description").and_then(Value::as_str).unwrap_or_default().to_string()
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(args: &Value) -> Result<T, Value> {
-    // Models send `{}`, `null` or "" for no-argument calls; treat them alike.
-    let args = if args.is_null() || args.as_str() == Some("") { json!({}) } else { args.clone() };
-    serde_json::from_value(args).map_err(|e| err(format!("invalid arguments: {e}")))
-}
-
-/// Run skill `name` with JSON `args`.
-pub async fn call(store: &Store, ctx: &CallCtx, name: &str, args: &Value) -> Value {
-    let result = match name {
-        "lookup_customer" => lookup_customer(store, ctx, args).await,
-        "check_order_status" => check_order_status(store, args).await,
-        "create_support_ticket" => create_support_ticket(store, ctx, args).await,
-        "schedule_callback" => schedule_callback(store, ctx, args).await,
-        "transfer_to_human" => transfer_to_human(ctx, args).await,
-        "end_call" => end_call(ctx, args),
-        other => Err(err(format!("unknown tool {other}"))),
-    };
-    result.unwrap_or_else(|e| e)
-}
-
-async fn lookup_customer(store: &Store, ctx: &CallCtx, args: &Value) -> Result<Value, Value> {
-    let a: LookupCustomer = parse(args)?;
+async fn lookup_customer(store: &Store, ctx: &CallCtx, a: LookupCustomer) -> Result<Value, String> {
     let phone = a.phone.clone().or_else(|| (a.email.is_none()).then(|| ctx.from.clone()));
     match store.find_customer(phone.as_deref(), a.email.as_deref()).await {
         Ok(Some(c)) => {
             *lock(&ctx.customer_id) = Some(c.id.clone());
-            Ok(ok(json!({"customer_id": c.id, "name": c.name, "email": c.email, "tier": c.tier, "notes": c.notes})))
+            ok(json!({"customer_id": c.id, "name": c.name, "email": c.email, "tier": c.tier, "notes": c.notes}))
         }
-        Ok(None) => Ok(err("no customer found with that phone number or email")),
+        Ok(None) => Err("no customer found with that phone number or email".into()),
         Err(e) => {
             tracing::warn!(error = %e, "lookup_customer failed");
-            Ok(err("the customer database is unavailable right now"))
+            Err("the customer database is unavailable right now".into())
         }
     }
 }
 
-async fn check_order_status(store: &Store, args: &Value) -> Result<Value, Value> {
-    let a: CheckOrderStatus = parse(args)?;
-    if a.order_id.trim().is_empty() {
-        return Err(err("order_id is empty"));
+async fn check_order_status(store: &Store, a: CheckOrderStatus) -> Result<Value, String> {
+    let id = a.order_id.trim();
+    if id.is_empty() {
+        return Err("order_id is empty".into());
     }
-    match store.order(&a.order_id).await {
-        Ok(Some(o)) => Ok(ok(serde_json::to_value(&o).unwrap_or(Value::Null))),
-        Ok(None) => Ok(err(format!("no order {} was found", a.order_id.trim()))),
+    match store.order(id).await {
+        Ok(Some(o)) => ok(serde_json::to_value(&o).unwrap_or(Value::Null)),
+        Ok(None) => Err(format!("no order {id} was found")),
         Err(e) => {
             tracing::warn!(error = %e, "check_order_status failed");
-            Ok(err("the order system is unavailable right now"))
+            Err("the order system is unavailable right now".into())
         }
     }
 }
 
-async fn create_support_ticket(store: &Store, ctx: &CallCtx, args: &Value) -> Result<Value, Value> {
-    let a: CreateSupportTicket = parse(args)?;
+async fn create_support_ticket(store: &Store, ctx: &CallCtx, a: CreateSupportTicket) -> Result<Value, String> {
     let priority = a.priority.unwrap_or_else(|| "normal".into()).to_lowercase();
     if !matches!(priority.as_str(), "low" | "normal" | "high" | "urgent") {
-        return Err(err("priority must be low, normal, high or urgent"));
+        return Err("priority must be low, normal, high or urgent".into());
     }
     match store.create_ticket(ctx.customer_id().as_deref(), &ctx.call_sid, &a.subject, &a.description, &priority).await
     {
-        Ok(id) => Ok(ok(json!({"ticket_id": id, "priority": priority}))),
+        Ok(id) => ok(json!({"ticket_id": id, "priority": priority})),
         Err(e) => {
             tracing::warn!(error = %e, "create_support_ticket failed");
-            Ok(err("could not create the ticket"))
+            Err("could not create the ticket".into())
         }
     }
 }
 
-async fn schedule_callback(store: &Store, ctx: &CallCtx, args: &Value) -> Result<Value, Value> {
-    let a: ScheduleCallback = parse(args)?;
+async fn schedule_callback(store: &Store, ctx: &CallCtx, a: ScheduleCallback) -> Result<Value, String> {
     let phone = a.phone.unwrap_or_else(|| ctx.from.clone());
     match store
         .schedule_callback(ctx.customer_id().as_deref(), &phone, &a.preferred_time, &a.reason, &ctx.call_sid)
         .await
     {
-        Ok(id) => Ok(ok(json!({"callback_id": id, "phone": phone, "time": a.preferred_time}))),
+        Ok(id) => ok(json!({"callback_id": id, "phone": phone, "time": a.preferred_time})),
         Err(e) => {
             tracing::warn!(error = %e, "schedule_callback failed");
-            Ok(err("could not schedule the callback"))
+            Err("could not schedule the callback".into())
         }
     }
 }
 
-async fn transfer_to_human(ctx: &CallCtx, args: &Value) -> Result<Value, Value> {
-    let a: TransferToHuman = parse(args)?;
-    let Some(rest) = &ctx.rest else { return Err(err("transfers are not available on this line")) };
+async fn transfer_to_human(ctx: &CallCtx, a: TransferToHuman) -> Result<Value, String> {
+    let Some(rest) = &ctx.rest else { return Err("transfers are not available on this line".into()) };
     if ctx.transfer_number.is_empty() {
-        return Err(err("no transfer number is configured"));
+        return Err("no transfer number is configured".into());
     }
     let say = "Please hold while I connect you to a member of our team.";
     match rest.transfer(&ctx.call_sid, &ctx.transfer_number, Some(say)).await {
         Ok(outcome) => {
             *lock(&ctx.transferred) = true;
-            Ok(ok(
-                json!({"transferred_to": ctx.transfer_number, "reason": a.reason, "outcome": format!("{outcome:?}")}),
-            ))
+            ok(json!({"transferred_to": ctx.transfer_number, "reason": a.reason, "outcome": format!("{outcome:?}")}))
         }
         Err(e) => {
             tracing::warn!(error = %e, "transfer failed");
-            Ok(err("the transfer could not be completed"))
+            Err("the transfer could not be completed".into())
         }
     }
 }
 
-fn end_call(ctx: &CallCtx, args: &Value) -> Result<Value, Value> {
-    let a: EndCall = parse(args)?;
+fn end_call(ctx: &CallCtx, a: EndCall) -> Result<Value, String> {
     let reason = a.reason.unwrap_or_else(|| "conversation complete".into());
     *lock(&ctx.end_requested) = Some(reason.clone());
-    Ok(ok(json!({"ending": true, "reason": reason})))
+    ok(json!({"ending": true, "reason": reason}))
 }
 
 #[cfg(test)]
@@ -274,40 +286,68 @@ mod tests {
         }
     }
 
+    fn all() -> Vec<String> {
+        crate::config::ALL_SKILLS.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    async fn call(r: &ToolRegistry, name: &str, args: &str) -> Result<Value, String> {
+        let Some(tool) = r.get(name) else { return Err(format!("unknown tool {name}")) };
+        let out = tool.invoke(args)?.await?;
+        serde_json::from_str(&out).map_err(|e| e.to_string())
+    }
+
     #[tokio::test]
     async fn result_shapes() {
         let s = store().await;
         let ctx = CallCtx::new("CA1", "+15550001111", None, "");
-        let r = call(&s, &ctx, "lookup_customer", &json!({})).await;
-        assert_eq!(r["success"], true, "{r}");
-        assert_eq!(r["data"]["customer_id"], "C-1001");
+        let r = registry(&all(), &s, &ctx, Duration::from_secs(5));
+        let v = call(&r, "lookup_customer", "{}").await;
+        assert!(v.as_ref().is_ok_and(|v| v["success"] == true && v["data"]["customer_id"] == "C-1001"), "{v:?}");
         assert_eq!(ctx.customer_id().as_deref(), Some("C-1001"));
-        let r = call(&s, &ctx, "check_order_status", &json!({"order_id": "12345"})).await;
-        assert_eq!(r["data"]["status"], "shipped");
-        let r = call(&s, &ctx, "check_order_status", &json!({"order_id": "00000"})).await;
-        assert_eq!(r["success"], false);
-        assert!(r["error"].as_str().is_some_and(|e| e.contains("00000")));
-        let r = call(&s, &ctx, "check_order_status", &json!({"order": 1})).await;
-        assert_eq!(r["success"], false);
-        let r = call(&s, &ctx, "create_support_ticket", &json!({"subject": "s", "description": "d"})).await;
-        assert_eq!(r["success"], true);
-        let r = call(&s, &ctx, "schedule_callback", &json!({"preferred_time": "3pm", "reason": "r"})).await;
-        assert_eq!(r["data"]["phone"], "+15550001111");
-        let r = call(&s, &ctx, "transfer_to_human", &json!({})).await;
-        assert_eq!(r["success"], false);
-        let r = call(&s, &ctx, "end_call", &Value::Null).await;
-        assert_eq!(r["success"], true);
+        let v = call(&r, "check_order_status", r#"{"order_id": "12345"}"#).await;
+        assert!(v.is_ok_and(|v| v["data"]["status"] == "shipped"));
+        let v = call(&r, "check_order_status", r#"{"order_id": "00000"}"#).await;
+        assert!(v.as_ref().is_err_and(|e| e.contains("00000")), "{v:?}");
+        let v = call(&r, "check_order_status", r#"{"order": 1}"#).await;
+        assert!(v.as_ref().is_err_and(|e| e.contains("invalid arguments")), "{v:?}");
+        let v = call(&r, "create_support_ticket", r#"{"subject": "s", "description": "d"}"#).await;
+        assert!(v.is_ok_and(|v| v["success"] == true));
+        let v = call(&r, "schedule_callback", r#"{"preferred_time": "3pm", "reason": "r"}"#).await;
+        assert!(v.is_ok_and(|v| v["data"]["phone"] == "+15550001111"));
+        assert!(call(&r, "transfer_to_human", "{}").await.is_err());
+        assert!(call(&r, "end_call", "").await.is_ok_and(|v| v["success"] == true));
         assert!(lock(&ctx.end_requested).is_some());
-        let r = call(&s, &ctx, "fly", &json!({})).await;
-        assert_eq!(r["success"], false);
+        assert!(call(&r, "fly", "{}").await.is_err());
     }
 
     #[test]
-    fn schemas() {
-        let all: Vec<String> = crate::config::ALL_SKILLS.iter().map(|s| (*s).to_string()).collect();
-        let specs = specs(&all);
+    fn registry_declares_schemas_and_flags() {
+        let ctx = CallCtx::new("CA1", "+1", None, "");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let Ok(rt) = rt else { panic!("runtime") };
+        let s = rt.block_on(store());
+        let r = registry(&all(), &s, &ctx, Duration::from_millis(1234));
+        let specs = r.specs();
         assert_eq!(specs.len(), 6);
-        let order = specs.iter().find(|s| s.name == "check_order_status");
+        let order = specs.iter().find(|s| &*s.name == "check_order_status");
         assert!(order.is_some_and(|s| s.parameters["required"][0] == "order_id" && !s.description.is_empty()));
+        for name in ["create_support_ticket", "schedule_callback", "transfer_to_human", "end_call"] {
+            assert!(r.get(name).is_some_and(|t| t.side_effecting), "{name} is side-effecting");
+        }
+        for name in ["lookup_customer", "check_order_status"] {
+            assert!(r.get(name).is_some_and(|t| !t.side_effecting), "{name} is not side-effecting");
+        }
+        assert!(r.get("end_call").is_some_and(|t| !t.run_llm));
+        assert!(r.get("lookup_customer").is_some_and(|t| t.timeout == Some(Duration::from_millis(1234))));
+        let only = registry(&["end_call".to_string()], &s, &ctx, Duration::from_secs(1));
+        assert_eq!(only.names().len(), 1);
+    }
+
+    #[test]
+    fn normalized_results() {
+        assert_eq!(normalize_result(r#"{"success":true,"data":{"a":1}}"#)["data"]["a"], 1);
+        let v = normalize_result(r#"{"error":"timed out after 5s"}"#);
+        assert_eq!(v, json!({"success": false, "error": "timed out after 5s"}));
+        assert_eq!(normalize_result("garbage")["success"], false);
     }
 }
