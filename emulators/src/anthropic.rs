@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Recorder, Server, header_pairs, header_str, token_id};
-use crate::llm::{Frame, LastTurn, apply_stream_fault, call_center_decision, pump};
+use crate::llm::{Frame, LastTurn, apply_stream_fault, call_center_decision, pump, summary_answer};
 pub use crate::llm::{LlmFault, RecordedRequest, Responder, Scripted, ScriptedToolCall, ToolCallStyle};
 
 /// Emulator configuration.
@@ -504,6 +504,19 @@ pub fn call_center_responder() -> Responder {
             .and_then(Value::as_array)
             .map(|ts| ts.iter().filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_string)).collect())
             .unwrap_or_default();
+        let system = match req.get("system") {
+            Some(Value::String(s)) => s.clone(),
+            other => text_of(other),
+        };
+        let last_user = messages
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .map(|m| text_of(m.get("content")))
+            .unwrap_or_default();
+        if let Some(answer) = summary_answer(&system, &last_user) {
+            return answer;
+        }
         let user_turns = messages
             .iter()
             .filter(|m| m.get("role").and_then(Value::as_str) == Some("user") && !text_of(m.get("content")).is_empty())
@@ -519,7 +532,16 @@ pub fn call_center_responder() -> Responder {
                             Some(Value::String(s)) => s.clone(),
                             other => text_of(other),
                         };
-                        LastTurn::ToolResult(content)
+                        let id = r.get("tool_use_id").and_then(Value::as_str).unwrap_or_default();
+                        let name = messages
+                            .iter()
+                            .flat_map(|a| blocks(a.get("content")))
+                            .find(|b| {
+                                b.get("type").and_then(Value::as_str) == Some("tool_use")
+                                    && b.get("id").and_then(Value::as_str) == Some(id)
+                            })
+                            .and_then(|b| b.get("name").and_then(Value::as_str).map(str::to_string));
+                        LastTurn::ToolResult { name, content }
                     }
                     None => LastTurn::User(text_of(m.get("content"))),
                 }

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -38,6 +39,14 @@ impl Server {
             };
             tracing::debug!(emulator = name, %addr, "emulator listening");
             let shutdown = serve_cancel.clone();
+            // Small writes (an SSE token, a WS audio chunk) must leave at once: with Nagle on, a
+            // write behind an unacknowledged one waits for the peer's delayed ACK (~40 ms), which
+            // showed up as TTFB the engine does not add.
+            let listener = listener.tap_io(move |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(emulator = name, error = %e, "TCP_NODELAY not set");
+                }
+            });
             if let Err(e) =
                 axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
             {

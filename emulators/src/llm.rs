@@ -338,8 +338,13 @@ pub(crate) fn apply_stream_fault(
 
 /// What the demo responders look at: the tail of the conversation, provider-neutral.
 pub(crate) enum LastTurn {
-    /// The latest message carries a tool result with this content.
-    ToolResult(String),
+    /// The latest message carries a tool result.
+    ToolResult {
+        /// The tool's name, when the assistant message that made the call declares it.
+        name: Option<String>,
+        /// The result content as sent.
+        content: String,
+    },
     /// The latest message is the user speaking.
     User(String),
     /// Nothing to go on (no messages, or an assistant message last).
@@ -351,7 +356,7 @@ pub(crate) enum LastTurn {
 pub(crate) fn call_center_decision(last: LastTurn, declared_tools: &[String], user_turns: usize) -> Scripted {
     let has_tool = |name: &str| declared_tools.iter().any(|t| t == name);
     match last {
-        LastTurn::ToolResult(content) => Scripted::text(&describe_tool_result(&content)),
+        LastTurn::ToolResult { name, content } => Scripted::text(&describe_tool_result(name.as_deref(), &content)),
         LastTurn::User(text) => {
             let lower = text.to_lowercase();
             if ["bye", "goodbye", "that's all", "thats all", "hang up"].iter().any(|w| lower.contains(w)) {
@@ -402,29 +407,111 @@ pub(crate) fn find_order_number(text: &str) -> Option<String> {
     (run.len() >= 3).then_some(run)
 }
 
-fn describe_tool_result(content: &str) -> String {
+/// A natural sentence about a tool result, in either the phone bot's shape
+/// (`{"success": true, "data": {…}}` / `{"success": false, "error": "…"}`) or the plain one
+/// (the data object itself, or `{"error": "…"}`).
+pub(crate) fn describe_tool_result(name: Option<&str>, content: &str) -> String {
+    const MORE: &str = "Is there anything else I can help you with?";
     let Ok(v) = serde_json::from_str::<Value>(content) else {
-        return format!("Here is what I found: {}.", content.trim().trim_end_matches('.'));
+        let text = content.trim().trim_end_matches('.');
+        return if text.is_empty() { format!("All done. {MORE}") } else { format!("{text}. {MORE}") };
     };
-    let field =
-        |k: &str| v.get(k).and_then(|x| x.as_str().map(str::to_string).or_else(|| x.as_i64().map(|n| n.to_string())));
-    if let Some(err) = field("error") {
-        return format!("Sorry, I couldn't find that order: {err}.");
+    let error = match v.get("success").and_then(Value::as_bool) {
+        Some(false) => Some(v.get("error").map_or_else(|| "something went wrong".to_string(), scalar_text)),
+        _ => v.get("error").filter(|e| !e.is_null()).map(scalar_text),
+    };
+    if let Some(err) = error {
+        let err = err.trim_end_matches('.');
+        return match name {
+            Some("check_order_status") => format!("Sorry, I couldn't find that order: {err}."),
+            Some("transfer_to_human") => format!("Sorry, I couldn't transfer you: {err}. {MORE}"),
+            _ => format!("Sorry, that didn't work: {err}. {MORE}"),
+        };
     }
-    match (field("order_id"), field("status")) {
-        (Some(id), Some(status)) => {
-            let mut s = format!("Your order {id} is {status}.");
-            if let Some(eta) = field("eta").or_else(|| field("estimated_delivery")) {
-                s.push_str(&format!(" It should arrive {eta}."));
-            }
-            s.push_str(" Is there anything else I can help you with?");
-            s
+    let data = match v.get("success") {
+        Some(_) => v.get("data").cloned().unwrap_or(Value::Null),
+        None => v.clone(),
+    };
+    let field = |k: &str| data.get(k).filter(|x| !x.is_null()).map(scalar_text).filter(|s| !s.is_empty());
+    if let Some(status) = field("status") {
+        let mut s = match field("order_id") {
+            Some(id) => format!("Your order {id} is {status}."),
+            None => format!("The order is {status}."),
+        };
+        if let Some(eta) = field("eta").or_else(|| field("estimated_delivery")) {
+            s.push_str(&format!(" It should arrive {eta}."));
         }
-        (None, Some(status)) => {
-            format!("The order is {status}. Is there anything else I can help you with?")
-        }
-        _ => format!("Here is what I found: {v}."),
+        s.push(' ');
+        s.push_str(MORE);
+        return s;
     }
+    if let Some(id) = field("ticket_id") {
+        return format!("I've opened support ticket {id} for you. {MORE}");
+    }
+    if let Some(time) = field("time").or_else(|| field("preferred_time")) {
+        let to = field("phone").map(|p| format!(" at {p}")).unwrap_or_default();
+        return format!("I've scheduled a callback for {time}{to}. {MORE}");
+    }
+    if field("transferred_to").is_some() {
+        return "Connecting you to a member of our team now.".to_string();
+    }
+    if let Some(name) = field("name") {
+        return format!("Thanks, {name}, I found your account. How can I help you today?");
+    }
+    format!("All done. {MORE}")
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The system prompt of the phone bot's post-call summary request starts like this (see
+/// `examples/phone_bot/workflow.rs`); both spellings are accepted.
+const SUMMARY_MARKERS: [&str; 2] = ["summarise customer-service phone calls", "summarize customer-service phone calls"];
+
+/// Answers the phone bot's post-call summary request (recognised by its system prompt) with the
+/// JSON the workflow expects: `{"summary", "sentiment", "resolved"}`, derived from the
+/// transcript the request carries (`role: text` lines).
+pub(crate) fn summary_answer(system: &str, transcript: &str) -> Option<Scripted> {
+    let lower = system.to_lowercase();
+    if !SUMMARY_MARKERS.iter().any(|m| lower.contains(m)) {
+        return None;
+    }
+    let lines: Vec<(&str, &str)> =
+        transcript.lines().filter_map(|l| l.split_once(':')).map(|(r, t)| (r.trim(), t.trim())).collect();
+    let user: Vec<&str> = lines.iter().filter(|(r, _)| *r == "user").map(|(_, t)| *t).collect();
+    let bot: Vec<&str> = lines.iter().filter(|(r, _)| *r != "user").map(|(_, t)| *t).collect();
+    let all_user = user.join(" ").to_lowercase();
+    let all_bot = bot.join(" ").to_lowercase();
+    let order = find_order_number(&user.join(" "));
+    let summary = match (user.first(), &order) {
+        (None, _) => "The caller did not say anything. No action was taken.".to_string(),
+        (Some(_), Some(id)) => {
+            let outcome = bot
+                .iter()
+                .find(|t| t.contains(id.as_str()))
+                .map_or_else(|| "The agent looked it up.".to_string(), |t| format!("The agent said: \"{t}\""));
+            format!("The caller asked about order {id}. {outcome}")
+        }
+        (Some(first), None) => format!("The caller said: \"{first}\". The agent assisted."),
+    };
+    let negative = ["angry", "terrible", "awful", "ridiculous", "frustrat", "complain", "worst"];
+    let positive = ["thank", "great", "perfect", "awesome", "appreciate", "wonderful"];
+    let score = positive.iter().filter(|w| all_user.contains(*w)).count() as i64
+        - negative.iter().filter(|w| all_user.contains(*w)).count() as i64;
+    let sentiment = match score {
+        s if s > 0 => "positive",
+        0 => "neutral",
+        _ => "negative",
+    };
+    let unresolved = ["couldn't", "could not", "sorry", "transfer", "connecting you"];
+    let resolved = !user.is_empty() && !unresolved.iter().any(|w| all_bot.contains(w));
+    let answer = serde_json::json!({"summary": summary, "sentiment": sentiment, "resolved": resolved});
+    Some(Scripted::tokens([answer.to_string()]))
 }
 
 #[cfg(test)]
@@ -435,6 +522,49 @@ mod tests {
     fn tokens_keep_spaces() {
         assert_eq!(split_tokens("Sure, one moment."), vec!["Sure,", " one", " moment."]);
         assert_eq!(Scripted::text("a b").full_text(), "a b");
+    }
+
+    #[test]
+    fn tool_results_in_both_shapes() {
+        let bot = r#"{"success":true,"data":{"order_id":"12345","status":"shipped","eta":"tomorrow"}}"#;
+        let plain = r#"{"order_id":"12345","status":"shipped","eta":"tomorrow"}"#;
+        let want =
+            "Your order 12345 is shipped. It should arrive tomorrow. Is there anything else I can help you with?";
+        assert_eq!(describe_tool_result(Some("check_order_status"), bot), want);
+        assert_eq!(describe_tool_result(None, plain), want);
+        let failed = r#"{"success":false,"error":"no order 00000 was found"}"#;
+        assert_eq!(
+            describe_tool_result(Some("check_order_status"), failed),
+            "Sorry, I couldn't find that order: no order 00000 was found."
+        );
+        let plain_err = r#"{"error":"timed out after 5s"}"#;
+        assert!(
+            describe_tool_result(Some("lookup_customer"), plain_err).starts_with("Sorry, that didn't work: timed out")
+        );
+        let ticket = r#"{"success":true,"data":{"ticket_id":"T-9","priority":"high"}}"#;
+        assert!(describe_tool_result(Some("create_support_ticket"), ticket).contains("ticket T-9"));
+        let cb = r#"{"success":true,"data":{"callback_id":"CB-1","phone":"+1555","time":"3pm"}}"#;
+        assert!(describe_tool_result(None, cb).contains("callback for 3pm at +1555"));
+        let who = r#"{"success":true,"data":{"customer_id":"C-1","name":"Dana"}}"#;
+        assert!(describe_tool_result(None, who).starts_with("Thanks, Dana"));
+        for odd in ["", "not json", "[1,2]", "null", r#"{"success":true}"#] {
+            let s = describe_tool_result(None, odd);
+            assert!(!s.contains('{') && s.ends_with('?'), "{odd:?} -> {s}");
+        }
+    }
+
+    #[test]
+    fn summary_request_gets_workflow_json() {
+        let system = "You summarise customer-service phone calls. Answer with JSON only: {...}";
+        let transcript = "bot: Hello.\nuser: My order number is 1 2 3 4 5.\nbot: Your order 12345 is shipped.\nuser: Thank you, goodbye.";
+        let s = summary_answer(system, transcript).map(|s| s.full_text()).unwrap_or_default();
+        let v: Value = serde_json::from_str(&s).unwrap_or(Value::Null);
+        assert!(v["summary"].as_str().is_some_and(|t| t.contains("12345")), "{v}");
+        assert_eq!(v["sentiment"], "positive");
+        assert_eq!(v["resolved"], true);
+        assert!(summary_answer("You are Ava, a phone agent.", transcript).is_none());
+        let empty = summary_answer(system, "").map(|s| s.full_text()).unwrap_or_default();
+        assert!(serde_json::from_str::<Value>(&empty).is_ok_and(|v| v["resolved"] == false));
     }
 
     #[test]

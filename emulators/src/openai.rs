@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Recorder, Server, header_pairs, header_str, token_id, unix_secs};
-use crate::llm::{Frame, LastTurn, apply_stream_fault, call_center_decision, pump};
+use crate::llm::{Frame, LastTurn, apply_stream_fault, call_center_decision, pump, summary_answer};
 pub use crate::llm::{LlmFault, RecordedRequest, Responder, Scripted, ScriptedToolCall, ToolCallStyle};
 
 /// Emulator configuration.
@@ -531,6 +531,10 @@ impl Render {
     }
 }
 
+fn is_role(m: &Value, role: &str) -> bool {
+    m.get("role").and_then(Value::as_str) == Some(role)
+}
+
 fn content_text(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
@@ -543,9 +547,12 @@ fn content_text(content: Option<&Value>) -> String {
 
 /// Demo responder for the phone-bot simulation, reading an OpenAI chat request:
 ///
-/// - last message is a `tool` result → speaks a sentence built from it (e.g. `{"order_id":
-///   "12345","status":"shipped","eta":"tomorrow"}` → "Your order 12345 is shipped. It should
-///   arrive tomorrow. Is there anything else I can help you with?");
+/// - the phone bot's post-call summary request (recognised by its system prompt) → the JSON the
+///   workflow expects, `{"summary", "sentiment", "resolved"}`, derived from the transcript;
+/// - last message is a `tool` result, in the bot's `{"success": true, "data": {…}}` shape or the
+///   plain one → speaks a sentence built from it (e.g. order `12345`, status `shipped`, eta
+///   `tomorrow` → "Your order 12345 is shipped. It should arrive tomorrow. Is there anything else
+///   I can help you with?"; a failure → "Sorry, …");
 /// - last message is the user mentioning an order number (a token with ≥ 3 digits, or
 ///   spoken digits "1 2 3 4") and `check_order_status` is among `tools` → calls
 ///   `check_order_status` with `{"order_id": "…"}`;
@@ -563,14 +570,33 @@ pub fn call_center_responder() -> Responder {
                     .collect()
             })
             .unwrap_or_default();
-        let user_turns = messages.iter().filter(|m| m.get("role").and_then(Value::as_str) == Some("user")).count();
+        let system = messages
+            .iter()
+            .filter(|m| matches!(m.get("role").and_then(Value::as_str), Some("system" | "developer")))
+            .map(|m| content_text(m.get("content")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let user_text = |m: &Value| content_text(m.get("content"));
+        if let Some(answer) = summary_answer(
+            &system,
+            &messages.iter().rev().find(|m| is_role(m, "user")).map(user_text).unwrap_or_default(),
+        ) {
+            return answer;
+        }
+        let user_turns = messages.iter().filter(|m| is_role(m, "user")).count();
         let last = match messages.last() {
-            Some(m) if m.get("role").and_then(Value::as_str) == Some("tool") => {
-                LastTurn::ToolResult(content_text(m.get("content")))
+            Some(m) if is_role(m, "tool") => {
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or_default();
+                let name = messages
+                    .iter()
+                    .filter_map(|a| a.get("tool_calls").and_then(Value::as_array))
+                    .flatten()
+                    .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
+                    .and_then(|c| c.pointer("/function/name").and_then(Value::as_str))
+                    .map(str::to_string);
+                LastTurn::ToolResult { name, content: user_text(m) }
             }
-            Some(m) if m.get("role").and_then(Value::as_str) == Some("user") => {
-                LastTurn::User(content_text(m.get("content")))
-            }
+            Some(m) if is_role(m, "user") => LastTurn::User(user_text(m)),
             _ => LastTurn::Nothing,
         };
         call_center_decision(last, &tools, user_turns)
