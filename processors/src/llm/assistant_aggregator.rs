@@ -162,17 +162,18 @@ impl State {
             && head.interrupted
         {
             let text = head.heard_text();
+            // The interrupt may have cut this response to nothing (the play-out report for the
+            // same interruption arrives just after it), which removes its message: re-add it.
+            let gone = head.msg.is_some_and(|id| !self.ctx.set_content(id, &text));
             match head.msg {
-                Some(id) => {
-                    self.ctx.set_content(id, &text);
-                }
-                None if head.heard > 0 => {
+                Some(_) if !gone => {}
+                _ if head.heard > 0 => {
                     let id = self.ctx.push(ChatMessage::text(Role::Assistant, text));
                     if let Some(h) = self.pending.front_mut() {
                         h.msg = Some(id);
                     }
                 }
-                None => {}
+                _ => {}
             }
         }
         while self.pending.front().is_some_and(Spoken::fully_heard) {
@@ -488,5 +489,21 @@ mod tests {
         let msgs = st.ctx.messages();
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].content, "Hello there.");
+    }
+
+    #[test]
+    fn heard_words_reported_after_the_interrupt_are_kept() {
+        // The output reports what was played just *after* the interrupt reached this stage: the
+        // cut-to-nothing message must come back with the words the caller did hear.
+        let mut st = state();
+        record(&mut st, "Thanks for calling Acme, how can I help you today?");
+        st.interrupt();
+        assert!(st.ctx.messages().is_empty(), "nothing heard yet");
+        for w in ["thanks", "for", "calling"] {
+            st.feed(w);
+        }
+        let msgs = st.ctx.messages();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].content, "Thanks for calling");
     }
 }
