@@ -151,7 +151,7 @@ impl StreamResampler {
         samples: impl IntoIterator<Item = i16>,
         mut sink: impl FnMut(&[f32]),
     ) -> Result<(), FlowError> {
-        self.pending.extend(samples.into_iter().map(|s| f32::from(s) / 32768.0));
+        self.pending.extend(samples.into_iter().map(|s| f32::from(s) * (1.0 / 32768.0)));
         let mut start = 0;
         while self.pending.len() - start >= self.chunk_in {
             let input = InterleavedSlice::new(&self.pending[start..start + self.chunk_in], 1, self.chunk_in)
@@ -228,9 +228,7 @@ impl Resampler {
             return Ok(None);
         }
         let out = &mut self.out;
-        self.core.push(pcm::pcm16_samples(&audio.data), |chunk| {
-            pcm::put_pcm16(out, chunk.iter().map(|&x| pcm::f32_to_i16(x)));
-        })?;
+        self.core.push(pcm::pcm16_samples(&audio.data), |chunk| pcm::put_pcm16_f32(out, chunk))?;
         if self.out.is_empty() {
             return Ok(None);
         }
@@ -254,6 +252,26 @@ impl Processor for Resampler {
             "resampler delay"
         );
         Ok(())
+    }
+
+    /// 1:1 and synchronous: at most one output frame per input frame, so the fast path is safe.
+    fn process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        let (audio, wrap) = match pcm::split(frame, self.path) {
+            Ok(v) => v,
+            Err(other) => {
+                cx.push_now(other, direction);
+                return Ok(None);
+            }
+        };
+        if let Some(out) = self.convert(&audio)? {
+            cx.push_now(wrap.wrap(out), direction);
+        }
+        Ok(None)
     }
 
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {

@@ -140,9 +140,11 @@ pub fn decode_alaw_into(codes: &[u8], out: &mut BytesMut) {
 }
 
 fn decode_into(codes: &[u8], table: &[i16; 256], out: &mut BytesMut) {
-    out.reserve(codes.len() * 2);
-    for &c in codes {
-        out.put_i16_le(table[usize::from(c)]);
+    let start = out.len();
+    // One resize and indexed stores instead of a capacity check per `put_i16_le`.
+    out.resize(start + codes.len() * 2, 0);
+    for (dst, &c) in out[start..].chunks_exact_mut(2).zip(codes) {
+        dst.copy_from_slice(&table[usize::from(c)].to_le_bytes());
     }
 }
 

@@ -53,6 +53,14 @@ impl Processor for MulawDecoder {
     fn name(&self) -> &str {
         self.0.name
     }
+    fn process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        self.0.process_now(frame, direction, cx)
+    }
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
         self.0.process(frame, direction, cx).await
     }
@@ -93,6 +101,14 @@ impl Default for MulawEncoder {
 impl Processor for MulawEncoder {
     fn name(&self) -> &str {
         self.0.name
+    }
+    fn process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        self.0.process_now(frame, direction, cx)
     }
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
         self.0.process(frame, direction, cx).await

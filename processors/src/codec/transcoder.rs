@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use voxline_pipeline::{AudioEncoding, AudioFormat, AudioFrame, Context, Direction, FlowResult, Frame};
+use voxline_pipeline::{AudioEncoding, AudioFormat, AudioFrame, Context, Direction, FlowError, FlowResult, Frame};
 
 use super::g711;
 use crate::audio::pcm::{self, AudioCounters, AudioPath};
@@ -69,8 +69,33 @@ impl Transcoder {
         Ok(())
     }
 
+    /// The synchronous fast path of every G.711 processor (one output frame per input at most).
+    pub(crate) fn process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        let (audio, wrap) = match pcm::split(frame, self.path) {
+            Ok(v) => v,
+            Err(other) => {
+                cx.push_now(other, direction);
+                return Ok(None);
+            }
+        };
+        let result = self.convert(&audio);
+        match pcm::counted(&self.counters, result)? {
+            Some(out) => {
+                self.counters.frame();
+                cx.push_now(wrap.wrap(out), direction);
+            }
+            None => self.counters.empty(),
+        }
+        Ok(None)
+    }
+
     /// `Ok(None)` for an empty payload (dropped: nothing to play and no samples to time).
-    pub(crate) fn convert(&mut self, audio: &AudioFrame) -> Result<Option<AudioFrame>, voxline_pipeline::FlowError> {
+    pub(crate) fn convert(&mut self, audio: &AudioFrame) -> Result<Option<AudioFrame>, FlowError> {
         let fmt = audio.format;
         let (encoding, rate) = match self.op {
             Op::Decode => {

@@ -170,6 +170,19 @@ impl VadProcessor {
         Ok(())
     }
 
+    fn inspect(&mut self, frame: &Frame, cx: &mut Context) -> FlowResult {
+        if let Frame::InputAudio(audio) = frame {
+            if audio.data.is_empty() {
+                self.counters.empty();
+            } else {
+                let r = self.analyse(audio, cx);
+                pcm::counted(&self.counters, r)?;
+                self.counters.frame();
+            }
+        }
+        Ok(())
+    }
+
     fn maybe_barge_in(&mut self, cx: &mut Context) {
         let speaking = matches!(self.seg.state(), VadState::Speaking | VadState::Stopping);
         if !speaking || !self.bot_speaking || self.barged_in || self.seg.speaking_for() < self.min_barge_in {
@@ -195,16 +208,21 @@ impl Processor for VadProcessor {
         "vad"
     }
 
+    /// Analysis is synchronous and every frame is forwarded as is (1:1): the fast path always
+    /// handles the frame.
+    fn process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        self.inspect(&frame, cx)?;
+        cx.push_now(frame, direction);
+        Ok(None)
+    }
+
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        if let Frame::InputAudio(audio) = &frame {
-            if audio.data.is_empty() {
-                self.counters.empty();
-            } else {
-                let r = self.analyse(audio, cx);
-                pcm::counted(&self.counters, r)?;
-                self.counters.frame();
-            }
-        }
+        self.inspect(&frame, cx)?;
         cx.push(frame, direction).await;
         Ok(())
     }

@@ -19,27 +19,36 @@
 
 use std::f64::consts::PI;
 
-/// One direct-form-I biquad.
+/// One biquad in state-space form (transposed direct form II with the `b0` term folded in).
+///
+/// Why this form: the per-sample recurrence is the cost of the meter, and its critical path is
+/// what bounds it (the loop cannot be vectorised across time). Direct form I goes
+/// state → add → mul → add (three dependent ops per sample); here each new state is one
+/// multiply-add away from the previous one, and the output `y = b0·x + s1` is off the chain.
 #[derive(Debug, Clone, Copy)]
 struct Biquad {
-    b: [f64; 3],
-    a: [f64; 2],
-    x: [f64; 2],
-    y: [f64; 2],
+    b0: f64,
+    /// `b1 − a1·b0` and `b2 − a2·b0`: the input taps once `y` is expanded.
+    c1: f64,
+    c2: f64,
+    a1: f64,
+    a2: f64,
 }
 
 impl Biquad {
     fn new(b: [f64; 3], a0: f64, a1: f64, a2: f64) -> Self {
-        Self { b: [b[0] / a0, b[1] / a0, b[2] / a0], a: [a1 / a0, a2 / a0], x: [0.0; 2], y: [0.0; 2] }
+        let (b0, b1, b2, a1, a2) = (b[0] / a0, b[1] / a0, b[2] / a0, a1 / a0, a2 / a0);
+        Self { b0, c1: b1 - a1 * b0, c2: b2 - a2 * b0, a1, a2 }
     }
-    #[inline]
-    fn run(&mut self, x0: f64) -> f64 {
-        let y0 = self.b[0] * x0 + self.b[1] * self.x[0] + self.b[2] * self.x[1]
-            - self.a[0] * self.y[0]
-            - self.a[1] * self.y[1];
-        self.x = [x0, self.x[0]];
-        self.y = [y0, self.y[0]];
-        y0
+    /// One sample through the filter with state `s`; returns the output.
+    #[inline(always)]
+    fn run(&self, s: &mut [f64; 2], x: f64) -> f64 {
+        let s1 = s[0];
+        // s1' = b1·x − a1·y + s2 and s2' = b2·x − a2·y with y expanded: each new state depends
+        // on the old ones through one multiply-add.
+        s[0] = self.c1 * x - self.a1 * s1 + s[1];
+        s[1] = self.c2 * x - self.a2 * s1;
+        self.b0 * x + s1
     }
 }
 
@@ -71,13 +80,20 @@ fn high_pass(rate: f64) -> Biquad {
 }
 
 /// Smoothed, normalised loudness of a stream, updated once per analysis window.
+///
+/// Cost: the two K-weighting biquads per sample (the only per-sample work, in registers) and a
+/// sum over the 0.4 s ring once per window; no allocation after construction.
 #[derive(Debug, Clone)]
 pub struct VolumeMeter {
     shelf: Biquad,
     hp: Biquad,
-    /// Sum of squares of each of the last windows (a ring covering 0.4 s).
+    shelf_state: [f64; 2],
+    hp_state: [f64; 2],
+    /// Sum of squares (at int16 scale) of each of the last windows: a ring covering 0.4 s.
     ring: Vec<f64>,
-    ring_samples: Vec<usize>,
+    ring_samples: Vec<u32>,
+    /// Samples in the ring, kept as a running count (integers, so it never drifts).
+    ring_count: u64,
     next: usize,
     smoothed: f32,
     smoothing: f32,
@@ -92,8 +108,11 @@ impl VolumeMeter {
         Self {
             shelf: high_shelf(rate_f),
             hp: high_pass(rate_f),
+            shelf_state: [0.0; 2],
+            hp_state: [0.0; 2],
             ring: vec![0.0; windows],
             ring_samples: vec![0; windows],
+            ring_count: 0,
             next: 0,
             smoothed: 0.0,
             smoothing: 0.2,
@@ -102,16 +121,26 @@ impl VolumeMeter {
 
     /// Feed one analysis window; returns the smoothed volume in 0..1.
     pub fn push(&mut self, window: &[i16]) -> f32 {
+        // Filter at int16 scale and scale the mean square once at the end: the filters are
+        // linear, so this only saves a multiply per sample.
+        const INV_FULL_SCALE_SQ: f64 = 1.0 / (32768.0 * 32768.0);
+        let (shelf, hp) = (self.shelf, self.hp);
+        let (mut s1, mut s2) = (self.shelf_state, self.hp_state);
         let mut sum = 0.0;
-        for &s in window {
-            let y = self.hp.run(self.shelf.run(f64::from(s) / 32768.0));
+        for &x in window {
+            let y = hp.run(&mut s2, shelf.run(&mut s1, f64::from(x)));
             sum += y * y;
         }
+        self.shelf_state = s1;
+        self.hp_state = s2;
+        let len = u32::try_from(window.len()).unwrap_or(u32::MAX);
+        self.ring_count = self.ring_count - u64::from(self.ring_samples[self.next]) + u64::from(len);
         self.ring[self.next] = sum;
-        self.ring_samples[self.next] = window.len();
+        self.ring_samples[self.next] = len;
         self.next = (self.next + 1) % self.ring.len();
-        let n: usize = self.ring_samples.iter().sum();
-        let ms = self.ring.iter().sum::<f64>() / n.max(1) as f64;
+        // A fresh sum of the ~25 window sums rather than a running one: it costs ~25 adds and a
+        // running float sum would leave a residue after a loud window leaves the ring.
+        let ms = self.ring.iter().sum::<f64>() * INV_FULL_SCALE_SQ / self.ring_count.max(1) as f64;
         let lufs = if ms > 0.0 { -0.691 + 10.0 * ms.log10() } else { f64::NEG_INFINITY };
         let v = normalise_lufs(lufs);
         if v >= self.smoothed {
@@ -130,11 +159,11 @@ impl VolumeMeter {
 
     /// Forget the history (a new stream).
     pub fn reset(&mut self) {
-        let (rate_shelf, rate_hp) = (self.shelf, self.hp);
-        self.shelf = Biquad { x: [0.0; 2], y: [0.0; 2], ..rate_shelf };
-        self.hp = Biquad { x: [0.0; 2], y: [0.0; 2], ..rate_hp };
+        self.shelf_state = [0.0; 2];
+        self.hp_state = [0.0; 2];
         self.ring.fill(0.0);
         self.ring_samples.fill(0);
+        self.ring_count = 0;
         self.smoothed = 0.0;
     }
 }
