@@ -15,12 +15,16 @@
 //! score dipping to 0.6 for one 16 ms window at a plosive inside the first word resets the start
 //! count, and a sentence beginning "Actually, ..." is detected 0.3 s late.
 //!
-//! The default model is earshot 1.2.2 ([`EarshotVad`]): pure Rust, 256-sample (16 ms) windows at
-//! 16 kHz, about 5 µs per window, ~8 KiB of state, no native or model-file dependency.
+//! The default model is earshot 1.2.2's network ([`EarshotVad`], with its features computed on
+//! realfft): pure Rust, 256-sample (16 ms) windows at 16 kHz, ~12 KiB of state, no native or
+//! model-file dependency. The model is skipped on windows too quiet to count as speech (see
+//! [`VadSegmenter`]), which on a quiet line is a fifth or more of them.
 
+mod model;
 mod processor;
 pub mod volume;
 
+pub use model::EarshotVad;
 pub use processor::{VadProcessor, VadTransition};
 pub use volume::VolumeMeter;
 
@@ -38,39 +42,6 @@ pub trait VadAnalyzer: Send + 'static {
     fn speech_probability(&mut self, window: &[i16]) -> f32;
     /// Forget all state (a new stream).
     fn reset(&mut self);
-}
-
-/// The earshot 1.2.2 neural VAD (the default backend).
-pub struct EarshotVad {
-    detector: Box<earshot::Detector>,
-}
-
-impl EarshotVad {
-    /// A fresh detector (its ~8 KiB state lives on the heap).
-    #[must_use]
-    pub fn new() -> Self {
-        Self { detector: earshot::Detector::default_boxed() }
-    }
-}
-
-impl Default for EarshotVad {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl VadAnalyzer for EarshotVad {
-    fn window_samples(&self) -> usize {
-        256
-    }
-    fn speech_probability(&mut self, window: &[i16]) -> f32 {
-        // earshot returns -1 for a wrong-sized window; the segmenter only hands it whole windows,
-        // the clamp keeps a future change from leaking a negative "probability".
-        self.detector.predict_i16(window).clamp(0.0, 1.0)
-    }
-    fn reset(&mut self) {
-        self.detector.reset();
-    }
 }
 
 /// Decision parameters, Pipecat's names and defaults except `stop_secs` (see [`DEFAULT_STOP_SECS`]).

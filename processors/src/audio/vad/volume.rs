@@ -46,7 +46,9 @@ impl Biquad {
         let s1 = s[0];
         // s1' = b1·x − a1·y + s2 and s2' = b2·x − a2·y with y expanded: each new state depends
         // on the old ones through one multiply-add.
-        s[0] = self.c1 * x - self.a1 * s1 + s[1];
+        // Grouped so the chain through s1 is one multiply and one add (the input terms and s2 are
+        // ready early); floats are not reassociated by the compiler, so the order is spelled out.
+        s[0] = (self.c1 * x + s[1]) - self.a1 * s1;
         s[1] = self.c2 * x - self.a2 * s1;
         self.b0 * x + s1
     }

@@ -1,0 +1,202 @@
+//! [`EarshotVad`]: earshot 1.2.2's model, with its feature front end computed here.
+//!
+//! Why not `earshot::Detector` as is: its scalar 1024-point FFT and mel stage were ~45% of the
+//! model's instructions (callgrind on the W2 call: ~50k of ~107k per window). This computes the
+//! same features — pre-emphasis 0.97, a 768-sample periodic Hann window zero-padded to a 1024-point
+//! real FFT, power at int16 scale, 40 triangular mel bands, natural log, then earshot's own
+//! normalisation — with realfft (rustfft picks SIMD kernels at run time), and hands them to
+//! earshot's `DefaultPredictor`, so the network and its weights are earshot's, untouched.
+//! A unit test pins the scores to `earshot::Detector`'s on speech-like audio.
+//!
+//! Coupling: this uses earshot's `Predictor` trait, public but marked unstable; the version is
+//! pinned by `Cargo.lock`, and the equivalence test fails loudly if an upgrade changes features.
+
+use std::sync::{Arc, OnceLock};
+
+use earshot::{DefaultPredictor, Predictor};
+use realfft::num_complex::Complex;
+use realfft::{RealFftPlanner, RealToComplex};
+
+use super::VadAnalyzer;
+
+const HOP: usize = 256;
+const WINDOW: usize = 768;
+const FFT: usize = 1024;
+const BINS: usize = FFT / 2 + 1;
+const MELS: usize = 40;
+const CONTEXT: usize = 3;
+const PRE_EMPHASIS: f32 = 0.97;
+const POWER_SCALE: f32 = 1.0 / (32768.0 * 32768.0);
+/// Corner bins of earshot's 40 triangular mel bands: band `i` rises from `MEL_POINTS[i]` to 1 at
+/// `MEL_POINTS[i + 1]` and falls to 0 at `MEL_POINTS[i + 2]` (read off earshot 1.2.2's table,
+/// whose every weight is exactly this triangle).
+const MEL_POINTS: [usize; MELS + 2] = [
+    4, 7, 10, 13, 17, 21, 25, 29, 33, 38, 43, 48, 54, 60, 66, 73, 80, 87, 95, 103, 112, 122, 132, 142, 153, 165, 178,
+    191, 205, 220, 236, 253, 270, 289, 309, 330, 353, 376, 402, 428, 456, 486,
+];
+
+/// What every detector shares: the FFT plan (twiddles) and the window and band weights.
+struct Tables {
+    fft: Arc<dyn RealToComplex<f32>>,
+    hann: Vec<f32>,
+    /// Per band: first bin and weights, flattened into `weights`.
+    bands: [(usize, usize, usize); MELS],
+    weights: Vec<f32>,
+}
+
+fn tables() -> &'static Tables {
+    static TABLES: OnceLock<Tables> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(FFT);
+        let hann = (0..WINDOW)
+            .map(|i| (0.5 * (1.0 - (2.0 * std::f64::consts::PI * i as f64 / WINDOW as f64).cos())) as f32)
+            .collect();
+        let mut bands = [(0, 0, 0); MELS];
+        let mut weights = Vec::new();
+        for (i, band) in bands.iter_mut().enumerate() {
+            let (lo, peak, hi) = (MEL_POINTS[i], MEL_POINTS[i + 1], MEL_POINTS[i + 2]);
+            let offset = weights.len();
+            for k in lo..hi {
+                let w =
+                    if k <= peak { (k - lo) as f32 / (peak - lo) as f32 } else { (hi - k) as f32 / (hi - peak) as f32 };
+                weights.push(w);
+            }
+            *band = (lo, offset, hi - lo);
+        }
+        Tables { fft, hann, bands, weights }
+    })
+}
+
+/// The earshot 1.2.2 neural VAD (the default backend): 256-sample (16 ms) windows at 16 kHz.
+pub struct EarshotVad {
+    predictor: DefaultPredictor,
+    prev: f32,
+    /// The last 768 pre-emphasised samples.
+    ring: Box<[f32; WINDOW]>,
+    /// Normalised log-mel features of the last three windows, oldest first.
+    features: [f32; MELS * CONTEXT],
+    input: Vec<f32>,
+    spectrum: Vec<Complex<f32>>,
+    scratch: Vec<Complex<f32>>,
+    /// The predictor's working memory (the size earshot's detector gives it).
+    work: Box<[f32; 1026]>,
+}
+
+impl EarshotVad {
+    /// A fresh detector.
+    #[must_use]
+    pub fn new() -> Self {
+        let t = tables();
+        Self {
+            predictor: DefaultPredictor::new(),
+            prev: 0.0,
+            ring: Box::new([0.0; WINDOW]),
+            features: [0.0; MELS * CONTEXT],
+            input: t.fft.make_input_vec(),
+            spectrum: t.fft.make_output_vec(),
+            scratch: t.fft.make_scratch_vec(),
+            work: Box::new([0.0; 1026]),
+        }
+    }
+}
+
+impl Default for EarshotVad {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VadAnalyzer for EarshotVad {
+    fn window_samples(&self) -> usize {
+        HOP
+    }
+
+    fn speech_probability(&mut self, window: &[i16]) -> f32 {
+        if window.len() != HOP {
+            // The segmenter only hands over whole windows; a wrong size is not speech.
+            return 0.0;
+        }
+        let t = tables();
+        self.ring.copy_within(HOP.., 0);
+        for (dst, &s) in self.ring[WINDOW - HOP..].iter_mut().zip(window) {
+            let s = f32::from(s);
+            *dst = s - PRE_EMPHASIS * self.prev;
+            self.prev = s;
+        }
+        for ((dst, &x), &w) in self.input.iter_mut().zip(self.ring.iter()).zip(&t.hann) {
+            *dst = x * w;
+        }
+        self.input[WINDOW..].fill(0.0);
+        if t.fft.process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch).is_err() {
+            // Only possible with mis-sized buffers, which `new` rules out.
+            return 0.0;
+        }
+        // Power spectrum into the (now free) input buffer.
+        for (dst, c) in self.input[..BINS].iter_mut().zip(&self.spectrum) {
+            *dst = c.norm_sqr() * POWER_SCALE;
+        }
+        self.features.copy_within(MELS.., 0);
+        let power = &self.input[..BINS];
+        let current = &mut self.features[MELS * (CONTEXT - 1)..];
+        for (dst, &(lo, offset, len)) in current.iter_mut().zip(&t.bands) {
+            let band: f32 = power[lo..lo + len].iter().zip(&t.weights[offset..offset + len]).map(|(p, w)| p * w).sum();
+            *dst = (band + 1e-20).ln();
+        }
+        self.predictor.normalize(current);
+        self.predictor.predict(&self.features, &mut self.work[..]).clamp(0.0, 1.0)
+    }
+
+    fn reset(&mut self) {
+        self.predictor.reset();
+        self.prev = 0.0;
+        self.ring.fill(0.0);
+        self.features.fill(0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A voiced, pitch-gliding signal with silence and noise stretches: exercises every band.
+    fn speechy(n: usize) -> Vec<i16> {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        (0..n)
+            .map(|i| {
+                let t = i as f64 / 16_000.0;
+                let f0 = 120.0 + 40.0 * (2.0 * std::f64::consts::PI * 0.7 * t).sin();
+                let env = (2.0 * std::f64::consts::PI * 1.3 * t).sin().max(0.0);
+                let v: f64 = (1..20).map(|h| (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin() / h as f64).sum();
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let noise = ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 300.0;
+                (v * 6000.0 * env + noise) as i16
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scores_match_earshot_detector() {
+        let audio = speechy(16_000 * 4);
+        let mut ours = EarshotVad::new();
+        let mut reference = earshot::Detector::default_boxed();
+        let mut worst = 0.0f32;
+        let mut speech = 0;
+        for w in audio.chunks_exact(HOP) {
+            let a = ours.speech_probability(w);
+            let b = reference.predict_i16(w).clamp(0.0, 1.0);
+            worst = worst.max((a - b).abs());
+            speech += usize::from(b > 0.7);
+        }
+        assert!(speech > 20, "the test signal should look like speech somewhere ({speech} windows)");
+        assert!(worst < 0.01, "largest score difference {worst}");
+        ours.reset();
+        reference.reset();
+        for w in audio.chunks_exact(HOP).take(50) {
+            let (a, b) = (ours.speech_probability(w), reference.predict_i16(w).clamp(0.0, 1.0));
+            assert!((a - b).abs() < 0.01);
+        }
+        assert_eq!(ours.speech_probability(&[0; 10]), 0.0);
+    }
+}
