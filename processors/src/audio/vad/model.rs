@@ -11,6 +11,7 @@
 //! Coupling: this uses earshot's `Predictor` trait, public but marked unstable; the version is
 //! pinned by `Cargo.lock`, and the equivalence test fails loudly if an upgrade changes features.
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use earshot::{DefaultPredictor, Predictor};
@@ -67,6 +68,34 @@ fn tables() -> &'static Tables {
     })
 }
 
+/// Buffers that only live for one window: one set per thread, not per detector.
+///
+/// Why: with a thousand calls on a core, per-detector copies (~16 KiB) would be a thousand cold
+/// buffers cycling through the cache; a shared set stays hot, and each detector keeps only its
+/// real state (~4 KiB).
+struct Scratch {
+    input: Vec<f32>,
+    spectrum: Vec<Complex<f32>>,
+    fft: Vec<Complex<f32>>,
+    /// The predictor's working memory (the size earshot's detector gives it).
+    work: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(t: &Tables) -> Self {
+        Self {
+            input: t.fft.make_input_vec(),
+            spectrum: t.fft.make_output_vec(),
+            fft: t.fft.make_scratch_vec(),
+            work: vec![0.0; 1026],
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
 /// The earshot 1.2.2 neural VAD (the default backend): 256-sample (16 ms) windows at 16 kHz.
 pub struct EarshotVad {
     predictor: DefaultPredictor,
@@ -75,28 +104,48 @@ pub struct EarshotVad {
     ring: Box<[f32; WINDOW]>,
     /// Normalised log-mel features of the last three windows, oldest first.
     features: [f32; MELS * CONTEXT],
-    input: Vec<f32>,
-    spectrum: Vec<Complex<f32>>,
-    scratch: Vec<Complex<f32>>,
-    /// The predictor's working memory (the size earshot's detector gives it).
-    work: Box<[f32; 1026]>,
 }
 
 impl EarshotVad {
     /// A fresh detector.
     #[must_use]
     pub fn new() -> Self {
-        let t = tables();
         Self {
             predictor: DefaultPredictor::new(),
             prev: 0.0,
             ring: Box::new([0.0; WINDOW]),
             features: [0.0; MELS * CONTEXT],
-            input: t.fft.make_input_vec(),
-            spectrum: t.fft.make_output_vec(),
-            scratch: t.fft.make_scratch_vec(),
-            work: Box::new([0.0; 1026]),
         }
+    }
+
+    fn score(&mut self, window: &[i16], t: &Tables, sc: &mut Scratch) -> f32 {
+        self.ring.copy_within(HOP.., 0);
+        for (dst, &s) in self.ring[WINDOW - HOP..].iter_mut().zip(window) {
+            let s = f32::from(s);
+            *dst = s - PRE_EMPHASIS * self.prev;
+            self.prev = s;
+        }
+        for ((dst, &x), &w) in sc.input.iter_mut().zip(self.ring.iter()).zip(&t.hann) {
+            *dst = x * w;
+        }
+        sc.input[WINDOW..].fill(0.0);
+        if t.fft.process_with_scratch(&mut sc.input, &mut sc.spectrum, &mut sc.fft).is_err() {
+            // Only possible with mis-sized buffers, which `Scratch::new` rules out.
+            return 0.0;
+        }
+        // Power spectrum into the (now free) input buffer.
+        for (dst, c) in sc.input[..BINS].iter_mut().zip(&sc.spectrum) {
+            *dst = c.norm_sqr() * POWER_SCALE;
+        }
+        self.features.copy_within(MELS.., 0);
+        let power = &sc.input[..BINS];
+        let current = &mut self.features[MELS * (CONTEXT - 1)..];
+        for (dst, &(lo, offset, len)) in current.iter_mut().zip(&t.bands) {
+            let band: f32 = power[lo..lo + len].iter().zip(&t.weights[offset..offset + len]).map(|(p, w)| p * w).sum();
+            *dst = (band + 1e-20).ln();
+        }
+        self.predictor.normalize(current);
+        self.predictor.predict(&self.features, &mut sc.work).clamp(0.0, 1.0)
     }
 }
 
@@ -117,33 +166,14 @@ impl VadAnalyzer for EarshotVad {
             return 0.0;
         }
         let t = tables();
-        self.ring.copy_within(HOP.., 0);
-        for (dst, &s) in self.ring[WINDOW - HOP..].iter_mut().zip(window) {
-            let s = f32::from(s);
-            *dst = s - PRE_EMPHASIS * self.prev;
-            self.prev = s;
-        }
-        for ((dst, &x), &w) in self.input.iter_mut().zip(self.ring.iter()).zip(&t.hann) {
-            *dst = x * w;
-        }
-        self.input[WINDOW..].fill(0.0);
-        if t.fft.process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch).is_err() {
-            // Only possible with mis-sized buffers, which `new` rules out.
-            return 0.0;
-        }
-        // Power spectrum into the (now free) input buffer.
-        for (dst, c) in self.input[..BINS].iter_mut().zip(&self.spectrum) {
-            *dst = c.norm_sqr() * POWER_SCALE;
-        }
-        self.features.copy_within(MELS.., 0);
-        let power = &self.input[..BINS];
-        let current = &mut self.features[MELS * (CONTEXT - 1)..];
-        for (dst, &(lo, offset, len)) in current.iter_mut().zip(&t.bands) {
-            let band: f32 = power[lo..lo + len].iter().zip(&t.weights[offset..offset + len]).map(|(p, w)| p * w).sum();
-            *dst = (band + 1e-20).ln();
-        }
-        self.predictor.normalize(current);
-        self.predictor.predict(&self.features, &mut self.work[..]).clamp(0.0, 1.0)
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut slot) => {
+                let sc = slot.get_or_insert_with(|| Scratch::new(t));
+                self.score(window, t, sc)
+            }
+            // Unreachable (scoring never re-enters), but a fresh set is still correct.
+            Err(_) => self.score(window, t, &mut Scratch::new(t)),
+        })
     }
 
     fn reset(&mut self) {
