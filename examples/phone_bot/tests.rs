@@ -186,16 +186,11 @@ async fn barge_in_clears_fast() {
     assert!(row.record["interruptions"].as_u64().unwrap_or(0) >= 1);
 }
 
-/// Barge-in over the greeting, then check what the next LLM request remembers of it.
-///
-/// Ignored until the assistant aggregator is fixed: on `Interrupt` it cuts the greeting to the
-/// words heard *so far*, which is none (the output's `PlayedUpTo { complete: false }` for the same
-/// interruption reaches `PlayoutTap` only after every stage's `on_event` ran), and
-/// `ConversationContext::set_content(id, "")` removes the message; when the play-out report then
-/// feeds the heard words, `set_content` finds the id gone and the heard words are lost. The
-/// request carries no assistant message at all. Run with `--ignored` to see it fail.
+/// Barge-in over the greeting, then check what the next LLM request remembers of it: the
+/// greeting cut to the words the caller heard. (The output's `PlayedUpTo { complete: false }`
+/// reaches the assistant aggregator only after its own `Interrupt` handling, so the heard words
+/// arrive after the cut; this failed until the aggregator kept them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "assistant aggregator drops an interrupted line whose heard words arrive after the Interrupt"]
 async fn barge_in_context_keeps_heard_words() {
     let (emulated, server) = setup(CALLER_LINES, |c| c.vad.min_barge_in_ms = 0).await;
     let Step::Say(bytes) = say(0) else { return };
