@@ -5,6 +5,7 @@
 //! core for comparable figures: `taskset -c 0 target/release/examples/bench w1`.
 
 mod common;
+mod e2e;
 mod w1;
 mod w2;
 mod w3;
@@ -20,8 +21,9 @@ fn main() {
         Some("w3") => w3::main(rest),
         Some("w4") => w4::main(rest),
         Some("w5") => w5::main(rest),
+        Some("e2e") => e2e::main(rest),
         _ => {
-            eprintln!("usage: bench w1|w2|w3|w4|w5 [options]   (see bench/SPEC.md)");
+            eprintln!("usage: bench w1|w2|w3|w4|w5|e2e [options]   (see bench/SPEC.md)");
             std::process::exit(2);
         }
     }
