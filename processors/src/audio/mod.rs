@@ -3,17 +3,23 @@
 //! | item | consumes | produces |
 //! |---|---|---|
 //! | [`Resampler`] | PCM16 mono at rate A | PCM16 mono at rate B (2.5 ms delay for 8k↔16k) |
+//! | [`FormatConverter`] | PCM16/F32, mono/stereo | PCM16/F32, mono/stereo, same rate, optional gain |
+//! | [`Mixer`] | bot audio (`OutputAudio`, `TtsAudio`) | the same with a looped background track under it, and background during bot silence |
 //! | [`VadProcessor`] | PCM16 16 kHz (or 8 kHz) `InputAudio` | the same audio + user speaking events, barge-in |
 //! | [`CallRecorder`] | `InputAudio` + bot audio | a stereo WAV on disk (caller left, bot right) |
 //!
 //! Every processor forwards the frames it does not handle, rejects a format it cannot take with
 //! `FlowError::NotNegotiated` naming both formats, and never panics on a payload.
 
+pub mod convert;
+mod mixer;
 pub(crate) mod pcm;
 mod recorder;
 mod resample;
 pub mod vad;
 
+pub use convert::{ConvertStats, FormatConverter};
+pub use mixer::{Mixer, MixerConfig, MixerStats};
 pub use pcm::{AudioCounters, AudioPath};
 pub use recorder::{CallRecorder, RecorderStats};
 pub use resample::{Resampler, ResamplerError, SUPPORTED_RATES, StreamResampler};
