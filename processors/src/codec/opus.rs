@@ -204,6 +204,26 @@ impl Processor for OpusDecoder {
     fn name(&self) -> &str {
         "opus_decoder"
     }
+    /// One packet in, at most one PCM frame out: the synchronous fast path is safe.
+    fn process_now(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        cx: &mut Context,
+    ) -> Result<Option<Frame>, FlowError> {
+        let (audio, wrap) = match pcm::split(frame, self.path) {
+            Ok(v) => v,
+            Err(other) => {
+                cx.push_now(other, direction);
+                return Ok(None);
+            }
+        };
+        if let Some(out) = self.convert(&audio)? {
+            self.counters.frame();
+            cx.push_now(wrap.wrap(out), direction);
+        }
+        Ok(None)
+    }
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
         let (audio, wrap) = match pcm::split(frame, self.path) {
             Ok(v) => v,
