@@ -471,3 +471,16 @@ async fn audit_retention_and_cache_invalidation() {
     let red = app.store.get_call("CAold").await.ok().flatten();
     assert!(red.is_some_and(|r| r.from_number == "[redacted]" && r.summary.is_none() && r.record["redacted"] == true));
 }
+
+/// The soak tool at a small N (the README gives the long run): two instances, A SIGKILLed
+/// mid-run, every placed call ends up with a post-call record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_small_n_with_kill() {
+    let Some((db, redis)) = services("soak_small_n_with_kill") else { return };
+    let report = crate::soak::soak(4, 4, None, Some(3.0), &db, &redis, &child_args()).await;
+    let r = report.unwrap_or_else(|e| panic!("soak: {e:#}"));
+    assert_eq!(r["calls_placed"], 4, "{r}");
+    assert_eq!(r["records_equal_placed"], true, "{r}");
+    assert!(r["calls_completed"].as_u64().unwrap_or(0) >= 2, "B's calls complete: {r}");
+    assert!(r["jitter_ms"]["samples"].as_u64().unwrap_or(0) > 0, "{r}");
+}

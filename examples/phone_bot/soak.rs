@@ -303,7 +303,8 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         (Ok(d), Ok(r)) => (d, r),
         _ => bail!("--soak needs DATABASE_URL (postgres://…) and REDIS_URL"),
     };
-    let report = soak(calls, concurrency, minutes, arg(args, "--kill-after-secs"), &db, &redis).await?;
+    let report =
+        soak(calls, concurrency, minutes, arg(args, "--kill-after-secs"), &db, &redis, &["--instance"]).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
@@ -316,6 +317,7 @@ pub async fn soak(
     kill_after_secs: Option<f64>,
     db: &str,
     redis: &str,
+    child_args: &[&str],
 ) -> anyhow::Result<Value> {
     let emulated = Emulated::start(Emulated::script(&[CALLER_LINES[1], CALLER_LINES[2]])).await?;
     let run = new_id("soak").to_lowercase().replace('-', "_");
@@ -328,8 +330,8 @@ pub async fn soak(
     // A soak instance leaves its jobs to the run-once path: the kill hits calls, not job loops.
     a_cfg.jobs.workers = 1;
     let b_cfg = fleet_config(&emulated, &db_url, redis, &run, "B")?;
-    let mut a = spawn_instance(&exe, &["--instance"], &a_cfg, &env, quiet.clone()).await?;
-    let b = spawn_instance(&exe, &["--instance"], &b_cfg, &env, quiet).await?;
+    let mut a = spawn_instance(&exe, child_args, &a_cfg, &env, quiet.clone()).await?;
+    let b = spawn_instance(&exe, child_args, &b_cfg, &env, quiet).await?;
     let lines = vec![speech(CALLER_LINES[1], 1)?, speech(CALLER_LINES[2], 2)?];
     let started = Instant::now();
     let until = minutes.map(|m| started + Duration::from_secs_f64(m * 60.0));
@@ -418,6 +420,8 @@ pub async fn soak(
         use sqlx::Row as _;
         sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE attempts > 1").fetch_one(store.pool()).await?.try_get("n")?
     };
+    // Per call: RSS above the instance's idle RSS (first sample), divided by its live calls.
+    let idle = |n: &str| samples.first().and_then(|s| s[n]["rss_mb"].as_f64()).unwrap_or(0.0);
     let per_call: Vec<Value> = samples
         .iter()
         .map(|s| {
@@ -425,8 +429,8 @@ pub async fn soak(
             for n in ["A", "B"] {
                 let active = s[n]["active_calls"].as_f64().unwrap_or(0.0);
                 if active > 0.0 {
-                    o[n] =
-                        json!({"active": active, "rss_mb_per_call": s[n]["rss_mb"].as_f64().unwrap_or(0.0) / active});
+                    let rss = s[n]["rss_mb"].as_f64().unwrap_or(0.0);
+                    o[n] = json!({"active": active, "rss_mb": rss, "rss_mb_per_call": (rss - idle(n)) / active});
                 }
             }
             o
