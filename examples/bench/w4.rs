@@ -155,8 +155,10 @@ fn single(k: usize, seconds: usize, warmup: usize, audio: Arc<Vec<u8>>) -> Value
         }
         let done: i64 = all_stats.iter().map(|s| (lock(s).last_index + 1).min(per as i64)).sum();
         let delivered: u64 = all_stats.iter().map(|s| lock(s).delivered).sum();
-        let mut jitter: Vec<f64> =
-            all_stats.iter().flat_map(|s| lock(s).jitter_ms.iter().map(|x| f64::from(*x)).collect::<Vec<_>>()).collect();
+        let mut jitter: Vec<f64> = all_stats
+            .iter()
+            .flat_map(|s| lock(s).jitter_ms.iter().map(|x| f64::from(*x)).collect::<Vec<_>>())
+            .collect();
         jitter.sort_by(f64::total_cmp);
         for h in &handles {
             let _ = h.cancel();
