@@ -14,7 +14,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use voxline::pipeline::{AudioFormat, AudioFrame};
 use voxline::processors::audio::vad::VadSegmenter;
 use voxline::processors::audio::{EarshotVad, Resampler, VadParams};
-use voxline::processors::codec::g711;
+use voxline::processors::codec::{MulawDecoder, g711};
 
 fn speechy(rate: u32, n: usize) -> Vec<i16> {
     // A vowel-like signal (150 Hz fundamental, decaying harmonics) so the codecs see all segments.
@@ -92,5 +92,44 @@ fn vad_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, g711_benches, resample_benches, vad_benches);
+/// The whole W2/W4 front end on the real test call (μ-law decode → 8→16 kHz → VAD), one 20 ms
+/// frame per iteration, cycling through the call: the all-in per-frame processor cost, including
+/// the windows the VAD skips on this call's pauses (the synthetic signals above never skip).
+fn front_end_benches(c: &mut Criterion) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/audio/call_8k.ulaw");
+    let Ok(bytes) = std::fs::read(&path) else {
+        eprintln!("front end bench skipped: cannot read {}", path.display());
+        return;
+    };
+    let frames: Vec<AudioFrame> =
+        bytes.chunks_exact(160).map(|f| AudioFrame::new(Bytes::copy_from_slice(f), AudioFormat::mulaw_8k())).collect();
+    let (Ok(mut rs), Ok(mut seg)) =
+        (Resampler::new(8000, 16_000), VadSegmenter::new(Box::new(EarshotVad::new()), VadParams::default()))
+    else {
+        return;
+    };
+    let mut dec = MulawDecoder::new();
+    let mut samples: Vec<i16> = Vec::with_capacity(320);
+    let mut i = 0;
+    let mut g = c.benchmark_group("front_end_per_20ms_frame");
+    g.measurement_time(Duration::from_secs(8));
+    g.bench_function("call_ulaw_decode_resample_vad", |b| {
+        b.iter(|| {
+            let f = &frames[i % frames.len()];
+            i += 1;
+            if let Ok(Some(pcm)) = dec.convert(black_box(f))
+                && let Ok(Some(up)) = rs.convert(&pcm)
+            {
+                samples.clear();
+                samples.extend(up.data.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]])));
+                seg.push(&samples, |ch| {
+                    black_box(ch);
+                });
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, g711_benches, resample_benches, vad_benches, front_end_benches);
 criterion_main!(benches);
