@@ -22,7 +22,11 @@ const TAIL: f64 = 1.2;
 fn espeak(text: &str) -> Option<Vec<i16>> {
     let dir = std::env::temp_dir().join(format!("voxline_vad_{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
-    let path = dir.join(format!("s{}.wav", text.len()));
+    // One file per synthesis: the tests of this file run concurrently in one process, and two
+    // of them writing the same path would read back each other's half-written audio.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("s{n}.wav"));
     let st = std::process::Command::new("espeak-ng").args(["-v", "en-us", "-w"]).arg(&path).arg(text).status().ok()?;
     if !st.success() {
         return None;

@@ -13,7 +13,9 @@ use voxline_processors::codec::{OpusDecoder, OpusEncoder};
 fn espeak(rate: u32) -> Option<Vec<i16>> {
     let dir = std::env::temp_dir().join(format!("voxline_opus_{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
-    let path = dir.join("s.wav");
+    // One file per call: tests in this file run concurrently in one process.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let path = dir.join(format!("s{rate}_{}.wav", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let text = "The quick brown fox jumps over the lazy dog, twice.";
     let st = std::process::Command::new("espeak-ng").args(["-v", "en-us", "-w"]).arg(&path).arg(text).output().ok()?;
     if !st.status.success() {
