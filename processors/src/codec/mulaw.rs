@@ -14,103 +14,27 @@ use std::sync::Arc;
 
 use voxline_pipeline::{AudioFrame, Context, Direction, FlowError, FlowResult, Frame, Processor};
 
-use super::transcoder::{Law, Op, Transcoder};
+use super::transcoder::{Law, Op, Transcoder, g711_processor};
 use crate::audio::pcm::{AudioCounters, AudioPath};
 
-/// Decodes μ-law caller audio to PCM16. See the module docs.
-pub struct MulawDecoder(Transcoder);
+g711_processor!(
+    /// Decodes μ-law caller audio to PCM16. See the module docs.
+    MulawDecoder,
+    "mulaw_decoder",
+    Law::Mulaw,
+    Op::Decode,
+    AudioPath::Input,
+    "A decoder for `InputAudio`.",
+    "Decode the frames on `path` instead (e.g. μ-law TTS audio headed for a PCM transport)."
+);
 
-impl MulawDecoder {
-    /// A decoder for `InputAudio`.
-    #[must_use]
-    pub fn new() -> Self {
-        Self(Transcoder::new("mulaw_decoder", Law::Mulaw, Op::Decode, AudioPath::Input))
-    }
-    /// Decode the frames on `path` instead (e.g. μ-law TTS audio headed for a PCM transport).
-    #[must_use]
-    pub fn on(mut self, path: AudioPath) -> Self {
-        self.0.path = path;
-        self
-    }
-    /// Shared counters (frames, dropped empty frames, rejections).
-    #[must_use]
-    pub fn counters(&self) -> Arc<AudioCounters> {
-        self.0.counters.clone()
-    }
-    /// Decode one frame outside a pipeline; `Ok(None)` for an empty payload.
-    pub fn convert(&mut self, audio: &AudioFrame) -> Result<Option<AudioFrame>, FlowError> {
-        self.0.convert(audio)
-    }
-}
-
-impl Default for MulawDecoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Processor for MulawDecoder {
-    fn name(&self) -> &str {
-        self.0.name
-    }
-    fn process_now(
-        &mut self,
-        frame: Frame,
-        direction: Direction,
-        cx: &mut Context,
-    ) -> Result<Option<Frame>, FlowError> {
-        self.0.process_now(frame, direction, cx)
-    }
-    async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        self.0.process(frame, direction, cx).await
-    }
-}
-
-/// Encodes PCM16 8 kHz bot audio to μ-law. See the module docs.
-pub struct MulawEncoder(Transcoder);
-
-impl MulawEncoder {
-    /// An encoder for `OutputAudio` and `TtsAudio` at 8 kHz.
-    #[must_use]
-    pub fn new() -> Self {
-        Self(Transcoder::new("mulaw_encoder", Law::Mulaw, Op::Encode { rate: 8000 }, AudioPath::Output))
-    }
-    /// Encode the frames on `path` instead (e.g. caller audio for a μ-law-only recogniser).
-    #[must_use]
-    pub fn on(mut self, path: AudioPath) -> Self {
-        self.0.path = path;
-        self
-    }
-    /// Shared counters (frames, dropped empty frames, rejections).
-    #[must_use]
-    pub fn counters(&self) -> Arc<AudioCounters> {
-        self.0.counters.clone()
-    }
-    /// Encode one frame outside a pipeline; `Ok(None)` for an empty payload.
-    pub fn convert(&mut self, audio: &AudioFrame) -> Result<Option<AudioFrame>, FlowError> {
-        self.0.convert(audio)
-    }
-}
-
-impl Default for MulawEncoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Processor for MulawEncoder {
-    fn name(&self) -> &str {
-        self.0.name
-    }
-    fn process_now(
-        &mut self,
-        frame: Frame,
-        direction: Direction,
-        cx: &mut Context,
-    ) -> Result<Option<Frame>, FlowError> {
-        self.0.process_now(frame, direction, cx)
-    }
-    async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        self.0.process(frame, direction, cx).await
-    }
-}
+g711_processor!(
+    /// Encodes PCM16 8 kHz bot audio to μ-law. See the module docs.
+    MulawEncoder,
+    "mulaw_encoder",
+    Law::Mulaw,
+    Op::Encode { rate: 8000 },
+    AudioPath::Output,
+    "An encoder for `OutputAudio` and `TtsAudio` at 8 kHz.",
+    "Encode the frames on `path` instead (e.g. caller audio for a μ-law-only recogniser)."
+);

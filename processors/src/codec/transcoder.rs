@@ -127,3 +127,60 @@ impl Transcoder {
         Ok(Some(AudioFrame { data: self.out.split().freeze(), format, pts: audio.pts }))
     }
 }
+
+/// Declares one public G.711 processor: a named [`Transcoder`] with the shared constructor,
+/// `on`, `counters`, `convert`, `Default` and `Processor` glue (the four codecs differ only in
+/// name, law, direction and default path).
+macro_rules! g711_processor {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $law:expr, $op:expr, $path:expr, $new_doc:literal, $on_doc:literal) => {
+        $(#[$doc])*
+        pub struct $ty(Transcoder);
+
+        impl $ty {
+            #[doc = $new_doc]
+            #[must_use]
+            pub fn new() -> Self {
+                Self(Transcoder::new($name, $law, $op, $path))
+            }
+            #[doc = $on_doc]
+            #[must_use]
+            pub fn on(mut self, path: AudioPath) -> Self {
+                self.0.path = path;
+                self
+            }
+            /// Shared counters (frames, dropped empty frames, rejections).
+            #[must_use]
+            pub fn counters(&self) -> Arc<AudioCounters> {
+                self.0.counters.clone()
+            }
+            /// Convert one frame outside a pipeline; `Ok(None)` for an empty payload.
+            pub fn convert(&mut self, audio: &AudioFrame) -> Result<Option<AudioFrame>, FlowError> {
+                self.0.convert(audio)
+            }
+        }
+
+        impl Default for $ty {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl Processor for $ty {
+            fn name(&self) -> &str {
+                self.0.name
+            }
+            fn process_now(
+                &mut self,
+                frame: Frame,
+                direction: Direction,
+                cx: &mut Context,
+            ) -> Result<Option<Frame>, FlowError> {
+                self.0.process_now(frame, direction, cx)
+            }
+            async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
+                self.0.process(frame, direction, cx).await
+            }
+        }
+    };
+}
+pub(crate) use g711_processor;
