@@ -38,12 +38,23 @@ pub trait Processor: Send + 'static {
     }
 
     /// Handle one in-band frame travelling in `direction`.
+    ///
+    /// The default runs [`process_now`](Self::process_now) and forwards a frame it hands back, so
+    /// a synchronous processor implements only `process_now`, and one that implements neither is
+    /// a pass-through.
     fn process(
         &mut self,
         frame: Frame,
         direction: Direction,
         cx: &mut Context,
-    ) -> impl Future<Output = FlowResult> + Send;
+    ) -> impl Future<Output = FlowResult> + Send {
+        async move {
+            if let Some(frame) = self.process_now(frame, direction, cx)? {
+                cx.push(frame, direction).await;
+            }
+            Ok(())
+        }
+    }
 
     /// Synchronous fast path, tried before [`process`](Self::process): handle the frame without
     /// awaiting and return `Ok(None)`, or hand it back (`Ok(Some(frame))`) to take the async
@@ -199,14 +210,6 @@ where
     ) -> Result<Option<Frame>, FlowError> {
         (self.f)(frame, direction, cx).map(|()| None)
     }
-    fn process(
-        &mut self,
-        frame: Frame,
-        direction: Direction,
-        cx: &mut Context,
-    ) -> impl Future<Output = FlowResult> + Send {
-        std::future::ready((self.f)(frame, direction, cx))
-    }
 }
 
 /// A processor that forwards every frame unchanged.
@@ -225,9 +228,5 @@ impl Processor for PassThrough {
     ) -> Result<Option<Frame>, FlowError> {
         cx.push_now(frame, direction);
         Ok(None)
-    }
-    async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        cx.push(frame, direction).await;
-        Ok(())
     }
 }

@@ -427,3 +427,15 @@ async fn a_last_stage_that_swallows_end_still_lets_the_task_finish() {
     let out = tokio::time::timeout(Duration::from_secs(2), h.finish()).await.expect("task must end");
     assert_eq!(out.report.outcome, TaskOutcome::Ended);
 }
+
+#[tokio::test]
+async fn synchronous_processors_also_run_through_the_async_path() {
+    // With processing metrics on, the runner times every call through `process`, whose default
+    // delegates to `process_now`.
+    let params = PipelineParams { processing_metrics: true, ..Default::default() };
+    let h = Harness::with_params(Pipeline::new().with(tagger("a")).with(PassThrough), params);
+    h.push(text("x")).await;
+    let out = h.finish().await;
+    assert_eq!(texts(&out.downstream), vec!["a:x"]);
+    assert!(out.events.iter().any(|e| matches!(e, Event::Metrics(MetricsEvent::ProcessingTime { .. }))));
+}

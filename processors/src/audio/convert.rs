@@ -23,9 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use dasp::Sample;
-use voxline_pipeline::{
-    AudioEncoding, AudioFormat, AudioFrame, Context, Direction, FlowError, FlowResult, Frame, Processor,
-};
+use voxline_pipeline::{AudioEncoding, AudioFormat, AudioFrame, Context, Direction, FlowError, Frame, Processor};
 
 use super::pcm::{self, AudioCounters, AudioPath};
 
@@ -264,19 +262,5 @@ impl Processor for FormatConverter {
             cx.push_now(wrap.wrap(out), direction);
         }
         Ok(None)
-    }
-
-    async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        let (audio, wrap) = match pcm::split(frame, self.path) {
-            Ok(v) => v,
-            Err(other) => {
-                cx.push(other, direction).await;
-                return Ok(());
-            }
-        };
-        if let Some(out) = self.convert(&audio)? {
-            cx.push(wrap.wrap(out), direction).await;
-        }
-        Ok(())
     }
 }

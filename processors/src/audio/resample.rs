@@ -273,18 +273,4 @@ impl Processor for Resampler {
         }
         Ok(None)
     }
-
-    async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        let (audio, wrap) = match pcm::split(frame, self.path) {
-            Ok(v) => v,
-            Err(other) => {
-                cx.push(other, direction).await;
-                return Ok(());
-            }
-        };
-        if let Some(out) = self.convert(&audio)? {
-            cx.push(wrap.wrap(out), direction).await;
-        }
-        Ok(())
-    }
 }

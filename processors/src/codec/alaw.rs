@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use voxline_pipeline::{AudioFrame, Context, Direction, FlowError, FlowResult, Frame, Processor};
+use voxline_pipeline::{AudioFrame, Context, Direction, FlowError, Frame, Processor};
 
 use super::transcoder::{Law, Op, Transcoder, g711_processor};
 use crate::audio::pcm::{AudioCounters, AudioPath};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use voxline_pipeline::{AudioEncoding, AudioFormat, AudioFrame, Context, Direction, FlowError, FlowResult, Frame};
+use voxline_pipeline::{AudioEncoding, AudioFormat, AudioFrame, Context, Direction, FlowError, Frame};
 
 use super::g711;
 use crate::audio::pcm::{self, AudioCounters, AudioPath};
@@ -47,26 +47,6 @@ pub(crate) struct Transcoder {
 impl Transcoder {
     pub(crate) fn new(name: &'static str, law: Law, op: Op, path: AudioPath) -> Self {
         Self { name, law, op, path, out: BytesMut::with_capacity(2048), counters: Arc::default() }
-    }
-
-    pub(crate) async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        let (audio, wrap) = match pcm::split(frame, self.path) {
-            Ok(v) => v,
-            Err(other) => {
-                cx.push(other, direction).await;
-                return Ok(());
-            }
-        };
-        let result = self.convert(&audio);
-        let out = pcm::counted(&self.counters, result)?;
-        match out {
-            Some(out) => {
-                self.counters.frame();
-                cx.push(wrap.wrap(out), direction).await;
-            }
-            None => self.counters.empty(),
-        }
-        Ok(())
     }
 
     /// The synchronous fast path of every G.711 processor (one output frame per input at most).
@@ -176,9 +156,6 @@ macro_rules! g711_processor {
                 cx: &mut Context,
             ) -> Result<Option<Frame>, FlowError> {
                 self.0.process_now(frame, direction, cx)
-            }
-            async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-                self.0.process(frame, direction, cx).await
             }
         }
     };
