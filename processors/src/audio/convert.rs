@@ -251,16 +251,6 @@ impl Processor for FormatConverter {
         direction: Direction,
         cx: &mut Context,
     ) -> Result<Option<Frame>, FlowError> {
-        let (audio, wrap) = match pcm::split(frame, self.path) {
-            Ok(v) => v,
-            Err(other) => {
-                cx.push_now(other, direction);
-                return Ok(None);
-            }
-        };
-        if let Some(out) = self.convert(&audio)? {
-            cx.push_now(wrap.wrap(out), direction);
-        }
-        Ok(None)
+        pcm::map_now(frame, self.path, direction, cx, |audio| self.convert(audio))
     }
 }

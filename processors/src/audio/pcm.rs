@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use voxline_pipeline::{AudioEncoding, AudioFormat, AudioFrame, FlowError, Frame, TtsAudio, WordTiming};
+use voxline_pipeline::{
+    AudioEncoding, AudioFormat, AudioFrame, Context, Direction, FlowError, Frame, TtsAudio, WordTiming,
+};
 
 /// Which audio frames a processor transforms; every other frame passes through untouched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +47,27 @@ pub(crate) fn split(frame: Frame, path: AudioPath) -> Result<(AudioFrame, Wrap),
         }
         (other, _) => Err(other),
     }
+}
+
+/// The synchronous body every 1:1 audio stage shares: frames not on `path` pass through
+/// unchanged; audio on it goes through `convert`, and its output (if any) is pushed in the same
+/// wrapper (TTS word timings and context id kept). Returns `Ok(None)`: the frame is handled.
+pub(crate) fn map_now(
+    frame: Frame,
+    path: AudioPath,
+    direction: Direction,
+    cx: &mut Context,
+    convert: impl FnOnce(&AudioFrame) -> Result<Option<AudioFrame>, FlowError>,
+) -> Result<Option<Frame>, FlowError> {
+    match split(frame, path) {
+        Ok((audio, wrap)) => {
+            if let Some(out) = convert(&audio)? {
+                cx.push_now(wrap.wrap(out), direction);
+            }
+        }
+        Err(other) => cx.push_now(other, direction),
+    }
+    Ok(None)
 }
 
 /// The "not negotiated" error naming what the processor takes and what it got.

@@ -211,17 +211,13 @@ impl Processor for OpusDecoder {
         direction: Direction,
         cx: &mut Context,
     ) -> Result<Option<Frame>, FlowError> {
-        let (audio, wrap) = match pcm::split(frame, self.path) {
-            Ok(v) => v,
-            Err(other) => {
-                cx.push_now(other, direction);
-                return Ok(None);
+        let path = self.path;
+        pcm::map_now(frame, path, direction, cx, |audio| {
+            let out = self.convert(audio)?;
+            if out.is_some() {
+                self.counters.frame();
             }
-        };
-        if let Some(out) = self.convert(&audio)? {
-            self.counters.frame();
-            cx.push_now(wrap.wrap(out), direction);
-        }
-        Ok(None)
+            Ok(out)
+        })
     }
 }

@@ -56,22 +56,16 @@ impl Transcoder {
         direction: Direction,
         cx: &mut Context,
     ) -> Result<Option<Frame>, FlowError> {
-        let (audio, wrap) = match pcm::split(frame, self.path) {
-            Ok(v) => v,
-            Err(other) => {
-                cx.push_now(other, direction);
-                return Ok(None);
+        let path = self.path;
+        pcm::map_now(frame, path, direction, cx, |audio| {
+            let result = self.convert(audio);
+            let out = pcm::counted(&self.counters, result)?;
+            match out {
+                Some(_) => self.counters.frame(),
+                None => self.counters.empty(),
             }
-        };
-        let result = self.convert(&audio);
-        match pcm::counted(&self.counters, result)? {
-            Some(out) => {
-                self.counters.frame();
-                cx.push_now(wrap.wrap(out), direction);
-            }
-            None => self.counters.empty(),
-        }
-        Ok(None)
+            Ok(out)
+        })
     }
 
     /// `Ok(None)` for an empty payload (dropped: nothing to play and no samples to time).
