@@ -28,62 +28,8 @@ use crate::common::{Recorder, Server, header_pairs, header_str, token_id};
 use crate::llm::{Frame, LastTurn, apply_stream_fault, call_center_decision, pump, summary_answer};
 pub use crate::llm::{LlmFault, RecordedRequest, Responder, Scripted, ScriptedToolCall, ToolCallStyle};
 
-/// Emulator configuration.
-#[derive(Clone)]
-pub struct AnthropicConfig {
-    /// Expected `x-api-key`; `None` accepts anything.
-    pub api_key: Option<String>,
-    /// Responses served in order, one per request.
-    pub script: Vec<Scripted>,
-    /// Used when the script queue is empty.
-    pub responder: Option<Responder>,
-    /// Reject histories the real API rejects (unanswered tool_use, empty text), with 400.
-    pub validate_history: bool,
-    /// Answer when neither the queue nor a responder has one.
-    pub fallback_text: String,
-}
-
-impl Default for AnthropicConfig {
-    fn default() -> Self {
-        Self {
-            api_key: None,
-            script: Vec::new(),
-            responder: None,
-            validate_history: true,
-            fallback_text: "This is a simulated response.".to_string(),
-        }
-    }
-}
-
-impl std::fmt::Debug for AnthropicConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnthropicConfig")
-            .field("api_key", &self.api_key)
-            .field("script", &self.script)
-            .field("responder", &self.responder.as_ref().map(|_| "<fn>"))
-            .field("validate_history", &self.validate_history)
-            .finish()
-    }
-}
-
-impl AnthropicConfig {
-    /// Config serving `script` in order.
-    pub fn with_script(script: Vec<Scripted>) -> Self {
-        Self { script, ..Self::default() }
-    }
-
-    /// Sets the expected API key.
-    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
-        self
-    }
-
-    /// Sets the responder used when the queue is empty.
-    pub fn with_responder(mut self, responder: impl Fn(&Value) -> Scripted + Send + Sync + 'static) -> Self {
-        self.responder = Some(Arc::new(responder));
-        self
-    }
-}
+/// Emulator configuration (shared with the OpenAI-compatible emulator).
+pub type AnthropicConfig = crate::llm::LlmEmulatorConfig;
 
 struct Inner {
     cfg: AnthropicConfig,

@@ -575,3 +575,63 @@ mod tests {
         assert_eq!(find_order_number("hello there"), None);
     }
 }
+
+/// Configuration of the OpenAI-compatible and Anthropic emulators (one shape: they differ only
+/// in wire format, not in what can be scripted).
+#[derive(Clone)]
+pub struct LlmEmulatorConfig {
+    /// Expected API key (`Authorization: Bearer` for OpenAI, `x-api-key` for Anthropic); `None`
+    /// accepts anything.
+    pub api_key: Option<String>,
+    /// Responses served in order, one per request.
+    pub script: Vec<Scripted>,
+    /// Used when the script queue is empty.
+    pub responder: Option<Responder>,
+    /// Reject histories the real API rejects (unanswered tool calls; for Anthropic also empty
+    /// text blocks), with 400.
+    pub validate_history: bool,
+    /// Answer when neither the queue nor a responder has one.
+    pub fallback_text: String,
+}
+
+impl Default for LlmEmulatorConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            script: Vec::new(),
+            responder: None,
+            validate_history: true,
+            fallback_text: "This is a simulated response.".to_string(),
+        }
+    }
+}
+
+impl std::fmt::Debug for LlmEmulatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmEmulatorConfig")
+            .field("api_key", &self.api_key)
+            .field("script", &self.script)
+            .field("responder", &self.responder.as_ref().map(|_| "<fn>"))
+            .field("validate_history", &self.validate_history)
+            .finish()
+    }
+}
+
+impl LlmEmulatorConfig {
+    /// Config serving `script` in order.
+    pub fn with_script(script: Vec<Scripted>) -> Self {
+        Self { script, ..Self::default() }
+    }
+
+    /// Sets the expected API key.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Sets the responder used when the queue is empty.
+    pub fn with_responder(mut self, responder: impl Fn(&Value) -> Scripted + Send + Sync + 'static) -> Self {
+        self.responder = Some(Arc::new(responder));
+        self
+    }
+}

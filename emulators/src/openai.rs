@@ -31,63 +31,8 @@ use crate::common::{Recorder, Server, header_pairs, header_str, token_id, unix_s
 use crate::llm::{Frame, LastTurn, apply_stream_fault, call_center_decision, pump, summary_answer};
 pub use crate::llm::{LlmFault, RecordedRequest, Responder, Scripted, ScriptedToolCall, ToolCallStyle};
 
-/// Emulator configuration.
-#[derive(Clone)]
-pub struct OpenAiConfig {
-    /// Expected key for `Authorization: Bearer`; `None` accepts anything.
-    pub api_key: Option<String>,
-    /// Responses served in order, one per request.
-    pub script: Vec<Scripted>,
-    /// Used when the script queue is empty.
-    pub responder: Option<Responder>,
-    /// Reject histories with unanswered tool calls (400), as OpenAI does.
-    pub validate_history: bool,
-    /// Answer when neither the queue nor a responder has one.
-    pub fallback_text: String,
-}
-
-impl Default for OpenAiConfig {
-    fn default() -> Self {
-        Self {
-            api_key: None,
-            script: Vec::new(),
-            responder: None,
-            validate_history: true,
-            fallback_text: "This is a simulated response.".to_string(),
-        }
-    }
-}
-
-impl std::fmt::Debug for OpenAiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiConfig")
-            .field("api_key", &self.api_key)
-            .field("script", &self.script)
-            .field("responder", &self.responder.as_ref().map(|_| "<fn>"))
-            .field("validate_history", &self.validate_history)
-            .finish()
-    }
-}
-
-impl OpenAiConfig {
-    /// Config serving `script` in order.
-    pub fn with_script(script: Vec<Scripted>) -> Self {
-        Self { script, ..Self::default() }
-    }
-
-    /// Sets the expected API key.
-    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
-        self
-    }
-
-    /// Sets the responder used when the queue is empty.
-    pub fn with_responder(mut self, responder: impl Fn(&Value) -> Scripted + Send + Sync + 'static) -> Self {
-        self.responder = Some(Arc::new(responder));
-        self
-    }
-}
-
+/// Emulator configuration (shared with the Anthropic emulator).
+pub type OpenAiConfig = crate::llm::LlmEmulatorConfig;
 struct Inner {
     cfg: OpenAiConfig,
     queue: Mutex<VecDeque<Scripted>>,
