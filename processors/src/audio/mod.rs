@@ -14,6 +14,7 @@
 pub mod convert;
 mod mixer;
 pub(crate) mod pcm;
+mod poly2x;
 mod recorder;
 mod resample;
 pub mod vad;

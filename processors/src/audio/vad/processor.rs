@@ -1,8 +1,9 @@
 //! [`VadProcessor`]: user speaking events and barge-in from caller audio.
 //!
 //! Consumes PCM16 mono `InputAudio` at 16 kHz, or at 8 kHz (telephone audio): then it upsamples
-//! internally, for analysis only, with the same 2.5 ms-delay resampler as [`crate::audio::Resampler`]
-//! (earshot is trained on 16 kHz; a 8 kHz stream's empty upper band does not hurt it, see
+//! internally, for analysis only, with [`StreamResampler::for_analysis`] (2.5 ms delay, band kept
+//! below 2.6 kHz, which keeps μ-law's quantisation noise under loud tones from reading as speech;
+//! earshot is trained on 16 kHz, and a 8 kHz stream's empty upper band does not hurt it, see
 //! `rust-ecosystem.md` §3.3). Any other format is refused with `NotNegotiated` naming the two
 //! accepted ones. Audio passes through unchanged, before or after a decision, so STT downstream
 //! loses nothing.
@@ -129,8 +130,10 @@ impl VadProcessor {
             self.samples.extend(pcm::pcm16_samples(&audio.data));
         } else {
             if self.upsampler.as_ref().is_none_or(|u| u.in_rate() != fmt.sample_rate) {
-                self.upsampler =
-                    Some(StreamResampler::new(fmt.sample_rate, want).map_err(|e| FlowError::fatal(e.to_string()))?);
+                self.upsampler = Some(
+                    StreamResampler::for_analysis(fmt.sample_rate, want)
+                        .map_err(|e| FlowError::fatal(e.to_string()))?,
+                );
             }
             if let Some(up) = self.upsampler.as_mut() {
                 let samples = &mut self.samples;
