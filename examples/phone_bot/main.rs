@@ -8,6 +8,9 @@
 //!   server against in-process EMULATED providers and places a simulated Twilio call.
 //! - Load and soak: `cargo run --release --example phone_bot -- --soak --calls 20` runs two
 //!   instances on shared Redis + Postgres, kills one mid-run and reports (see soak.rs).
+//! - Concurrency at the socket: `cargo run --release --example phone_bot -- --bench-socket
+//!   [--callers 100,500,1000]` runs N simulated callers against one pinned instance, nothing
+//!   external needed (see socket_bench.rs).
 
 // Modules of a binary: `pub` marks what other modules use, not a public API.
 #![allow(unreachable_pub)]
@@ -27,6 +30,7 @@ mod shutdown;
 mod simulate;
 mod skills;
 mod soak;
+mod socket_bench;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -64,6 +68,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.iter().any(|a| a == "--soak") {
         return soak::run(&args).await;
+    }
+    if args.iter().any(|a| a == "--bench-socket") {
+        return socket_bench::run(&args).await;
     }
     let cfg = if args.iter().any(|a| a == "--instance") {
         let json =

@@ -264,11 +264,13 @@ async fn soak_call_inner(base: &str, call_sid: &str, lines: &[Vec<u8>]) -> anyho
     Ok(out)
 }
 
-fn unescape(s: &str) -> String {
+/// TwiML attribute text back to plain text.
+pub fn unescape(s: &str) -> String {
     s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
 
-fn between(s: &str, start: &str, end: &str) -> Option<String> {
+/// The text between the first `start` and the next `end`.
+pub fn between(s: &str, start: &str, end: &str) -> Option<String> {
     let i = s.find(start)? + start.len();
     let j = s[i..].find(end)? + i;
     Some(s[i..j].to_string())
