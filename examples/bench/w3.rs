@@ -54,7 +54,7 @@ impl Processor for Generator {
                 words: words.clone(),
                 offset: Duration::from_millis(20) * i,
             };
-            cx.push(Frame::TtsAudio(tts), Direction::Downstream).await;
+            cx.push(Frame::from(tts), Direction::Downstream).await;
             tokio::task::yield_now().await;
         }
         cx.push(Frame::TtsStopped { context_id: ctx }, Direction::Downstream).await;

@@ -332,8 +332,8 @@ pub enum Frame {
     OutputAudio(AudioFrame),
     /// Plain text (e.g. a line to speak, or text typed by a web client).
     Text(Arc<str>),
-    /// A speech-to-text result.
-    Transcript(Transcript),
+    /// A speech-to-text result (boxed: it is rare next to audio and would double every frame's size).
+    Transcript(Box<Transcript>),
     /// The LLM started a response.
     LlmResponseStart,
     /// A streamed piece of LLM text.
@@ -356,8 +356,9 @@ pub enum Frame {
         /// The chunk.
         text: Arc<str>,
     },
-    /// Synthesised speech with word timings.
-    TtsAudio(TtsAudio),
+    /// Synthesised speech with word timings (boxed for the same reason: the per-frame hot path moves
+    /// caller audio, and every frame is as big as the largest variant).
+    TtsAudio(Box<TtsAudio>),
     /// A TTS utterance finished (all its audio has been pushed).
     TtsStopped {
         /// Utterance id.
@@ -469,4 +470,16 @@ pub struct Envelope {
     pub epoch: Epoch,
     /// Survives interruptions (kept in queues, its `process` call is not cancelled).
     pub uninterruptible: bool,
+}
+
+impl From<TtsAudio> for Frame {
+    fn from(t: TtsAudio) -> Self {
+        Self::TtsAudio(Box::new(t))
+    }
+}
+
+impl From<Transcript> for Frame {
+    fn from(t: Transcript) -> Self {
+        Self::Transcript(Box::new(t))
+    }
 }

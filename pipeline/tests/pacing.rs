@@ -27,7 +27,7 @@ impl AudioSink for RecSink {
 }
 
 fn tts(ctx: &str, bytes: usize) -> Frame {
-    Frame::TtsAudio(TtsAudio {
+    Frame::from(TtsAudio {
         audio: AudioFrame::new(Bytes::from(vec![7u8; bytes]), AudioFormat::pcm16(16_000)),
         context_id: ctx.into(),
         words: Arc::from(Vec::new()),

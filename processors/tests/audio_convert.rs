@@ -127,7 +127,7 @@ async fn converter_in_a_pipeline_keeps_tts_metadata_and_other_frames() {
         words: Vec::new().into(),
         offset: Default::default(),
     };
-    h.push(Frame::TtsAudio(tts)).await;
+    h.push(Frame::from(tts)).await;
     h.push(Frame::InputAudio(pcm16(&[1], 1))).await;
     h.push(Frame::Text("hi".into())).await;
     h.push(Frame::OutputAudio(f32_frame(&[f32::NAN], 1))).await;

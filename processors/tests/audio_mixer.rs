@@ -94,7 +94,7 @@ fn wav_is_resampled_once_to_the_output_rate() {
 }
 
 fn tts(samples_: &[i16]) -> Frame {
-    Frame::TtsAudio(TtsAudio {
+    Frame::from(TtsAudio {
         audio: frame(samples_, 16_000),
         context_id: "u1".into(),
         words: Vec::new().into(),

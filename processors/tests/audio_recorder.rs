@@ -35,7 +35,7 @@ async fn one_hour_call_keeps_memory_flat_and_the_file_has_the_right_length() {
                 words: Arc::from(vec![]),
                 offset: Duration::ZERO,
             };
-            h.push(Frame::TtsAudio(t)).await;
+            h.push(Frame::from(t)).await;
         }
         h.push(Frame::InputAudio(caller.clone())).await;
     }

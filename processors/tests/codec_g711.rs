@@ -270,7 +270,7 @@ async fn encoder_rejects_odd_lengths_and_wrong_rates_and_keeps_tts_metadata() {
         words: Arc::from(vec![]),
         offset: std::time::Duration::from_millis(20),
     };
-    h.push(Frame::TtsAudio(tts)).await;
+    h.push(Frame::from(tts)).await;
     // Input audio is not on the encoder's path: it passes untouched.
     h.push(Frame::InputAudio(AudioFrame::new(Bytes::from(vec![1u8, 2]), AudioFormat::pcm16(8000)))).await;
     let out = h.finish().await;

@@ -26,7 +26,7 @@ use voxline_processors::text::SentenceAggregator;
 use voxline_processors::tools::{Tool, ToolExecutor, ToolExecutorSettings, ToolRegistry};
 
 fn transcript(text: &str, is_final: bool) -> Frame {
-    Frame::Transcript(Transcript {
+    Frame::from(Transcript {
         text: text.into(),
         is_final,
         confidence: 0.9,
@@ -163,7 +163,7 @@ fn words(list: &[(&str, u64)]) -> Arc<[WordTiming]> {
 }
 
 fn audio(context_id: &str, w: Arc<[WordTiming]>) -> Frame {
-    Frame::TtsAudio(TtsAudio {
+    Frame::from(TtsAudio {
         audio: AudioFrame::new(Bytes::from(vec![0u8; 640]), AudioFormat::pcm16(16_000)),
         context_id: context_id.into(),
         words: w,

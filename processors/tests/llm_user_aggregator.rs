@@ -9,7 +9,7 @@ use voxline_pipeline::{Event, Frame, FrameKind, Role, Transcript};
 use voxline_processors::llm::{ConversationContext, UserAggregator, UserAggregatorSettings};
 
 fn transcript(text: &str, is_final: bool) -> Frame {
-    Frame::Transcript(Transcript {
+    Frame::from(Transcript {
         text: text.into(),
         is_final,
         confidence: 0.9,

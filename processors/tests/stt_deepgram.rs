@@ -51,7 +51,7 @@ fn transcripts(h: &Harness) -> Vec<Transcript> {
     h.collected()
         .into_iter()
         .filter_map(|(_, f)| match f {
-            Frame::Transcript(t) => Some(t),
+            Frame::Transcript(t) => Some(*t),
             _ => None,
         })
         .collect()

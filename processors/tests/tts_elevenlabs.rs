@@ -47,7 +47,7 @@ fn audio_of(h: &Harness, ctx: &str) -> Vec<TtsAudio> {
     h.collected()
         .into_iter()
         .filter_map(|(_, f)| match f {
-            Frame::TtsAudio(a) if &*a.context_id == ctx => Some(a),
+            Frame::TtsAudio(a) if &*a.context_id == ctx => Some(*a),
             _ => None,
         })
         .collect()

@@ -32,7 +32,7 @@ impl Wrap {
         match self {
             Self::Input => Frame::InputAudio(audio),
             Self::Output => Frame::OutputAudio(audio),
-            Self::Tts { context_id, words, offset } => Frame::TtsAudio(TtsAudio { audio, context_id, words, offset }),
+            Self::Tts { context_id, words, offset } => Frame::from(TtsAudio { audio, context_id, words, offset }),
         }
     }
 }

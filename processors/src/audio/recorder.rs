@@ -197,10 +197,13 @@ impl CallRecorder {
                 self.decode_to_scratch(a, false)?;
                 self.write_caller()
             }
-            Frame::OutputAudio(a) | Frame::TtsAudio(voxline_pipeline::TtsAudio { audio: a, .. })
-                if !a.data.is_empty() =>
-            {
+            Frame::OutputAudio(a) if !a.data.is_empty() => {
                 self.decode_to_scratch(a, true)?;
+                self.queue_bot();
+                Ok(())
+            }
+            Frame::TtsAudio(t) if !t.audio.data.is_empty() => {
+                self.decode_to_scratch(&t.audio, true)?;
                 self.queue_bot();
                 Ok(())
             }

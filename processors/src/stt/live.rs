@@ -689,7 +689,7 @@ impl<P: LiveProtocol> Session<P> {
         if !raw.is_final {
             if !t.text.is_empty() {
                 self.best_interim = Some(t.clone());
-                self.push(Frame::Transcript(t)).await;
+                self.push(Frame::from(t)).await;
             }
             return;
         }
@@ -701,7 +701,7 @@ impl<P: LiveProtocol> Session<P> {
             return;
         }
         self.ttfb_stop();
-        self.push(Frame::Transcript(t)).await;
+        self.push(Frame::from(t)).await;
     }
 
     async fn on_finalize_timeout(&mut self) {
@@ -716,7 +716,7 @@ impl<P: LiveProtocol> Session<P> {
             );
             t.is_final = true;
             self.ttfb_stop();
-            self.push(Frame::Transcript(t)).await;
+            self.push(Frame::from(t)).await;
         } else if !p.answered && p.had_audio {
             bump(&self.stats.finalize_timeouts, 1);
             let ms = self.settings.finalize_timeout.as_millis();

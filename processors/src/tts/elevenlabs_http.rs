@@ -138,7 +138,7 @@ impl Turn {
             self.offset += frame.duration();
             let ctx = self.s.context_id.clone();
             let audio = TtsAudio { audio: frame, context_id: ctx, words: Arc::new([]), offset };
-            self.s.sender.push(Frame::TtsAudio(audio), Direction::Downstream);
+            self.s.sender.push(Frame::from(audio), Direction::Downstream);
         }
     }
 

@@ -529,7 +529,7 @@ impl SocketTask {
             let frame = AudioFrame { data: Bytes::from(audio), format: self.format, pts: Some(offset) };
             c.offset += frame.duration();
             c.sender.push(
-                Frame::TtsAudio(TtsAudio { audio: frame, context_id: key, words: words.into(), offset }),
+                Frame::from(TtsAudio { audio: frame, context_id: key, words: words.into(), offset }),
                 Direction::Downstream,
             );
         }
