@@ -18,9 +18,11 @@
 //! completed/failed calls, outbound jitter p50/p99 (the soak's definition: deviation of media
 //! inter-arrival from 20 ms, after each utterance's send-ahead burst), per-turn latency (caller's
 //! last voiced frame sent → first bot media after it), peak live calls (`/health` each second),
-//! bot CPU over the live window and CPU-seconds per call (including the post-call record and
-//! workflow, measured until the bot is idle again), idle/peak RSS and RSS per live call, and the
-//! driver's CPU. Progress goes to stderr.
+//! bot and driver CPU % while at least 90 % of the peak calls were live (`*_whole_run`: from the
+//! first call placed to the last one ended), CPU-seconds per call (including the post-call record
+//! and workflow, measured until the bot is idle again), idle/peak RSS and RSS per live call, the
+//! busy % of each core (other work on the bot's core shows there), the bot's own per-stage turn
+//! times from its call records, and a CPU timeline every 5 s. Progress goes to stderr.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -545,6 +547,18 @@ async fn drive(
     let rss_idle_mb = rss_idle as f64 / MB;
     let rss_peak_mb = rss_peak as f64 / MB;
     let opt = |x: Option<f64>| x.map(round2);
+    // CPU at full concurrency: the seconds when at least 90 % of the peak calls were live, so
+    // neither the ramp nor calls left hanging after the others ended dilute the figure.
+    let (mut dt, mut d_bot, mut d_drv) = (0.0, 0.0, 0.0);
+    for w in samples.windows(2) {
+        let full = |s: &Sample| s.active.is_some_and(|a| a * 10 >= peak_live * 9);
+        if peak_live > 0 && full(&w[0]) && full(&w[1]) {
+            dt += w[1].t - w[0].t;
+            d_bot += w[1].bot_cpu - w[0].bot_cpu;
+            d_drv += w[1].driver_cpu - w[0].driver_cpu;
+        }
+    }
+    let peak_pct = |d: f64| (dt > 0.0).then(|| round2(d / dt * 100.0));
     // Where the bot's turn time went (its call records): says which stage a slow turn waited on.
     let server = server_breakdown(db_url).await.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
     // CPU of both processes every 5 s: shows which side ran out of core, and when.
@@ -577,12 +591,15 @@ async fn drive(
         "turn_latency_p99_ms": opt(percentile(&mut turns, 0.99)),
         "turns": turns.len(),
         "peak_live_calls": peak_live,
-        "cpu_pct": round2((bot_cpu_live - bot_cpu0) / live_elapsed * 100.0),
+        "cpu_pct": peak_pct(d_bot),
+        "cpu_pct_whole_run": round2((bot_cpu_live - bot_cpu0) / live_elapsed * 100.0),
+        "peak_window_s": round2(dt),
         "cpu_s_per_call": (bot_cpu_end - bot_cpu0) / n as f64,
         "rss_idle_mb": round2(rss_idle_mb),
         "rss_peak_mb": round2(rss_peak_mb),
         "rss_per_call_mb": if peak_live > 0 { Some((rss_peak_mb - rss_idle_mb) / peak_live as f64) } else { None },
-        "driver_cpu_pct": round2((drv_cpu_live - drv_cpu0) / live_elapsed * 100.0),
+        "driver_cpu_pct": peak_pct(d_drv),
+        "driver_cpu_pct_whole_run": round2((drv_cpu_live - drv_cpu0) / live_elapsed * 100.0),
         "cores_busy_pct": cores_busy,
         "loadavg_before": loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "elapsed_s": round2(live_elapsed),
