@@ -21,6 +21,7 @@
 //! [`VadSegmenter`]), which on a quiet line is a fifth or more of them.
 
 mod model;
+mod network;
 mod processor;
 pub mod volume;
 

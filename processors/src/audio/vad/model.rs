@@ -4,28 +4,23 @@
 //! model's instructions (callgrind on the W2 call: ~50k of ~107k per window). This computes the
 //! same features — pre-emphasis 0.97, a 768-sample periodic Hann window zero-padded to a 1024-point
 //! real FFT, power at int16 scale, 40 triangular mel bands, natural log, then earshot's own
-//! normalisation — with realfft (rustfft picks SIMD kernels at run time), and hands them to
-//! earshot's `DefaultPredictor`, so the network and its weights are earshot's, untouched.
+//! normalisation — with realfft (rustfft picks SIMD kernels at run time), and runs earshot's
+//! network and weights in [`super::network`] (vectorised, bit-identical).
 //! A unit test pins the scores to `earshot::Detector`'s on speech-like audio.
-//!
-//! Coupling: this uses earshot's `Predictor` trait, public but marked unstable; the version is
-//! pinned by `Cargo.lock`, and the equivalence test fails loudly if an upgrade changes features.
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
-use earshot::{DefaultPredictor, Predictor};
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
 use super::VadAnalyzer;
+use super::network::{CONTEXT, MELS, Network};
 
 const HOP: usize = 256;
 const WINDOW: usize = 768;
 const FFT: usize = 1024;
 const BINS: usize = FFT / 2 + 1;
-const MELS: usize = 40;
-const CONTEXT: usize = 3;
 const PRE_EMPHASIS: f32 = 0.97;
 const POWER_SCALE: f32 = 1.0 / (32768.0 * 32768.0);
 /// Corner bins of earshot's 40 triangular mel bands: band `i` rises from `MEL_POINTS[i]` to 1 at
@@ -77,18 +72,11 @@ struct Scratch {
     input: Vec<f32>,
     spectrum: Vec<Complex<f32>>,
     fft: Vec<Complex<f32>>,
-    /// The predictor's working memory (the size earshot's detector gives it).
-    work: Vec<f32>,
 }
 
 impl Scratch {
     fn new(t: &Tables) -> Self {
-        Self {
-            input: t.fft.make_input_vec(),
-            spectrum: t.fft.make_output_vec(),
-            fft: t.fft.make_scratch_vec(),
-            work: vec![0.0; 1026],
-        }
+        Self { input: t.fft.make_input_vec(), spectrum: t.fft.make_output_vec(), fft: t.fft.make_scratch_vec() }
     }
 }
 
@@ -98,7 +86,7 @@ thread_local! {
 
 /// The earshot 1.2.2 neural VAD (the default backend): 256-sample (16 ms) windows at 16 kHz.
 pub struct EarshotVad {
-    predictor: DefaultPredictor,
+    network: Network,
     prev: f32,
     /// The last 768 pre-emphasised samples.
     ring: Box<[f32; WINDOW]>,
@@ -110,12 +98,7 @@ impl EarshotVad {
     /// A fresh detector.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            predictor: DefaultPredictor::new(),
-            prev: 0.0,
-            ring: Box::new([0.0; WINDOW]),
-            features: [0.0; MELS * CONTEXT],
-        }
+        Self { network: Network::new(), prev: 0.0, ring: Box::new([0.0; WINDOW]), features: [0.0; MELS * CONTEXT] }
     }
 
     fn score(&mut self, window: &[i16], t: &Tables, sc: &mut Scratch) -> f32 {
@@ -139,13 +122,13 @@ impl EarshotVad {
         }
         self.features.copy_within(MELS.., 0);
         let power = &sc.input[..BINS];
-        let current = &mut self.features[MELS * (CONTEXT - 1)..];
+        let Some(current) = self.features.last_chunk_mut::<MELS>() else { return 0.0 };
         for (dst, &(lo, offset, len)) in current.iter_mut().zip(&t.bands) {
             let band: f32 = power[lo..lo + len].iter().zip(&t.weights[offset..offset + len]).map(|(p, w)| p * w).sum();
             *dst = (band + 1e-20).ln();
         }
-        self.predictor.normalize(current);
-        self.predictor.predict(&self.features, &mut sc.work).clamp(0.0, 1.0)
+        Network::normalize(current);
+        self.network.predict(&self.features).clamp(0.0, 1.0)
     }
 }
 
@@ -177,7 +160,7 @@ impl VadAnalyzer for EarshotVad {
     }
 
     fn reset(&mut self) {
-        self.predictor.reset();
+        self.network.reset();
         self.prev = 0.0;
         self.ring.fill(0.0);
         self.features.fill(0.0);
