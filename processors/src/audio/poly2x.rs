@@ -121,6 +121,13 @@ fn bessel_i0(x: f64) -> f64 {
     sum
 }
 
+/// `acc + a·b`, fused when the target has FMA (one instruction, one rounding), else a multiply
+/// and an add: `f32::mul_add` without hardware FMA is a libm call, far slower than the two.
+#[inline(always)]
+fn madd(acc: f32, a: f32, b: f32) -> f32 {
+    if cfg!(target_feature = "fma") { a.mul_add(b, acc) } else { acc + a * b }
+}
+
 /// Dot product over `N` lanes, accumulated in 8 independent lanes so that LLVM vectorises it
 /// with the baseline SSE2 of every x86-64 (and NEON on aarch64).
 #[inline(always)]
@@ -128,7 +135,7 @@ fn dot<const N: usize>(x: &[f32], h: &[f32; N]) -> f32 {
     let mut acc = [0.0f32; 8];
     for (xc, hc) in x[..N].chunks_exact(8).zip(h.chunks_exact(8)) {
         for l in 0..8 {
-            acc[l] += xc[l] * hc[l];
+            acc[l] = madd(acc[l], xc[l], hc[l]);
         }
     }
     acc.iter().sum()
@@ -144,8 +151,8 @@ fn up_block(x: &[f32], even: &[f32; UP_LANES], odd: &[f32; UP_LANES], out: &mut 
     for j in 0..UP_LANES {
         let (ce, co) = (even[j], odd[j]);
         for l in 0..BLOCK {
-            ae[l] += ce * x[j + l];
-            ao[l] += co * x[j + l];
+            ae[l] = madd(ae[l], ce, x[j + l]);
+            ao[l] = madd(ao[l], co, x[j + l]);
         }
     }
     for (pair, (e, o)) in out.chunks_exact_mut(2).zip(ae.iter().zip(&ao)) {
@@ -201,11 +208,19 @@ impl Poly2x {
     }
 
     /// Convert `input` (samples in [-1, 1]), appending to `out`.
+    #[cfg(test)]
     pub(crate) fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
-        self.buf.extend_from_slice(input);
+        self.process_iter(input.iter().copied(), out);
+    }
+
+    /// Convert `input` (samples in [-1, 1]), appending to `out`. Samples go straight into the
+    /// filter's history (no staging copy).
+    pub(crate) fn process_iter(&mut self, input: impl IntoIterator<Item = f32>, out: &mut Vec<f32>) {
+        let before = self.buf.len();
+        self.buf.extend(input);
+        let n = self.buf.len() - before;
         match self.ratio {
             Ratio::Up => {
-                let n = input.len();
                 let start = out.len();
                 out.resize(start + 2 * n, 0.0);
                 let out = &mut out[start..];

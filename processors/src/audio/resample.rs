@@ -210,13 +210,12 @@ impl StreamResampler {
         samples: impl IntoIterator<Item = i16>,
         mut sink: impl FnMut(&[f32]),
     ) -> Result<(), FlowError> {
-        self.pending.extend(samples.into_iter().map(|s| f32::from(s) * (1.0 / 32768.0)));
+        let samples = samples.into_iter().map(|s| f32::from(s) * (1.0 / 32768.0));
         let inner = match &mut self.inner {
             Engine::Poly2x(h) => {
                 // No blocks to wait for: every sample (pair, down) yields output at once.
                 self.scratch_out.clear();
-                h.process(&self.pending, &mut self.scratch_out);
-                self.pending.clear();
+                h.process_iter(samples, &mut self.scratch_out);
                 if !self.scratch_out.is_empty() {
                     sink(&self.scratch_out);
                 }
@@ -224,6 +223,7 @@ impl StreamResampler {
             }
             Engine::Fft(f) => f,
         };
+        self.pending.extend(samples);
         let mut start = 0;
         while self.pending.len() - start >= self.chunk_in {
             let input = InterleavedSlice::new(&self.pending[start..start + self.chunk_in], 1, self.chunk_in)

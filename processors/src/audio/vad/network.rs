@@ -36,11 +36,12 @@ struct Weights {
     l1_kernel: [f32; 9],
     l1_weight: [f32; CH],
     l1_bias: [f32; CH],
-    l2_kernel: [[f32; 3]; CH],
+    /// `l2_kernel[kw][c]`: tap `kw` of channel `c`'s depthwise kernel.
+    l2_kernel: [[f32; CH]; 3],
     /// `l2_pointwise[c][oc]` = earshot's `LAYER2_WEIGHT[oc * 16 + c]`.
     l2_pointwise: [[f32; CH]; CH],
     l2_bias: [f32; CH],
-    l3_kernel: [[f32; 3]; CH],
+    l3_kernel: [[f32; CH]; 3],
     l3_pointwise: [[f32; CH]; CH],
     /// Row `d` of GRU 1: the candidate (`d < 64`) or gate (`d ≥ 64`) of hidden unit `d % 64`.
     gru1: Box<[[i16; GRU1_IN]; 2 * HIDDEN]>,
@@ -89,7 +90,7 @@ fn weights() -> &'static Weights {
         let l2_bias = r.f32s::<CH>();
         let l3_kernel = r.f32s::<48>();
         let l3_weight = r.f32s::<256>();
-        let kernel = |k: &[f32; 48]| std::array::from_fn(|c| [k[c * 3], k[c * 3 + 1], k[c * 3 + 2]]);
+        let kernel = |k: &[f32; 48]| std::array::from_fn(|kw| std::array::from_fn(|c| k[c * 3 + kw]));
         let transpose = |w: &[f32; 256]| std::array::from_fn(|c| std::array::from_fn(|oc| w[oc * CH + c]));
         let mut gru1 = Box::new([[0i16; GRU1_IN]; 2 * HIDDEN]);
         for row in gru1.iter_mut() {
@@ -159,7 +160,8 @@ impl Network {
 }
 
 /// Depthwise 3×3 over the three windows, pointwise ×16 with bias, max pool 3/2 with ReLU.
-fn layer1(w: &Weights, f: &[f32; MELS * CONTEXT]) -> [[f32; L1_POOLED]; CH] {
+/// Out: `[column][channel]` (channel-minor, so the next layer runs across channels).
+fn layer1(w: &Weights, f: &[f32; MELS * CONTEXT]) -> [[f32; CH]; L1_POOLED] {
     let mut row = [0.0f32; L1_COLS];
     for kh in 0..3 {
         for kw in 0..3 {
@@ -170,33 +172,29 @@ fn layer1(w: &Weights, f: &[f32; MELS * CONTEXT]) -> [[f32; L1_POOLED]; CH] {
             }
         }
     }
-    let mut out = [[0.0f32; L1_POOLED]; CH];
-    for (c, pooled) in out.iter_mut().enumerate() {
-        let (scale, bias) = (w.l1_weight[c], w.l1_bias[c]);
-        let mut point = [0.0f32; L1_COLS];
-        for (p, &r) in point.iter_mut().zip(&row) {
-            *p = r * scale + bias;
-        }
-        for (q, o) in pooled.iter_mut().enumerate() {
+    let mut out = [[0.0f32; CH]; L1_POOLED];
+    for (q, o) in out.iter_mut().enumerate() {
+        let [a, b, c] = [row[2 * q], row[2 * q + 1], row[2 * q + 2]];
+        for ((v, &scale), &bias) in o.iter_mut().zip(&w.l1_weight).zip(&w.l1_bias) {
             // Starting from 0 is the ReLU, as in earshot.
-            *o = 0.0f32.max(point[2 * q]).max(point[2 * q + 1]).max(point[2 * q + 2]);
+            *v = 0.0f32.max(a * scale + bias).max(b * scale + bias).max(c * scale + bias);
         }
     }
     out
 }
 
-/// The stride-2, padding-1 depthwise 1×3 of layers 2 and 3, for output column `ox`.
-fn depthwise<const IN: usize>(x: &[[f32; IN]; CH], kernel: &[[f32; 3]; CH], ox: usize) -> [f32; CH] {
-    std::array::from_fn(|c| {
-        let mut sum = 0.0f32;
-        for (kw, &k) in kernel[c].iter().enumerate() {
-            // Same terms in the same order as earshot: out-of-range taps are skipped, not zero.
-            if let Some(&v) = (2 * ox + kw).checked_sub(1).and_then(|ix| x[c].get(ix)) {
-                sum += v * k;
-            }
+/// The stride-2, padding-1 depthwise 1×3 of layers 2 and 3, for output column `ox`, across
+/// channels.
+fn depthwise<const IN: usize>(x: &[[f32; CH]; IN], kernel: &[[f32; CH]; 3], ox: usize) -> [f32; CH] {
+    let mut sum = [0.0f32; CH];
+    for (kw, k) in kernel.iter().enumerate() {
+        // Same terms in the same order as earshot: out-of-range taps are skipped, not zero.
+        let Some(col) = (2 * ox + kw).checked_sub(1).and_then(|ix| x.get(ix)) else { continue };
+        for ((s, &v), &k) in sum.iter_mut().zip(col).zip(k) {
+            *s += v * k;
         }
-        sum
-    })
+    }
+    sum
 }
 
 /// `Σ_c dw[c] · W[oc][c]` for every `oc`, one output per lane, each summed over `c` in order.
@@ -210,20 +208,20 @@ fn pointwise(dw: &[f32; CH], w: &[[f32; CH]; CH]) -> [f32; CH] {
     acc
 }
 
-/// Depthwise 1×3 stride 2, pointwise ×16 with bias and ReLU: 16×18 → 16×9.
-fn layer2(w: &Weights, x: &[[f32; L1_POOLED]; CH]) -> [[f32; L2_COLS]; CH] {
-    let mut out = [[0.0f32; L2_COLS]; CH];
-    for ox in 0..L2_COLS {
+/// Depthwise 1×3 stride 2, pointwise ×16 with bias and ReLU: 18 → 9 columns of 16 channels.
+fn layer2(w: &Weights, x: &[[f32; CH]; L1_POOLED]) -> [[f32; CH]; L2_COLS] {
+    let mut out = [[0.0f32; CH]; L2_COLS];
+    for (ox, o) in out.iter_mut().enumerate() {
         let acc = pointwise(&depthwise(x, &w.l2_kernel, ox), &w.l2_pointwise);
-        for ((o, a), b) in out.iter_mut().zip(acc).zip(&w.l2_bias) {
-            o[ox] = (a + b).max(0.0);
+        for ((v, a), b) in o.iter_mut().zip(acc).zip(&w.l2_bias) {
+            *v = (a + b).max(0.0);
         }
     }
     out
 }
 
-/// Depthwise 1×3 stride 2, pointwise ×16, no bias or ReLU, quantised to Q15: 16×9 → 5×16.
-fn layer3(w: &Weights, x: &[[f32; L2_COLS]; CH]) -> [i16; GRU1_IN] {
+/// Depthwise 1×3 stride 2, pointwise ×16, no bias or ReLU, quantised to Q15: 9 → 5 columns.
+fn layer3(w: &Weights, x: &[[f32; CH]; L2_COLS]) -> [i16; GRU1_IN] {
     let mut out = [0i16; GRU1_IN];
     for (ox, dst) in out.chunks_exact_mut(CH).enumerate() {
         let acc = pointwise(&depthwise(x, &w.l3_kernel, ox), &w.l3_pointwise);
@@ -234,17 +232,24 @@ fn layer3(w: &Weights, x: &[[f32; L2_COLS]; CH]) -> [i16; GRU1_IN] {
     out
 }
 
+/// `Σ a[i]·b[i]` of Q15 × Q9 values, wrapping as earshot's release build (integer sums in any
+/// order are the same bits).
+///
+/// Why not inlined: inlined into the row loop, LLVM hoists the sign extension of the
+/// loop-invariant input out of it and then re-packs it to i16 for every row (~60 instructions
+/// per row of 80); called per row, the body is plain `vpmaddwd` on both operands.
+#[inline(never)]
+fn dot<const N: usize>(a: &[i16; N], b: &[i16; N]) -> i32 {
+    a.iter().zip(b).fold(0i32, |acc, (&a, &b)| acc.wrapping_add(i32::from(a).wrapping_mul(i32::from(b))))
+}
+
 /// earshot's minGRU in fixed point: `h ← (1 − g)·h + g·c`, with the candidate `c` and the gate
 /// `g` (×4, clamped to [0, 1]) linear in the input. Inputs Q15, weights Q9.
 fn min_gru<const IN: usize>(x: &[i16], h: &mut [i16; HIDDEN], w: &[[i16; IN]; 2 * HIDDEN]) {
     let Some(x) = x.first_chunk::<IN>() else { return };
-    // Wrapping, as earshot's release build: a fixed-size dot product LLVM turns into `vpmaddwd`.
-    let dot = |row: &[i16; IN]| {
-        row.iter().zip(x).fold(0i32, |acc, (&a, &b)| acc.wrapping_add(i32::from(a).wrapping_mul(i32::from(b))))
-    };
     let mut pre = [0i32; 2 * HIDDEN];
     for (p, row) in pre.iter_mut().zip(w.iter()) {
-        *p = dot(row);
+        *p = dot(row, x);
     }
     let (candidate, gate) = pre.split_at(HIDDEN);
     for ((h, &c), &g) in h.iter_mut().zip(candidate).zip(gate) {
