@@ -4,23 +4,26 @@
 //! model's instructions (callgrind on the W2 call: ~50k of ~107k per window). This computes the
 //! same features — pre-emphasis 0.97, a 768-sample periodic Hann window zero-padded to a 1024-point
 //! real FFT, power at int16 scale, 40 triangular mel bands, natural log, then earshot's own
-//! normalisation — with realfft (rustfft picks SIMD kernels at run time), and runs earshot's
+//! normalisation — on a 512-point complex rustfft (SIMD kernels picked at run time) with the real
+//! split done here for the used bins only, and runs earshot's
 //! network and weights in [`super::network`] (vectorised, bit-identical).
 //! A unit test pins the scores to `earshot::Detector`'s on speech-like audio.
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
-use realfft::num_complex::Complex;
-use realfft::{RealFftPlanner, RealToComplex};
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
 
 use super::VadAnalyzer;
 use super::network::{CONTEXT, MELS, Network};
 
 const HOP: usize = 256;
 const WINDOW: usize = 768;
+/// The real FFT's length: the window zero-padded, as earshot does.
 const FFT: usize = 1024;
-const BINS: usize = FFT / 2 + 1;
+/// It runs as a complex FFT of half the length over (even, odd) sample pairs.
+const HALF: usize = FFT / 2;
 const PRE_EMPHASIS: f32 = 0.97;
 const POWER_SCALE: f32 = 1.0 / (32768.0 * 32768.0);
 /// Corner bins of earshot's 40 triangular mel bands: band `i` rises from `MEL_POINTS[i]` to 1 at
@@ -30,11 +33,16 @@ const MEL_POINTS: [usize; MELS + 2] = [
     4, 7, 10, 13, 17, 21, 25, 29, 33, 38, 43, 48, 54, 60, 66, 73, 80, 87, 95, 103, 112, 122, 132, 142, 153, 165, 178,
     191, 205, 220, 236, 253, 270, 289, 309, 330, 353, 376, 402, 428, 456, 486,
 ];
+/// Bins the mel bands read (0..486 of the 513): the rest of the spectrum is never computed.
+const USED: usize = MEL_POINTS[MELS + 1];
 
 /// What every detector shares: the FFT plan (twiddles) and the window and band weights.
 struct Tables {
-    fft: Arc<dyn RealToComplex<f32>>,
+    fft: Arc<dyn Fft<f32>>,
     hann: Vec<f32>,
+    /// `e^{−2πik/1024}` for the used bins, split into real and imaginary parts.
+    twiddle_re: Box<[f32; USED]>,
+    twiddle_im: Box<[f32; USED]>,
     /// Per band: first bin and weights, flattened into `weights`.
     bands: [(usize, usize, usize); MELS],
     weights: Vec<f32>,
@@ -43,10 +51,13 @@ struct Tables {
 fn tables() -> &'static Tables {
     static TABLES: OnceLock<Tables> = OnceLock::new();
     TABLES.get_or_init(|| {
-        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(FFT);
+        let fft = FftPlanner::<f32>::new().plan_fft_forward(HALF);
         let hann = (0..WINDOW)
             .map(|i| (0.5 * (1.0 - (2.0 * std::f64::consts::PI * i as f64 / WINDOW as f64).cos())) as f32)
             .collect();
+        let angle = |k: usize| -2.0 * std::f64::consts::PI * k as f64 / FFT as f64;
+        let twiddle_re = Box::new(std::array::from_fn(|k| angle(k).cos() as f32));
+        let twiddle_im = Box::new(std::array::from_fn(|k| angle(k).sin() as f32));
         let mut bands = [(0, 0, 0); MELS];
         let mut weights = Vec::new();
         for (i, band) in bands.iter_mut().enumerate() {
@@ -59,7 +70,7 @@ fn tables() -> &'static Tables {
             }
             *band = (lo, offset, hi - lo);
         }
-        Tables { fft, hann, bands, weights }
+        Tables { fft, hann, twiddle_re, twiddle_im, bands, weights }
     })
 }
 
@@ -69,14 +80,62 @@ fn tables() -> &'static Tables {
 /// buffers cycling through the cache; a shared set stays hot, and each detector keeps only its
 /// real state (~4 KiB).
 struct Scratch {
-    input: Vec<f32>,
-    spectrum: Vec<Complex<f32>>,
+    /// The windowed frame as (even, odd) pairs, transformed in place.
+    z: Vec<Complex<f32>>,
     fft: Vec<Complex<f32>>,
+    /// `Z[k]` and `Z[(512 − k) mod 512]` for the used bins, split into real and imaginary parts
+    /// so that the split below runs eight bins per instruction.
+    re: Box<[f32; USED]>,
+    im: Box<[f32; USED]>,
+    re_mirror: Box<[f32; USED]>,
+    im_mirror: Box<[f32; USED]>,
+    power: Box<[f32; USED]>,
 }
 
 impl Scratch {
     fn new(t: &Tables) -> Self {
-        Self { input: t.fft.make_input_vec(), spectrum: t.fft.make_output_vec(), fft: t.fft.make_scratch_vec() }
+        Self {
+            z: vec![Complex::default(); HALF],
+            fft: vec![Complex::default(); t.fft.get_inplace_scratch_len()],
+            re: Box::new([0.0; USED]),
+            im: Box::new([0.0; USED]),
+            re_mirror: Box::new([0.0; USED]),
+            im_mirror: Box::new([0.0; USED]),
+            power: Box::new([0.0; USED]),
+        }
+    }
+
+    /// Power spectrum (int16 scale → full scale) of the 1024-point real FFT of `frame`, zero
+    /// padded, for bins `0..USED`: a 512-point complex FFT of the (even, odd) sample pairs and
+    /// the standard split `X[k] = E[k] + W^k·O[k]`, with `E`, `O` the spectra of the even and
+    /// odd samples recovered from `Z[k]` and `conj(Z[512 − k])`.
+    fn power_spectrum(&mut self, t: &Tables, frame: &[f32; WINDOW]) {
+        for ((z, x), w) in self.z.iter_mut().zip(frame.chunks_exact(2)).zip(t.hann.chunks_exact(2)) {
+            *z = Complex::new(x[0] * w[0], x[1] * w[1]);
+        }
+        self.z[WINDOW / 2..].fill(Complex::default());
+        t.fft.process_with_scratch(&mut self.z, &mut self.fft);
+        for ((re, im), z) in self.re.iter_mut().zip(self.im.iter_mut()).zip(&self.z) {
+            *re = z.re;
+            *im = z.im;
+        }
+        self.re_mirror[0] = self.z[0].re;
+        self.im_mirror[0] = self.z[0].im;
+        let mirrored = self.z[HALF + 1 - USED..].iter().rev();
+        for ((re, im), z) in self.re_mirror[1..].iter_mut().zip(self.im_mirror[1..].iter_mut()).zip(mirrored) {
+            *re = z.re;
+            *im = z.im;
+        }
+        let bins = self.re.iter().zip(self.im.iter()).zip(self.re_mirror.iter().zip(self.im_mirror.iter()));
+        let twiddles = t.twiddle_re.iter().zip(t.twiddle_im.iter());
+        for ((p, ((&ar, &ai), (&br, &bi))), (&wr, &wi)) in self.power.iter_mut().zip(bins).zip(twiddles) {
+            // E = (Z[k] + conj Z[N−k]) / 2, O = −i·(Z[k] − conj Z[N−k]) / 2.
+            let (er, ei) = (0.5 * (ar + br), 0.5 * (ai - bi));
+            let (or, oi) = (0.5 * (ai + bi), -0.5 * (ar - br));
+            let xr = er + (wr * or - wi * oi);
+            let xi = ei + (wr * oi + wi * or);
+            *p = (xr * xr + xi * xi) * POWER_SCALE;
+        }
     }
 }
 
@@ -108,20 +167,9 @@ impl EarshotVad {
             *dst = s - PRE_EMPHASIS * self.prev;
             self.prev = s;
         }
-        for ((dst, &x), &w) in sc.input.iter_mut().zip(self.ring.iter()).zip(&t.hann) {
-            *dst = x * w;
-        }
-        sc.input[WINDOW..].fill(0.0);
-        if t.fft.process_with_scratch(&mut sc.input, &mut sc.spectrum, &mut sc.fft).is_err() {
-            // Only possible with mis-sized buffers, which `Scratch::new` rules out.
-            return 0.0;
-        }
-        // Power spectrum into the (now free) input buffer.
-        for (dst, c) in sc.input[..BINS].iter_mut().zip(&sc.spectrum) {
-            *dst = c.norm_sqr() * POWER_SCALE;
-        }
+        sc.power_spectrum(t, &self.ring);
         self.features.copy_within(MELS.., 0);
-        let power = &sc.input[..BINS];
+        let power = &sc.power[..];
         let Some(current) = self.features.last_chunk_mut::<MELS>() else { return 0.0 };
         for (dst, &(lo, offset, len)) in current.iter_mut().zip(&t.bands) {
             let band: f32 = power[lo..lo + len].iter().zip(&t.weights[offset..offset + len]).map(|(p, w)| p * w).sum();
