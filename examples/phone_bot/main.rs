@@ -17,6 +17,7 @@
 
 mod admin;
 mod bot;
+mod caller;
 mod config;
 mod jobs;
 mod observability;

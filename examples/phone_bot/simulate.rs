@@ -23,8 +23,8 @@ use voxline_emulators::deepgram::{DeepgramConfig, DeepgramEmulator, TranscriptSc
 use voxline_emulators::elevenlabs::{ElevenLabsConfig, ElevenLabsEmulator};
 use voxline_emulators::openai::{OpenAiConfig, OpenAiEmulator, Responder, Scripted, call_center_responder};
 use voxline_transports::twilio::serializer::{Outbound, client, decode_outbound};
-use voxline_transports::twilio::signature;
 
+use crate::caller::{Answered, ring};
 use crate::config::{Config, Secrets};
 use crate::server::App;
 use crate::store::{CallRow, Store};
@@ -269,31 +269,7 @@ struct Playback {
 
 /// Place a simulated call: signed webhook, then the media stream.
 pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>) -> anyhow::Result<CallerLog> {
-    let http = reqwest::Client::new();
-    let params = vec![
-        ("AccountSid".to_string(), "AC00000000000000000000000000000000".to_string()),
-        ("CallSid".to_string(), call_sid.to_string()),
-        ("From".to_string(), from.to_string()),
-        ("To".to_string(), "+15550009999".to_string()),
-        ("CallStatus".to_string(), "ringing".to_string()),
-    ];
-    let url = format!("{base}/voice/twilio");
-    let sig = signature::compute(SIM_AUTH_TOKEN, &url, &params);
-    let resp = http.post(&url).header("X-Twilio-Signature", sig).form(&params).send().await?;
-    if !resp.status().is_success() {
-        bail!("webhook answered {}", resp.status());
-    }
-    let twiml = resp.text().await?;
-    let stream_url = attr(&twiml, "Stream url=\"").context("TwiML without <Stream url>")?;
-    let mut custom: Vec<(String, String)> = Vec::new();
-    let mut rest = twiml.as_str();
-    while let Some(i) = rest.find("<Parameter name=\"") {
-        rest = &rest[i..];
-        let name = attr(rest, "name=\"").unwrap_or_default();
-        let value = attr(rest, "value=\"").unwrap_or_default();
-        custom.push((unescape(&name), unescape(&value)));
-        rest = &rest[1..];
-    }
+    let Answered { stream_url, custom } = ring(&reqwest::Client::new(), base, call_sid, from).await?;
     let (ws, _) = tokio_tungstenite::connect_async(&stream_url).await.context("websocket connect")?;
     let (mut tx, mut rx) = ws.split();
     let stream_sid = format!("MZ{}", &call_sid[2..].chars().chain(std::iter::repeat('0')).take(32).collect::<String>());
@@ -504,16 +480,6 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
 /// leave around speech).
 fn last_voiced(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
-}
-
-fn attr(s: &str, prefix: &str) -> Option<String> {
-    let i = s.find(prefix)? + prefix.len();
-    let j = s[i..].find('"')? + i;
-    Some(unescape(&s[i..j]))
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
 
 /// `--simulate`: one full call, printed live. With `--bench-turns T [--bench-calls C]`: the

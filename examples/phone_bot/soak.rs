@@ -11,20 +11,16 @@
 //! their jobs), outbound audio jitter p50/p99 (deviation of media inter-arrival from 20 ms,
 //! after each utterance's send-ahead burst), and RSS/CPU per call over time.
 
-use std::collections::VecDeque;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use voxline_transports::twilio::serializer::{Outbound, client, decode_outbound};
-use voxline_transports::twilio::signature;
 
+use crate::caller::{CallOutcome, Script, caller};
 use crate::config::Config;
 use crate::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
 use crate::skills::lock;
@@ -130,150 +126,11 @@ pub fn fleet_config(
 }
 
 /// What one soak call saw.
-#[derive(Debug, Default)]
-pub struct SoakCall {
-    pub completed: bool,
-    pub jitter_ms: Vec<f64>,
-    pub error: Option<String>,
-}
+pub type SoakCall = CallOutcome;
 
-/// One simulated call: greeting, the order number, goodbye; the server ends the call. Keeps
-/// arrival times of outbound media for jitter, and echoes marks as Twilio's buffer plays.
+/// One simulated call saying `lines` (the shared [`caller`]); the server ends the call.
 pub async fn soak_call(base: &str, call_sid: &str, lines: &[Vec<u8>]) -> SoakCall {
-    match soak_call_inner(base, call_sid, lines).await {
-        Ok(c) => c,
-        Err(e) => SoakCall { error: Some(format!("{e:#}")), ..SoakCall::default() },
-    }
-}
-
-async fn soak_call_inner(base: &str, call_sid: &str, lines: &[Vec<u8>]) -> anyhow::Result<SoakCall> {
-    let http = reqwest::Client::new();
-    let params = vec![
-        ("AccountSid".to_string(), "AC00000000000000000000000000000000".to_string()),
-        ("CallSid".to_string(), call_sid.to_string()),
-        ("From".to_string(), "+15550001111".to_string()),
-        ("To".to_string(), "+15550009999".to_string()),
-        ("CallStatus".to_string(), "ringing".to_string()),
-    ];
-    let url = format!("{base}/voice/twilio");
-    let sig = signature::compute(SIM_AUTH_TOKEN, &url, &params);
-    let resp = http.post(&url).header("X-Twilio-Signature", sig).form(&params).send().await?;
-    if !resp.status().is_success() {
-        bail!("webhook answered {}", resp.status());
-    }
-    let twiml = resp.text().await?;
-    let stream_url = unescape(&between(&twiml, "Stream url=\"", "\"").context("no <Stream url>")?);
-    // Every <Parameter> goes back in `start` (the stream token among them), as Twilio does.
-    let mut custom: Vec<(String, String)> = Vec::new();
-    let mut rest = twiml.as_str();
-    while let Some(i) = rest.find("<Parameter name=\"") {
-        rest = &rest[i..];
-        let name = between(rest, "name=\"", "\"").unwrap_or_default();
-        let value = between(rest, "value=\"", "\"").unwrap_or_default();
-        custom.push((unescape(&name), unescape(&value)));
-        rest = &rest[1..];
-    }
-    let (ws, _) = tokio_tungstenite::connect_async(&stream_url).await?;
-    let (mut tx, mut rx) = ws.split();
-    let stream_sid = format!("MZ{}", &call_sid[2..]);
-    tx.send(Message::text(client::connected())).await?;
-    let custom_ref: Vec<(&str, &str)> = custom.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    tx.send(Message::text(client::start(&stream_sid, call_sid, &custom_ref))).await?;
-    let mut out = SoakCall::default();
-    let mut marks: VecDeque<(String, Instant)> = VecDeque::new();
-    let mut play_end = Instant::now();
-    let mut last_audio: Option<Instant> = None;
-    let mut run_start: Option<(Instant, u32)> = None;
-    let mut prev: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut speaking: VecDeque<u8> = VecDeque::new();
-    let mut next_line = 0usize;
-    let mut seq = 0u64;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        tokio::select! {
-            msg = rx.next() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t.to_string(),
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => continue,
-                };
-                let Ok((_, o)) = decode_outbound(&text) else { continue };
-                let now = Instant::now();
-                match o {
-                    Outbound::Media { payload } => {
-                        play_end = play_end.max(now) + Duration::from_millis(payload.len() as u64 / 8);
-                        // Jitter: inter-arrival vs 20 ms, skipping the send-ahead burst at the
-                        // start of each utterance (a gap > 200 ms starts a new one).
-                        match (prev, run_start) {
-                            (Some(p), Some((_, n))) if now.duration_since(p) < Duration::from_millis(200) => {
-                                if n >= 10 {
-                                    out.jitter_ms.push((now.duration_since(p).as_secs_f64() * 1e3 - 20.0).abs());
-                                }
-                                run_start = run_start.map(|(t, n)| (t, n + 1));
-                            }
-                            _ => run_start = Some((now, 0)),
-                        }
-                        prev = Some(now);
-                        last_audio = Some(now);
-                    }
-                    Outbound::Mark { name } => marks.push_back((name, play_end.max(now))),
-                    Outbound::Clear => {
-                        play_end = now;
-                        while let Some((name, _)) = marks.pop_front() {
-                            tx.send(Message::text(client::mark(&stream_sid, &name))).await?;
-                        }
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if now > deadline {
-                    bail!("call did not end within 120 s");
-                }
-                while marks.front().is_some_and(|(_, at)| *at <= now) {
-                    if let Some((name, _)) = marks.pop_front() {
-                        tx.send(Message::text(client::mark(&stream_sid, &name))).await?;
-                    }
-                }
-                // Speak the next line once the bot has spoken and been quiet for 400 ms.
-                let quiet = marks.is_empty() && play_end + Duration::from_millis(400) <= now
-                    && last_audio.is_some_and(|t| t + Duration::from_millis(400) <= now);
-                if speaking.is_empty() && quiet && next_line < lines.len() {
-                    speaking.extend(&lines[next_line]);
-                    next_line += 1;
-                    last_audio = None;
-                }
-                let chunk: Vec<u8> = if speaking.is_empty() {
-                    vec![0xFF; 160]
-                } else {
-                    let n = speaking.len().min(160);
-                    let mut c: Vec<u8> = speaking.drain(..n).collect();
-                    c.resize(160, 0xFF);
-                    c
-                };
-                if tx.send(Message::text(client::media(&stream_sid, seq, &chunk))).await.is_err() {
-                    break;
-                }
-                seq += 1;
-            }
-        }
-    }
-    // Completed: every line was said and the server closed the stream after the goodbye.
-    out.completed = next_line == lines.len() && seq > 0 && prev.is_some();
-    Ok(out)
-}
-
-/// TwiML attribute text back to plain text.
-pub fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-}
-
-/// The text between the first `start` and the next `end`.
-pub fn between(s: &str, start: &str, end: &str) -> Option<String> {
-    let i = s.find(start)? + start.len();
-    let j = s[i..].find(end)? + i;
-    Some(s[i..j].to_string())
+    caller(&reqwest::Client::new(), base, call_sid, &Script::new(lines), Duration::ZERO).await
 }
 
 /// (RSS bytes, CPU seconds) of a process, from `/proc` (Linux).
