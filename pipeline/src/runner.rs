@@ -373,8 +373,13 @@ struct Driver {
     interruptions: u64,
     outcome: Option<TaskOutcome>,
     event_queue: VecDeque<(Event, Option<usize>)>,
-    scratch_frames: Vec<(Direction, Envelope)>,
+    /// Emptied frame buffers, one per level of [`chain`](Self::chain) nesting: a stage's output
+    /// is swapped out of the thread-local stage into one of these, so the hot path never
+    /// allocates.
+    frame_pool: Vec<Vec<(Direction, Envelope)>>,
     scratch_events: Vec<Event>,
+    /// How many stages deep the current [`chain`](Self::chain) is.
+    chain_depth: usize,
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     active: bool,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -382,6 +387,9 @@ struct Driver {
     /// Set when a frame was queued upstream, so the next sweep also runs backwards.
     upstream_moved: bool,
 }
+
+/// Deepest nesting of [`Driver::chain`]: beyond it frames are queued as usual (bounds the stack).
+const MAX_CHAIN: usize = 64;
 
 impl Driver {
     fn new(
@@ -462,8 +470,9 @@ impl Driver {
             interruptions: 0,
             outcome: None,
             event_queue: VecDeque::new(),
-            scratch_frames: Vec::with_capacity(64),
+            frame_pool: vec![Vec::with_capacity(64)],
             scratch_events: Vec::new(),
+            chain_depth: 0,
             idle,
             active: false,
             deadline: None,
@@ -696,7 +705,14 @@ impl Driver {
             Direction::Upstream => &self.slots[from].up,
         };
         match route {
-            Route::Slot(j) => self.enqueue(*j, dir, env, Some(from)),
+            Route::Slot(j) => {
+                let j = *j;
+                if dir == Direction::Downstream && self.can_chain(j) {
+                    self.chain(j, env);
+                } else {
+                    self.enqueue(j, dir, env, Some(from));
+                }
+            }
             Route::Exit => self.exit(from, dir, env),
             Route::Fan(js) => {
                 let js = js.clone();
@@ -709,6 +725,43 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Whether a frame routed downstream to stage `j` may be handed to it at once instead of
+    /// queued: exactly when servicing `j` next would take this frame first and call it now.
+    ///
+    /// Why: in a chain of synchronous stages a queued frame costs a queue push and pop, a sweep
+    /// step and a wake check per hop; handed on depth-first, a hop is the processor call. The
+    /// order of frames on every link is unchanged (the inbox is empty, and `j` is idle), events
+    /// still overtake frames (no hand-off while one is pending), and observers still see every
+    /// hop (no hand-off while any is attached).
+    fn can_chain(&self, j: usize) -> bool {
+        let s = &self.slots[j];
+        self.chain_depth < MAX_CHAIN
+            && self.observers.is_empty()
+            && !self.params.processing_metrics
+            && self.event_queue.is_empty()
+            && matches!(self.phase, Phase::Running | Phase::Stopping)
+            && s.inbox.is_empty()
+            && s.pending_events.is_empty()
+            && matches!(s.state, State::Idle(_))
+            && self.route_room(&s.down) > 0
+    }
+
+    /// Stage `j` takes `env` now, as [`service`](Self::service) would take it from its inbox.
+    fn chain(&mut self, j: usize, env: Envelope) {
+        self.chain_depth += 1;
+        let kind = env.frame.kind();
+        if let Frame::Start(info) = &env.frame
+            && let State::Idle(o) = &mut self.slots[j].state
+        {
+            o.cx.start = Some(info.clone());
+        }
+        self.slots[j].counters.processed += 1;
+        if let Some(frame) = self.try_now(j, env.frame, Direction::Downstream) {
+            self.begin_call(j, Call::Process(frame, Direction::Downstream), Some(kind), env.uninterruptible);
+        }
+        self.chain_depth -= 1;
     }
 
     fn exit(&mut self, from: usize, dir: Direction, env: Envelope) {
@@ -885,7 +938,7 @@ impl Driver {
 
     /// Take what stage `i` staged and route it; returns whether it blocked on a full neighbour.
     fn collect_stage(&mut self, i: usize, keep_frames: bool) -> bool {
-        let mut frames = std::mem::take(&mut self.scratch_frames);
+        let mut frames = self.frame_pool.pop().unwrap_or_default();
         let mut events = std::mem::take(&mut self.scratch_events);
         let blocked = with_stage(|s| {
             // Swap buffers rather than copy frames out: both keep their capacity, so the hot
@@ -899,6 +952,14 @@ impl Driver {
             s.cancel = false;
             s.blocked
         });
+        // Events first: a frame staged together with an event must not be handed on (see
+        // `can_chain`) ahead of it.
+        if !events.is_empty() {
+            for ev in events.drain(..) {
+                self.event_queue.push_back((ev, Some(i)));
+            }
+        }
+        self.scratch_events = events;
         if !frames.is_empty() {
             if keep_frames {
                 for (dir, env) in frames.drain(..) {
@@ -908,13 +969,7 @@ impl Driver {
                 frames.clear();
             }
         }
-        if !events.is_empty() {
-            for ev in events.drain(..) {
-                self.event_queue.push_back((ev, Some(i)));
-            }
-        }
-        self.scratch_frames = frames;
-        self.scratch_events = events;
+        self.frame_pool.push(frames);
         blocked
     }
 
