@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxline_pipeline::{
@@ -490,7 +491,13 @@ impl<P: LiveProtocol> Session<P> {
             };
             let attempt = tokio::time::timeout(
                 self.settings.connect_timeout,
-                tokio_tungstenite::connect_async_with_config(req, None, true),
+                // Transcripts are a few KiB at most; tungstenite zero-fills the free part of its
+                // read buffer (128 KiB by default) before every socket read.
+                tokio_tungstenite::connect_async_with_config(
+                    req,
+                    Some(WebSocketConfig::default().read_buffer_size(8 * 1024)),
+                    true,
+                ),
             );
             tokio::pin!(attempt);
             let result = loop {

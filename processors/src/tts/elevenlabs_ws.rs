@@ -271,7 +271,9 @@ impl SocketTask {
             }
         }
         // Audio messages with alignment can be large (Pipecat allows 16 MiB).
-        let config = WebSocketConfig::default().max_message_size(Some(16 << 20));
+        // Read buffer: tungstenite zero-fills the free part of it (128 KiB by default) before
+        // every socket read; audio messages of a few KiB to tens of KiB read fine through 32 KiB.
+        let config = WebSocketConfig::default().max_message_size(Some(16 << 20)).read_buffer_size(32 * 1024);
         let attempt = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
         match tokio::time::timeout(self.settings.connect_timeout, attempt).await {
             Ok(Ok((ws, _))) => {

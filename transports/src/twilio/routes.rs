@@ -232,6 +232,9 @@ pub fn stream_twiml(stream_url: &str, params: &[(String, String)]) -> String {
     s
 }
 
+/// Read buffer of a media-stream socket (see `stream_upgrade`).
+const READ_BUFFER: usize = 8 * 1024;
+
 async fn stream_upgrade(State(state): State<Arc<AppState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     // Twilio signs the handshake over the wss URL; when it is present it must match. The stream
     // token checked at `start` is the binding check either way.
@@ -247,12 +250,17 @@ async fn stream_upgrade(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     // call gets a clean close code.
     let limit = params.max_message_bytes.saturating_mul(4).max(16 * 1024);
     let state2 = state.clone();
-    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
-        match transport::accept(socket, params).await {
-            Ok(session) => state2.handler.handle_stream(session).await,
-            Err(e) => tracing::warn!(error = %e, "twilio stream refused"),
-        }
-    })
+    // A small read buffer: tungstenite zero-fills the free part of its read buffer (128 KiB by
+    // default) before every socket read, and Twilio's messages are ~400 bytes; larger messages
+    // still arrive, over several reads.
+    ws.max_message_size(limit).max_frame_size(limit).read_buffer_size(READ_BUFFER).on_upgrade(
+        move |socket| async move {
+            match transport::accept(socket, params).await {
+                Ok(session) => state2.handler.handle_stream(session).await,
+                Err(e) => tracing::warn!(error = %e, "twilio stream refused"),
+            }
+        },
+    )
 }
 
 async fn status_callback(
