@@ -16,7 +16,7 @@
 //! count, and a sentence beginning "Actually, ..." is detected 0.3 s late.
 //!
 //! The default model is earshot 1.2.2's network ([`EarshotVad`], with its features computed on
-//! rustfft): pure Rust, 256-sample (16 ms) windows at 16 kHz, ~12 KiB of state, no native or
+//! rustfft): pure Rust, 256-sample (16 ms) windows at 16 kHz, ~4 KiB of state per stream, no native or
 //! model-file dependency. The model is skipped on windows too quiet to count as speech (see
 //! [`VadSegmenter`]), which on a quiet line is a fifth or more of them.
 
