@@ -748,20 +748,25 @@ impl Driver {
             && self.route_room(&s.down) > 0
     }
 
-    /// Stage `j` takes `env` now, as [`service`](Self::service) would take it from its inbox.
+    /// Stage `j` takes `env` now instead of from its inbox (see [`can_chain`](Self::can_chain)).
     fn chain(&mut self, j: usize, env: Envelope) {
         self.chain_depth += 1;
+        self.take(j, Direction::Downstream, env);
+        self.chain_depth -= 1;
+    }
+
+    /// Idle stage `i` takes one frame: the synchronous call, or the async one if it asks for it.
+    fn take(&mut self, i: usize, dir: Direction, env: Envelope) {
         let kind = env.frame.kind();
         if let Frame::Start(info) = &env.frame
-            && let State::Idle(o) = &mut self.slots[j].state
+            && let State::Idle(o) = &mut self.slots[i].state
         {
             o.cx.start = Some(info.clone());
         }
-        self.slots[j].counters.processed += 1;
-        if let Some(frame) = self.try_now(j, env.frame, Direction::Downstream) {
-            self.begin_call(j, Call::Process(frame, Direction::Downstream), Some(kind), env.uninterruptible);
+        self.slots[i].counters.processed += 1;
+        if let Some(frame) = self.try_now(i, env.frame, dir) {
+            self.begin_call(i, Call::Process(frame, dir), Some(kind), env.uninterruptible);
         }
-        self.chain_depth -= 1;
     }
 
     fn exit(&mut self, from: usize, dir: Direction, env: Envelope) {
@@ -845,16 +850,7 @@ impl Driver {
                         self.slots[i].counters.dropped_interrupted += 1;
                         continue;
                     }
-                    let kind = env.frame.kind();
-                    if let Frame::Start(info) = &env.frame
-                        && let State::Idle(o) = &mut self.slots[i].state
-                    {
-                        o.cx.start = Some(info.clone());
-                    }
-                    self.slots[i].counters.processed += 1;
-                    if let Some(frame) = self.try_now(i, env.frame, dir) {
-                        self.begin_call(i, Call::Process(frame, dir), Some(kind), env.uninterruptible);
-                    }
+                    self.take(i, dir, env);
                 }
                 progress
             }

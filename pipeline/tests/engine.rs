@@ -439,3 +439,61 @@ async fn synchronous_processors_also_run_through_the_async_path() {
     assert_eq!(texts(&out.downstream), vec!["a:x"]);
     assert!(out.events.iter().any(|e| matches!(e, Event::Metrics(MetricsEvent::ProcessingTime { .. }))));
 }
+
+/// Notes, in one log, every frame it takes and every event it is told of.
+struct Recorder {
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Processor for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+    fn process_now(&mut self, frame: Frame, dir: Direction, cx: &mut Context) -> Result<Option<Frame>, FlowError> {
+        if let Frame::Text(t) = &frame {
+            self.log.lock().unwrap().push(format!("frame {t}"));
+        }
+        cx.push_now(frame, dir);
+        Ok(None)
+    }
+    fn on_event(&mut self, event: &Event, _cx: &mut Context) -> FlowResult {
+        self.log.lock().unwrap().push(format!("event {event:?}"));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn frames_handed_on_between_stages_keep_order_and_events_still_overtake_them() {
+    // Synchronous stages take a frame straight from the stage before them when they are idle;
+    // an asynchronous stage in the middle and an event emitted together with a frame must not
+    // change what any stage sees, nor in which order.
+    let emitter = processor_fn("emitter", |frame, dir, cx| {
+        if matches!(&frame, Frame::Text(t) if &**t == "7") {
+            cx.emit(Event::UserStartedSpeaking);
+        }
+        cx.push_now(frame, dir);
+        Ok(())
+    });
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut p = Pipeline::new().with(emitter);
+    for _ in 0..4 {
+        p = p.with(PassThrough);
+    }
+    p = p.with(EventLog { name: "async", log: Arc::default() });
+    for _ in 0..4 {
+        p = p.with(PassThrough);
+    }
+    let h = Harness::new(p.with(Recorder { log: log.clone() }));
+    for i in 0..30 {
+        h.push(text(&i.to_string())).await;
+    }
+    let out = h.finish().await;
+    let want: Vec<String> = (0..30).map(|i| i.to_string()).collect();
+    assert_eq!(texts(&out.downstream), want);
+    let log = log.lock().unwrap().clone();
+    let seen: Vec<&String> = log.iter().filter(|l| l.starts_with("frame ")).collect();
+    assert_eq!(seen.len(), 30, "{log:?}");
+    let event = log.iter().position(|l| l == "event UserStartedSpeaking").expect("event delivered");
+    let frame = log.iter().position(|l| l == "frame 7").expect("frame delivered");
+    assert!(event < frame, "the frame emitted with the event overtook it: {log:?}");
+}
