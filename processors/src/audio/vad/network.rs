@@ -144,7 +144,7 @@ impl Network {
     }
 
     /// Speech probability of the newest window, given three windows of normalised features.
-    pub(super) fn predict(&mut self, features: &[f32; MELS * CONTEXT]) -> f32 {
+    pub(super) fn predict(&mut self, features: &[[f32; MELS]; CONTEXT]) -> f32 {
         let w = weights();
         let l1 = layer1(w, features);
         let l2 = layer2(w, &l1);
@@ -161,12 +161,12 @@ impl Network {
 
 /// Depthwise 3×3 over the three windows, pointwise ×16 with bias, max pool 3/2 with ReLU.
 /// Out: `[column][channel]` (channel-minor, so the next layer runs across channels).
-fn layer1(w: &Weights, f: &[f32; MELS * CONTEXT]) -> [[f32; CH]; L1_POOLED] {
+fn layer1(w: &Weights, f: &[[f32; MELS]; CONTEXT]) -> [[f32; CH]; L1_POOLED] {
     let mut row = [0.0f32; L1_COLS];
-    for kh in 0..3 {
+    for (kh, window) in f.iter().enumerate() {
         for kw in 0..3 {
             let k = w.l1_kernel[kh * 3 + kw];
-            let src = &f[kh * MELS + kw..kh * MELS + kw + L1_COLS];
+            let src = &window[kw..kw + L1_COLS];
             for (acc, &x) in row.iter_mut().zip(src) {
                 *acc += x * k;
             }
@@ -245,8 +245,7 @@ fn dot<const N: usize>(a: &[i16; N], b: &[i16; N]) -> i32 {
 
 /// earshot's minGRU in fixed point: `h ← (1 − g)·h + g·c`, with the candidate `c` and the gate
 /// `g` (×4, clamped to [0, 1]) linear in the input. Inputs Q15, weights Q9.
-fn min_gru<const IN: usize>(x: &[i16], h: &mut [i16; HIDDEN], w: &[[i16; IN]; 2 * HIDDEN]) {
-    let Some(x) = x.first_chunk::<IN>() else { return };
+fn min_gru<const IN: usize>(x: &[i16; IN], h: &mut [i16; HIDDEN], w: &[[i16; IN]; 2 * HIDDEN]) {
     let mut pre = [0i32; 2 * HIDDEN];
     for (p, row) in pre.iter_mut().zip(w.iter()) {
         *p = dot(row, x);
@@ -298,15 +297,16 @@ mod tests {
         let mut ours = Network::new();
         let mut theirs = DefaultPredictor::new();
         let mut work = vec![0.0f32; 1026];
-        let (mut ctx_a, mut ctx_b) = ([0.0f32; MELS * CONTEXT], [0.0f32; MELS * CONTEXT]);
+        let mut ctx_a = [[0.0f32; MELS]; CONTEXT];
+        let mut ctx_b = [0.0f32; MELS * CONTEXT];
         let (mut lo, mut hi) = (1.0f32, 0.0f32);
         for (i, window) in features(3000).into_iter().enumerate() {
             let (mut a, mut b) = (window, window);
             Network::normalize(&mut a);
             theirs.normalize(&mut b);
             assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "normalisation differs at window {i}");
-            ctx_a.copy_within(MELS.., 0);
-            ctx_a[MELS * 2..].copy_from_slice(&a);
+            ctx_a.rotate_left(1);
+            ctx_a[CONTEXT - 1] = a;
             ctx_b.copy_within(MELS.., 0);
             ctx_b[MELS * 2..].copy_from_slice(&b);
             let (pa, pb) = (ours.predict(&ctx_a), theirs.predict(&ctx_b, &mut work));
