@@ -116,7 +116,8 @@ async fn health(State(st): State<AdminState>) -> Response {
         .into_response()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+/// Nearest-rank percentile (`p` in 0..=1) of an ascending slice; `None` when it is empty.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }

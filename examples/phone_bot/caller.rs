@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use voxline_transports::twilio::serializer::client;
 use voxline_transports::twilio::signature;
 
-use crate::simulate::SIM_AUTH_TOKEN;
+use crate::simulate::{SIM_AUTH_TOKEN, last_voiced};
 
 /// What the voice webhook answered: where to open the media stream, and the `<Parameter>`s to
 /// send back in `start` (the stream token among them), as Twilio does.
@@ -95,11 +95,7 @@ impl Script {
                         b64.encode(&c)
                     })
                     .collect();
-                // "Voiced" as the simulation counts it: louder than the near-silence around speech.
-                let last = bytes
-                    .iter()
-                    .rposition(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000)
-                    .unwrap_or(0);
+                let last = last_voiced(bytes).saturating_sub(1);
                 Line { last_voiced: (last / 160).min(chunks.len().saturating_sub(1)), chunks }
             })
             .filter(|l| !l.chunks.is_empty())
@@ -303,4 +299,28 @@ async fn caller_inner(
         bail!("bot ended the call after {next_line} of {} caller lines", script.lines.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_encoded_media_is_the_serializers_message() {
+        let chunk: Vec<u8> = (0..160u8).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
+        for seq in [0, 1, 4_000_000_000] {
+            let ours: serde_json::Value = serde_json::from_str(&media_message("MZ1", seq, &b64)).unwrap();
+            let theirs: serde_json::Value = serde_json::from_str(&client::media("MZ1", seq, &chunk)).unwrap();
+            assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn decoded_length_of_base64() {
+        let e = base64::engine::general_purpose::STANDARD;
+        for n in [0, 1, 2, 3, 159, 160, 161] {
+            assert_eq!(b64_len(&e.encode(vec![0u8; n])), n);
+        }
+    }
 }

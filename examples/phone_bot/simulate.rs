@@ -478,7 +478,7 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
 
 /// Bytes up to and including the last voiced sample (louder than the near-silence espeak and sox
 /// leave around speech).
-fn last_voiced(bytes: &[u8]) -> usize {
+pub(crate) fn last_voiced(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
 }
 

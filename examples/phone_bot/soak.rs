@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::time::Instant;
 
+use crate::admin::percentile;
 use crate::caller::{CallOutcome, Script, caller};
 use crate::config::Config;
 use crate::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
@@ -145,14 +146,6 @@ pub fn proc_usage(pid: u32) -> Option<(u64, f64)> {
     Some((rss_kb * 1024, ticks / 100.0))
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// `--soak`: see the module docs.
 pub async fn run(args: &[String]) -> anyhow::Result<()> {
     let calls: usize = arg(args, "--calls").unwrap_or(20);
@@ -274,6 +267,7 @@ pub async fn soak(
     let res = std::mem::take(&mut *lock(&results));
     let completed = res.iter().filter(|r| r.completed).count();
     let mut jitter: Vec<f64> = res.iter().flat_map(|r| r.jitter_ms.iter().copied()).collect();
+    jitter.sort_by(f64::total_cmp);
     let errors: Vec<&str> = res.iter().filter_map(|r| r.error.as_deref()).take(5).collect();
     let retried: i64 = {
         use sqlx::Row as _;
@@ -304,7 +298,7 @@ pub async fn soak(
         "post_call_records": records,
         "records_equal_placed": records == placed,
         "jobs_retried_after_kill": retried,
-        "jitter_ms": {"p50": percentile(&mut jitter, 0.5), "p99": percentile(&mut jitter, 0.99), "samples": jitter.len()},
+        "jitter_ms": {"p50": percentile(&jitter, 0.5), "p99": percentile(&jitter, 0.99), "samples": jitter.len()},
         "cpu_seconds_per_call": if placed > 0 { cpu_total / placed as f64 } else { 0.0 },
         "samples": samples,
         "rss_per_call": per_call,

@@ -33,6 +33,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::admin::percentile;
 use crate::caller::{CallOutcome, Script, caller};
 use crate::simulate::{CALLER_LINES, Emulated, speech};
 use crate::skills::lock;
@@ -76,14 +77,6 @@ struct Sample {
     bot_rss: u64,
     bot_cpu: f64,
     driver_cpu: f64,
-}
-
-fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied()
 }
 
 /// (busy, total) jiffies of each core, from `/proc/stat`.
@@ -283,6 +276,8 @@ async fn drive(
     let errors: Vec<&str> = outcomes.iter().filter_map(|o| o.error.as_deref()).take(5).collect();
     let mut jitter: Vec<f64> = outcomes.iter().flat_map(|o| o.jitter_ms.iter().copied()).collect();
     let mut turns: Vec<f64> = outcomes.iter().flat_map(|o| o.turn_ms.iter().copied()).collect();
+    jitter.sort_by(f64::total_cmp);
+    turns.sort_by(f64::total_cmp);
     let peak_live = samples.iter().filter_map(|s| s.active).max().unwrap_or(0);
     let rss_peak = samples.iter().map(|s| s.bot_rss).max().unwrap_or(rss_idle).max(rss_idle);
     let rss_idle_mb = rss_idle as f64 / MB;
@@ -324,12 +319,12 @@ async fn drive(
         "errors": errors,
         "ramp_s": p.ramp.as_secs_f64(),
         "hold_s": p.hold.as_secs_f64(),
-        "outbound_jitter_p50_ms": opt(percentile(&mut jitter, 0.5)),
-        "outbound_jitter_p99_ms": opt(percentile(&mut jitter, 0.99)),
-        "outbound_jitter_max_ms": opt(percentile(&mut jitter, 1.0)),
+        "outbound_jitter_p50_ms": opt(percentile(&jitter, 0.5)),
+        "outbound_jitter_p99_ms": opt(percentile(&jitter, 0.99)),
+        "outbound_jitter_max_ms": opt(percentile(&jitter, 1.0)),
         "jitter_samples": jitter.len(),
-        "turn_latency_p50_ms": opt(percentile(&mut turns, 0.5)),
-        "turn_latency_p99_ms": opt(percentile(&mut turns, 0.99)),
+        "turn_latency_p50_ms": opt(percentile(&turns, 0.5)),
+        "turn_latency_p99_ms": opt(percentile(&turns, 0.99)),
         "turns": turns.len(),
         "peak_live_calls": peak_live,
         "cpu_pct": peak_pct(d_bot),
@@ -365,7 +360,8 @@ async fn server_breakdown(db_url: &str) -> anyhow::Result<Value> {
             .flat_map(|c| c.record["turns"].as_array().cloned().unwrap_or_default())
             .filter_map(|t| t[k].as_f64())
             .collect();
-        let (p50, p99) = (percentile(&mut v, 0.5).map(round2), percentile(&mut v, 0.99).map(round2));
+        v.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&v, 0.5).map(round2), percentile(&v, 0.99).map(round2));
         stages.insert(k.to_string(), json!({"p50": p50, "p99": p99}));
     }
     store.pool().close().await;
