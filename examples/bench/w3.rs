@@ -112,7 +112,7 @@ pub(crate) fn main(args: &[String]) {
         let first_write = Arc::new(Notify::new());
         let output = AudioOutput::new(
             NullSink { marks: marks.clone(), first_write: first_write.clone() },
-            OutputParams { chunk: Duration::from_millis(20), send_ahead: Duration::ZERO },
+            OutputParams { chunk: Duration::from_millis(20), send_ahead: Duration::ZERO, ..OutputParams::default() },
         );
         let p = Pipeline::new()
             .with(PassThrough)

@@ -587,7 +587,7 @@ const BENCH_ANSWER: &str = "Okay, got it.";
 ///   silence), plus the input and output socket hops (sub-millisecond on loopback);
 /// - `stt_ms`, `llm_ttfb_ms`, `tts_ttfb_ms`: the providers (emulators), from the record;
 /// - `engine_ms` = `server_ms − stt − llm_ttfb − tts_ttfb`: what the engine adds, including the
-///   user aggregator's grace window (`grace_ms`, a deliberate wait for late STT finals).
+///   user aggregator's wait for a pending final or an unfinished sentence.
 pub async fn bench_turns(calls: usize, turns: usize) -> anyhow::Result<()> {
     let (calls, turns) = (calls.max(1), turns.max(1));
     let responder: Responder = Arc::new(|_: &serde_json::Value| Scripted::text(BENCH_ANSWER));
@@ -625,7 +625,6 @@ pub async fn bench_turns(calls: usize, turns: usize) -> anyhow::Result<()> {
             Err(e) => eprintln!("call {c}: {e}"),
         }
     }
-    let grace_ms = voxline_processors::llm::DEFAULT_GRACE.as_secs_f64() * 1e3;
     for _ in 0..logs.len() {
         let Ok(Some(row)) = tokio::time::timeout(Duration::from_secs(30), server.done_rx.recv()).await else { break };
         let Some(log) = logs.get(&row.call_sid) else { continue };
@@ -651,7 +650,7 @@ pub async fn bench_turns(calls: usize, turns: usize) -> anyhow::Result<()> {
                 serde_json::json!({
                     "call": row.call_sid, "turn": i + 1, "caller_ms": caller_ms, "server_ms": server_ms,
                     "vad_stop_ms": caller_ms - server_ms, "stt_ms": providers[0], "llm_ttfb_ms": providers[1],
-                    "tts_ttfb_ms": providers[2], "engine_ms": engine_ms, "grace_ms": grace_ms,
+                    "tts_ttfb_ms": providers[2], "engine_ms": engine_ms,
                 })
             );
         }

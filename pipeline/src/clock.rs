@@ -9,9 +9,12 @@
 //! [`AudioOutput`] is the output stage every transport uses: it re-chunks audio of any size into
 //! 20 ms chunks, releases them to an [`AudioSink`] on the clock, reports speaking state
 //! (`BotStartedSpeaking` / `BotStoppedSpeaking`) and, upstream, how much of each utterance the
-//! caller heard ([`Frame::PlayedUpTo`]). Because the wait for the next release happens inside
-//! `process`, an interruption cancels it centrally: release stops within one chunk (at most the
-//! send-ahead already sent, which the sink's `clear` discards at the far end).
+//! caller heard ([`Frame::PlayedUpTo`]). It owns the utterance's buffer: `process` queues audio
+//! and returns, and the next chunk is released from an engine timer
+//! ([`Context::wake_at`](crate::Context::wake_at)), so pacing never holds the stage busy and never
+//! back-pressures the TTS (up to [`OutputParams::max_buffered`]). An interruption reaches the
+//! stage at once (it is idle between releases) and clears the queue and the sink in `on_event`:
+//! nothing is written after it, and the far end only has the send-ahead to discard.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -123,14 +126,20 @@ pub struct OutputParams {
     pub chunk: Duration,
     /// Lead over real time.
     pub send_ahead: Duration,
+    /// Audio the stage may hold ahead of the clock. Past it, `process` waits for the clock
+    /// (backpressure on the TTS) instead of queueing more. Default 5 minutes: a whole answer,
+    /// so the TTS is never held back by pacing (and neither is anything before it), while a
+    /// runaway producer still cannot grow memory without bound (~2.4 MB of μ-law 8 kHz).
+    pub max_buffered: Duration,
 }
 
 impl Default for OutputParams {
     fn default() -> Self {
-        Self { chunk: DEFAULT_CHUNK, send_ahead: DEFAULT_SEND_AHEAD }
+        Self { chunk: DEFAULT_CHUNK, send_ahead: DEFAULT_SEND_AHEAD, max_buffered: Duration::from_secs(300) }
     }
 }
 
+/// The utterance being released (or whose last chunk is still playing).
 struct Utterance {
     context_id: Arc<str>,
     /// Clock position (released audio) at which this utterance started.
@@ -138,13 +147,43 @@ struct Utterance {
     written: Duration,
 }
 
+/// What the stage holds ahead of the clock, in release order.
+enum Item {
+    /// The next chunks belong to this TTS utterance.
+    Begin(Arc<str>),
+    /// One chunk, released at its slot on the clock.
+    Chunk(Bytes, AudioFormat),
+    /// Every chunk of this utterance has been queued.
+    Done(Arc<str>),
+}
+
+/// An utterance fully written whose last chunk has not finished playing yet.
+struct Finishing {
+    context_id: Arc<str>,
+    written: Duration,
+    at: Instant,
+}
+
 /// Paced audio output stage; see the module docs.
+///
+/// It owns the utterance's buffer: `process` queues audio and returns at once, and chunks are
+/// released from an engine timer ([`Context::wake_at`]). So pacing never holds the stage's call:
+/// the TTS before it is not back-pressured by real time, and caller input (which the runner
+/// gives every stage ahead of data) is never stuck behind the bot's own speech.
 pub struct AudioOutput<S> {
     sink: S,
     clock: MediaClock,
+    max_buffered: Duration,
+    /// Bytes of the next, still partial, chunk.
     buf: BytesMut,
     format: Option<AudioFormat>,
+    queue: std::collections::VecDeque<Item>,
+    /// Audio in `queue`.
+    queued: Duration,
+    /// Context id of the last `Begin` queued (to know when a new utterance starts).
+    queued_utterance: Option<Arc<str>>,
     utterance: Option<Utterance>,
+    finishing: Option<Finishing>,
     speaking: bool,
     chunks_written: u64,
 }
@@ -155,9 +194,14 @@ impl<S: AudioSink> AudioOutput<S> {
         Self {
             sink,
             clock: MediaClock::new(params.chunk, params.send_ahead),
+            max_buffered: params.max_buffered,
             buf: BytesMut::with_capacity(4096),
             format: None,
+            queue: std::collections::VecDeque::new(),
+            queued: Duration::ZERO,
+            queued_utterance: None,
             utterance: None,
+            finishing: None,
             speaking: false,
             chunks_written: 0,
         }
@@ -168,28 +212,19 @@ impl<S: AudioSink> AudioOutput<S> {
         &self.sink
     }
 
+    /// Audio queued ahead of the clock.
+    #[must_use]
+    pub fn buffered(&self) -> Duration {
+        self.queued
+    }
+
     fn chunk_bytes(&self, format: &AudioFormat) -> usize {
         let ms = u32::try_from(self.clock.chunk().as_millis()).unwrap_or(20);
         format.bytes_per_ms(ms).unwrap_or(0).max(1)
     }
 
-    async fn release(&mut self, chunk: Bytes, format: AudioFormat, cx: &mut Context) -> FlowResult {
-        let at = self.clock.next_release(Instant::now());
-        tokio::time::sleep_until(at).await;
-        self.sink.write(chunk, format).await?;
-        self.clock.advance();
-        self.chunks_written += 1;
-        if let Some(u) = self.utterance.as_mut() {
-            u.written += self.clock.chunk();
-        }
-        if !self.speaking {
-            self.speaking = true;
-            cx.emit(Event::BotStartedSpeaking);
-        }
-        Ok(())
-    }
-
-    async fn accept(&mut self, data: &Bytes, format: AudioFormat, cx: &mut Context) -> FlowResult {
+    /// Queue audio, cut into chunks; a trailing partial chunk waits for more (or a flush).
+    fn accept(&mut self, data: &Bytes, format: AudioFormat) -> FlowResult {
         if format.encoding == AudioEncoding::Opus {
             return Err(crate::FlowError::NotNegotiated {
                 processor: "audio_output",
@@ -198,29 +233,147 @@ impl<S: AudioSink> AudioOutput<S> {
             });
         }
         if self.format.is_some_and(|f| f != format) {
-            self.flush(cx).await?;
+            self.flush_partial();
         }
         self.format = Some(format);
-        self.buf.extend_from_slice(data);
         let n = self.chunk_bytes(&format);
+        if self.buf.is_empty() && data.len().is_multiple_of(n) {
+            // The common case (TTS sends whole chunks, or multiples): slice without copying.
+            let mut rest = data.clone();
+            while !rest.is_empty() {
+                self.push_chunk(rest.split_to(n), format);
+            }
+            return Ok(());
+        }
+        self.buf.extend_from_slice(data);
         while self.buf.len() >= n {
             let chunk = self.buf.split_to(n).freeze();
-            self.release(chunk, format, cx).await?;
+            self.push_chunk(chunk, format);
         }
         Ok(())
     }
 
-    /// Release a trailing partial chunk, padded with the encoding's silence.
-    async fn flush(&mut self, cx: &mut Context) -> FlowResult {
-        let Some(format) = self.format else { return Ok(()) };
+    fn push_chunk(&mut self, chunk: Bytes, format: AudioFormat) {
+        self.queued += self.clock.chunk();
+        self.queue.push_back(Item::Chunk(chunk, format));
+    }
+
+    /// Queue a trailing partial chunk, padded with the encoding's silence.
+    fn flush_partial(&mut self) {
+        let Some(format) = self.format else { return };
         if self.buf.is_empty() {
-            return Ok(());
+            return;
         }
         let n = self.chunk_bytes(&format);
         let pad = silence_byte(format.encoding);
         self.buf.resize(n, pad);
         let chunk = self.buf.split_to(n).freeze();
-        self.release(chunk, format, cx).await
+        self.push_chunk(chunk, format);
+    }
+
+    /// Release everything that is due now; returns when the next release lies in the future
+    /// (arming the stage's timer for it) or the queue is empty.
+    async fn pump(&mut self, cx: &mut Context) -> FlowResult {
+        loop {
+            let now = Instant::now();
+            self.report_finished(now, cx).await;
+            let Some(item) = self.queue.front() else {
+                if let Some(f) = &self.finishing {
+                    cx.wake_at(f.at);
+                }
+                return Ok(());
+            };
+            match item {
+                Item::Begin(_) => {
+                    if let Some(Item::Begin(id)) = self.queue.pop_front() {
+                        self.utterance =
+                            Some(Utterance { context_id: id, start_offset: Duration::ZERO, written: Duration::ZERO });
+                    }
+                }
+                Item::Chunk(..) => {
+                    let at = self.clock.next_release(now);
+                    if at > now {
+                        cx.wake_at(at);
+                        return Ok(());
+                    }
+                    if let Some(Item::Chunk(chunk, format)) = self.queue.pop_front() {
+                        self.queued = self.queued.saturating_sub(self.clock.chunk());
+                        self.write(chunk, format, cx).await?;
+                    }
+                }
+                Item::Done(_) => {
+                    if let Some(Item::Done(id)) = self.queue.pop_front() {
+                        self.utterance_written(id, cx).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, chunk: Bytes, format: AudioFormat, cx: &mut Context) -> FlowResult {
+        self.sink.write(chunk, format).await?;
+        if let Some(u) = self.utterance.as_mut() {
+            if u.written.is_zero() {
+                // Where the utterance starts on the timeline: taken at its first write, after
+                // `next_release` may have re-based the clock.
+                u.start_offset = self.clock.chunk() * self.clock.k;
+            }
+            u.written += self.clock.chunk();
+        }
+        self.clock.advance();
+        self.chunks_written += 1;
+        if !self.speaking {
+            self.speaking = true;
+            cx.emit(Event::BotStartedSpeaking);
+        }
+        Ok(())
+    }
+
+    /// Every chunk of utterance `id` has been written to the sink.
+    async fn utterance_written(&mut self, id: Arc<str>, cx: &mut Context) {
+        self.sink.utterance_done(&id);
+        let written = self.utterance.take().map_or(Duration::ZERO, |u| u.written);
+        if self.sink.reports_playout() {
+            // The transport announces the stop (from the far end's echo); this stage only
+            // re-arms so the next utterance announces its start again.
+            self.speaking = false;
+        } else {
+            // "Stopped speaking" means the caller heard the last chunk, not that it was sent.
+            let at = self.clock.play_end().unwrap_or_else(Instant::now);
+            self.finishing = Some(Finishing { context_id: id.clone(), written, at });
+        }
+        cx.push(Frame::TtsStopped { context_id: id }, Direction::Downstream).await;
+    }
+
+    /// Report an utterance whose last chunk has now played: complete `PlayedUpTo`, and
+    /// `BotStoppedSpeaking` unless the next utterance is already playing.
+    async fn report_finished(&mut self, now: Instant, cx: &mut Context) {
+        if self.finishing.as_ref().is_none_or(|f| f.at > now) {
+            return;
+        }
+        let Some(f) = self.finishing.take() else { return };
+        cx.push(
+            Frame::PlayedUpTo { context_id: f.context_id, position: f.written, complete: true },
+            Direction::Upstream,
+        )
+        .await;
+        let playing_on = self.utterance.as_ref().is_some_and(|u| u.written > Duration::ZERO);
+        if self.speaking && !playing_on {
+            self.speaking = false;
+            cx.emit(Event::BotStoppedSpeaking);
+        }
+    }
+
+    /// Wait on the clock and release until at most `limit` of audio is queued.
+    async fn drain_to(&mut self, limit: Duration, cx: &mut Context) -> FlowResult {
+        loop {
+            self.pump(cx).await?;
+            if self.queued <= limit && (limit > Duration::ZERO || self.queue.is_empty()) {
+                return Ok(());
+            }
+            let at = self.clock.next_release(Instant::now());
+            tokio::time::sleep_until(at).await;
+        }
     }
 
     fn heard(&self) -> Duration {
@@ -254,67 +407,70 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
         }
         match frame {
             Frame::TtsAudio(t) => {
-                let new_utt = self.utterance.as_ref().is_none_or(|u| u.context_id != t.context_id);
-                if new_utt {
-                    let start_offset = self.clock.chunk() * u32::try_from(self.clock_k()).unwrap_or(u32::MAX);
-                    self.utterance =
-                        Some(Utterance { context_id: t.context_id.clone(), start_offset, written: Duration::ZERO });
+                if self.queued_utterance.as_ref() != Some(&t.context_id) {
+                    self.flush_partial();
+                    self.queued_utterance = Some(t.context_id.clone());
+                    self.queue.push_back(Item::Begin(t.context_id.clone()));
                 }
-                self.accept(&t.audio.data, t.audio.format, cx).await
+                self.accept(&t.audio.data, t.audio.format)?;
             }
-            Frame::OutputAudio(a) => self.accept(&a.data, a.format, cx).await,
+            Frame::OutputAudio(a) => self.accept(&a.data, a.format)?,
             Frame::TtsStopped { context_id } => {
-                self.flush(cx).await?;
-                self.sink.utterance_done(&context_id);
-                if !self.sink.reports_playout() {
-                    if let Some(end) = self.clock.play_end() {
-                        // "Stopped speaking" means the caller heard the last chunk, not that we sent it.
-                        tokio::time::sleep_until(end).await;
-                    }
-                    let written = self.utterance.as_ref().map_or(Duration::ZERO, |u| u.written);
-                    cx.push(
-                        Frame::PlayedUpTo { context_id: context_id.clone(), position: written, complete: true },
-                        Direction::Upstream,
-                    )
-                    .await;
-                    if self.speaking {
-                        self.speaking = false;
-                        cx.emit(Event::BotStoppedSpeaking);
-                    }
-                    self.utterance = None;
-                } else {
-                    // The transport announces the stop (from the far end's echo); this stage only
-                    // re-arms so the next utterance announces its start again.
-                    self.speaking = false;
-                    self.utterance = None;
+                self.flush_partial();
+                if self.queued_utterance.as_ref() == Some(&context_id) {
+                    self.queued_utterance = None;
                 }
-                cx.push(Frame::TtsStopped { context_id }, Direction::Downstream).await;
-                Ok(())
+                self.queue.push_back(Item::Done(context_id));
             }
             Frame::End => {
-                self.flush(cx).await?;
+                // Drain: every queued chunk is released and has played before `End` goes on.
+                self.flush_partial();
+                self.drain_to(Duration::ZERO, cx).await?;
+                if let Some(at) = self.finishing.as_ref().map(|f| f.at) {
+                    tokio::time::sleep_until(at).await;
+                    self.report_finished(Instant::now(), cx).await;
+                }
                 cx.push(Frame::End, Direction::Downstream).await;
-                Ok(())
+                return Ok(());
             }
             other => {
                 cx.push(other, Direction::Downstream).await;
-                Ok(())
+                return Ok(());
             }
         }
+        // Past the bound the producer waits for the clock (backpressure); below it, release
+        // what is due and return, leaving the rest to the timer.
+        if self.queued > self.max_buffered { self.drain_to(self.max_buffered, cx).await } else { self.pump(cx).await }
+    }
+
+    async fn on_timer(&mut self, cx: &mut Context) -> FlowResult {
+        self.pump(cx).await
     }
 
     fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
         if matches!(event, Event::Interrupt | Event::Cancel) {
             let heard = self.heard();
             self.buf.clear();
+            self.queue.clear();
+            self.queued = Duration::ZERO;
+            self.queued_utterance = None;
             self.sink.clear();
             if let Some(u) = self.utterance.take() {
                 cx.push_now(
                     Frame::PlayedUpTo { context_id: u.context_id, position: heard, complete: false },
                     Direction::Upstream,
                 );
+            } else if let Some(f) = self.finishing.take() {
+                // Everything was sent but the tail was still playing: the caller heard up to now.
+                let played = f.written.saturating_sub(f.at.saturating_duration_since(Instant::now()));
+                cx.push_now(
+                    Frame::PlayedUpTo { context_id: f.context_id, position: played, complete: false },
+                    Direction::Upstream,
+                );
             }
+            self.finishing = None;
             self.clock.reset();
+            cx.cancel_wake();
             if self.speaking {
                 self.speaking = false;
                 cx.emit(Event::BotStoppedSpeaking);
@@ -325,10 +481,6 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
 }
 
 impl<S> AudioOutput<S> {
-    fn clock_k(&self) -> u64 {
-        u64::from(self.clock.k)
-    }
-
     /// Chunks written since the stage was created.
     #[must_use]
     pub fn chunks_written(&self) -> u64 {

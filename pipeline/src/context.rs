@@ -35,6 +35,20 @@ pub(crate) struct Stage {
     pub(crate) epoch: Epoch,
     /// The runner asks the in-flight call to unwind (interrupt or cancel).
     pub(crate) cancel: bool,
+    /// A timer request made during this poll ([`Context::wake_at`] / [`Context::cancel_wake`]).
+    pub(crate) timer: TimerCmd,
+}
+
+/// What a processor asked of its stage's timer during one poll.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerCmd {
+    /// Leave it as it is.
+    #[default]
+    Keep,
+    /// Call `on_timer` at this instant (replaces an armed timer).
+    Set(tokio::time::Instant),
+    /// Disarm.
+    Clear,
 }
 
 thread_local! {
@@ -111,7 +125,8 @@ impl Context {
 
     /// Push a frame to the neighbour in `direction`, waiting while its inbox is full.
     ///
-    /// Upstream pushes never wait: upstream traffic is sparse control (play-out reports, errors),
+    /// Caller input ([`Frame::is_caller_input`]) pushed downstream never waits: it goes to the
+    /// neighbour's caller lane, ahead of its queued data frames. Upstream pushes never wait: upstream traffic is sparse control (play-out reports, errors),
     /// and letting it block could deadlock against a downstream push in the other direction.
     pub fn push(&mut self, frame: Frame, direction: Direction) -> Push {
         let uninterruptible = frame.uninterruptible_by_default();
@@ -138,6 +153,22 @@ impl Context {
     /// Emit an out-of-band event: delivered to every processor and to the task's subscribers.
     pub fn emit(&mut self, event: Event) {
         with_stage(|s| s.events.push(event));
+    }
+
+    /// Ask the runner to call [`Processor::on_timer`](crate::Processor::on_timer) once, at `at`
+    /// or as soon after it as the stage is idle. One timer per stage: a later call replaces an
+    /// armed one. Timers survive interruptions (the processor decides what a late one means).
+    ///
+    /// Why the engine owns timers: a stage that waits on a clock inside `process` holds its call,
+    /// and a busy stage takes nothing else (caller input, events) until the call returns. With a
+    /// timer the stage returns at once and the runner calls it back, on the pipeline's own task.
+    pub fn wake_at(&mut self, at: tokio::time::Instant) {
+        with_stage(|s| s.timer = TimerCmd::Set(at));
+    }
+
+    /// Disarm a timer set with [`wake_at`](Self::wake_at).
+    pub fn cancel_wake(&mut self) {
+        with_stage(|s| s.timer = TimerCmd::Clear);
     }
 
     /// Emit `Event::Interrupt`: the runner interrupts the whole pipeline centrally.
@@ -202,9 +233,11 @@ impl Future for Push {
         let Some((frame, direction, unint)) = self.item.take() else {
             return Poll::Ready(());
         };
+        // Caller input never waits for room: it travels the caller lane (see the runner docs).
+        let lane = frame.is_caller_input();
         // One thread-local access per push: this is the per-hop hot path.
         let rejected = with_stage(|s| {
-            if direction == Direction::Downstream {
+            if direction == Direction::Downstream && !lane {
                 if s.room_down == 0 {
                     // The runner re-polls this processor when the receiver pops a frame.
                     s.blocked = true;

@@ -411,6 +411,16 @@ pub enum FrameKind {
 }
 
 impl Frame {
+    /// Whether this frame is caller input (audio or a key press from the caller). Caller input
+    /// travels the runner's caller lane: every stage takes it ahead of its queued data frames and
+    /// forwards it without waiting for room downstream, so what the caller says is never stuck
+    /// behind the bot's own output.
+    #[inline]
+    #[must_use]
+    pub fn is_caller_input(&self) -> bool {
+        matches!(self, Self::InputAudio(_) | Self::Dtmf(_))
+    }
+
     /// The payload-free kind of this frame.
     #[must_use]
     pub fn kind(&self) -> FrameKind {

@@ -79,6 +79,13 @@ pub trait Processor: Send + 'static {
         Ok(())
     }
 
+    /// Called when the timer set with [`Context::wake_at`] fires, while the stage is idle. It is
+    /// an ordinary interruptible call: it may push (and wait for room) and set the next timer.
+    fn on_timer(&mut self, cx: &mut Context) -> impl Future<Output = FlowResult> + Send {
+        let _ = cx;
+        std::future::ready(Ok(()))
+    }
+
     /// Called once before the first frame.
     fn start(&mut self, cx: &mut Context) -> impl Future<Output = FlowResult> + Send {
         let _ = cx;
@@ -108,6 +115,7 @@ pub(crate) enum Call {
     Process(Frame, Direction),
     Start,
     Stop,
+    Timer,
 }
 
 /// Object-safe form of [`Processor`]; implemented for every `Processor`.
@@ -157,6 +165,7 @@ impl<P: Processor> DynProcessor for P {
                 Call::Process(frame, dir) => Cancellable(std::pin::pin!(p.process(frame, dir, &mut cx))).await,
                 Call::Start => Cancellable(std::pin::pin!(p.start(&mut cx))).await,
                 Call::Stop => Cancellable(std::pin::pin!(p.stop(&mut cx))).await,
+                Call::Timer => Cancellable(std::pin::pin!(p.on_timer(&mut cx))).await,
             };
             let proc: Box<dyn DynProcessor> = p;
             (Owned { proc, cx }, result)

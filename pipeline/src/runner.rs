@@ -16,6 +16,34 @@
 //! is a bounded channel (a fast producer waits), and the input-audio lane drops its oldest frame
 //! when full, counting it, so a socket reader never blocks.
 //!
+//! # Caller input: the caller is never behind the bot
+//! Caller input ([`Frame::is_caller_input`]: input audio and DTMF) does not queue behind data.
+//! Every stage has a second, small queue for it, its *caller lane*, and the runner gives a stage
+//! caller input ahead of its queued data frames, whether or not the stage's downstream neighbour
+//! has room; a push of caller input never waits either. So when the output is pacing 60 s of TTS
+//! audio and every data inbox between it and the VAD is full, the caller's next 20 ms still
+//! reaches the VAD (and the STT) in the same sweep it arrived in. This is Pipecat's "input audio
+//! is a system frame", without a second task per processor.
+//!
+//! What it relies on, and why memory stays bounded:
+//! - a stage *busy* with another call takes caller input when that call returns. The voice
+//!   stages that see caller audio do not park their call: the output stage paces on an engine
+//!   timer instead of sleeping inside `process` (see [`Context::wake_at`](crate::Context::wake_at)
+//!   and [`clock::AudioOutput`](crate::clock::AudioOutput)), and stages that consume caller audio
+//!   (speech-to-text) do not forward it unless asked, so it never reaches the LLM or TTS stages;
+//! - caller input arrives at the caller's real-time rate (50 frames/s), so a lane only grows
+//!   while a stage is stalled; past [`PipelineParams::caller_lane_capacity`] (5 s) the oldest
+//!   frame is dropped and counted in [`TaskReport::input_audio_dropped`];
+//! - caller input never overtakes `Start` (a stage takes its lane only after `Start`), and `End`
+//!   from the handle waits for queued input audio, so the stream still ends after the audio.
+//!
+//! # Timers
+//! [`Context::wake_at`](crate::Context::wake_at) arms one timer per stage; the runner calls
+//! [`Processor::on_timer`](crate::Processor::on_timer) when it is due and the stage is idle, on
+//! this same task. A stage that must act at a time (release the next 20 ms of audio, give up
+//! waiting for a late transcript) returns from `process` instead of sleeping in it, so it stays
+//! free to take caller input and events.
+//!
 //! # Interruption
 //! On [`Event::Interrupt`] the runner, in chain order: bumps the epoch, cancels the in-flight
 //! call of every stage unless its frame is uninterruptible, discards queued frames of the old
@@ -38,7 +66,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::context::{Context, External, Shared, with_stage};
+use crate::context::{Context, External, Shared, TimerCmd, with_stage};
 use crate::error::FlowError;
 use crate::event::{ErrorEvent, Event, MetricsEvent, ProcessorCounters};
 use crate::frame::{Direction, Envelope, Frame, FrameKind, StartInfo};
@@ -57,6 +85,10 @@ pub struct PipelineParams {
     pub input_capacity: usize,
     /// Capacity of the lossy input-audio lane (50 = 1 s of 20 ms frames).
     pub input_audio_capacity: usize,
+    /// Caller input a stage may hold while it is busy with another call (250 = 5 s of 20 ms
+    /// frames). Past it the oldest is dropped and counted in `input_audio_dropped`: memory stays
+    /// bounded even when a stage that sees caller audio stalls.
+    pub caller_lane_capacity: usize,
     /// Cancel the task after this long without activity (frames from outside, or events).
     pub idle_timeout: Option<Duration>,
     /// Measure and publish the wall time of every `process` call (costs two clock reads a call).
@@ -74,6 +106,7 @@ impl Default for PipelineParams {
             default_capacity: 32,
             input_capacity: 64,
             input_audio_capacity: 50,
+            caller_lane_capacity: 250,
             idle_timeout: None,
             processing_metrics: false,
             cancel_timeout: Duration::from_secs(2),
@@ -100,7 +133,8 @@ pub struct TaskReport {
     pub outcome: TaskOutcome,
     /// Per-stage counters, in chain order.
     pub counters: Vec<ProcessorCounters>,
-    /// Input-audio frames dropped by the lossy lane's overload policy.
+    /// Caller input frames dropped by an overload policy (the handle's lossy lane or a stage's
+    /// full caller lane). Zero unless a stage stalled or the task fell seconds behind.
     pub input_audio_dropped: u64,
     /// Interruptions handled.
     pub interruptions: u64,
@@ -318,6 +352,12 @@ struct Slot {
     name: Arc<str>,
     state: State,
     inbox: VecDeque<(Direction, Envelope)>,
+    /// Caller input waiting for this stage, taken ahead of `inbox` (see the module docs).
+    lane: VecDeque<Envelope>,
+    /// The stage has taken `Start` (caller input must not overtake it).
+    seen_start: bool,
+    /// When to call `on_timer`, if armed.
+    timer_at: Option<tokio::time::Instant>,
     capacity: usize,
     down: Route,
     up: Route,
@@ -386,6 +426,10 @@ struct Driver {
     inputs_closed: bool,
     /// Set when a frame was queued upstream, so the next sweep also runs backwards.
     upstream_moved: bool,
+    /// Stages with an armed timer.
+    timers_armed: usize,
+    /// Wakes the task for the earliest timer of an idle stage.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Deepest nesting of [`Driver::chain`]: beyond it frames are queued as usual (bounds the stack).
@@ -429,6 +473,9 @@ impl Driver {
                     name,
                     state: State::Idle(Owned { proc: spec.proc, cx }),
                     inbox: VecDeque::with_capacity(capacity + 4),
+                    lane: VecDeque::new(),
+                    seen_start: false,
+                    timer_at: None,
                     capacity,
                     down: spec.down,
                     up: spec.up,
@@ -478,6 +525,8 @@ impl Driver {
             deadline: None,
             inputs_closed: false,
             upstream_moved: false,
+            timers_armed: 0,
+            timer: None,
         };
         // The Start frame is the first thing every stage sees, ahead of anything pushed.
         let env = Envelope { frame: Frame::Start(start), epoch: 0, uninterruptible: true };
@@ -515,6 +564,7 @@ impl Driver {
             }
             progress |= self.sweep();
             progress |= self.process_events();
+            progress |= self.fire_timers();
             progress |= self.advance_lifecycle();
             if self.phase == Phase::Done {
                 return Poll::Ready(self.report());
@@ -523,6 +573,7 @@ impl Driver {
                 break;
             }
         }
+        self.arm_timer(cx);
         if let Some(idle) = self.idle.as_mut()
             && idle.as_mut().poll(cx).is_ready()
         {
@@ -598,9 +649,10 @@ impl Driver {
         let mut progress = false;
         let first = 0;
         let last = self.slots.len() - 1;
-        // Input audio first: it is the oldest data, and End must not overtake it.
+        // Input audio first: it is the oldest data, and End must not overtake it. It goes to the
+        // first stage's caller lane whether or not that stage has room for data frames.
         loop {
-            if self.room(first) == 0 || self.audio.len.load(Ordering::Acquire) == 0 {
+            if self.audio.len.load(Ordering::Acquire) == 0 {
                 break;
             }
             let next = {
@@ -688,6 +740,14 @@ impl Driver {
         if matches!(s.state, State::Dead) {
             return;
         }
+        if dir == Direction::Downstream && env.frame.is_caller_input() {
+            s.lane.push_back(env);
+            if s.lane.len() > self.params.caller_lane_capacity.max(1) {
+                s.lane.pop_front();
+                self.audio.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         s.inbox.push_back((dir, env));
         if s.inbox.len() > s.counters.max_queue_depth {
             s.counters.max_queue_depth = s.inbox.len();
@@ -707,7 +767,9 @@ impl Driver {
         match route {
             Route::Slot(j) => {
                 let j = *j;
-                if dir == Direction::Downstream && self.can_chain(j) {
+                let chain = dir == Direction::Downstream
+                    && if env.frame.is_caller_input() { self.can_chain_caller(j) } else { self.can_chain(j) };
+                if chain {
                     self.chain(j, env);
                 } else {
                     self.enqueue(j, dir, env, Some(from));
@@ -748,6 +810,21 @@ impl Driver {
             && self.route_room(&s.down) > 0
     }
 
+    /// Like [`can_chain`](Self::can_chain) for caller input: its own lane must be empty (order),
+    /// but room downstream and the data inbox do not matter (caller input overtakes data).
+    fn can_chain_caller(&self, j: usize) -> bool {
+        let s = &self.slots[j];
+        self.chain_depth < MAX_CHAIN
+            && self.observers.is_empty()
+            && !self.params.processing_metrics
+            && self.event_queue.is_empty()
+            && matches!(self.phase, Phase::Running | Phase::Stopping)
+            && s.seen_start
+            && s.lane.is_empty()
+            && s.pending_events.is_empty()
+            && matches!(s.state, State::Idle(_))
+    }
+
     /// Stage `j` takes `env` now instead of from its inbox (see [`can_chain`](Self::can_chain)).
     fn chain(&mut self, j: usize, env: Envelope) {
         self.chain_depth += 1;
@@ -758,10 +835,11 @@ impl Driver {
     /// Idle stage `i` takes one frame: the synchronous call, or the async one if it asks for it.
     fn take(&mut self, i: usize, dir: Direction, env: Envelope) {
         let kind = env.frame.kind();
-        if let Frame::Start(info) = &env.frame
-            && let State::Idle(o) = &mut self.slots[i].state
-        {
-            o.cx.start = Some(info.clone());
+        if let Frame::Start(info) = &env.frame {
+            self.slots[i].seen_start = true;
+            if let State::Idle(o) = &mut self.slots[i].state {
+                o.cx.start = Some(info.clone());
+            }
         }
         self.slots[i].counters.processed += 1;
         if let Some(frame) = self.try_now(i, env.frame, dir) {
@@ -842,6 +920,17 @@ impl Driver {
                 if !matches!(self.phase, Phase::Running | Phase::Stopping) {
                     return progress;
                 }
+                // Caller input first, and without waiting for room downstream: its pushes never
+                // wait (see the module docs).
+                while self.slots[i].seen_start && matches!(self.slots[i].state, State::Idle(_)) {
+                    let Some(env) = self.slots[i].lane.pop_front() else { break };
+                    progress = true;
+                    if env.epoch < self.epoch && !env.uninterruptible {
+                        self.slots[i].counters.dropped_interrupted += 1;
+                        continue;
+                    }
+                    self.take(i, Direction::Downstream, env);
+                }
                 while matches!(self.slots[i].state, State::Idle(_)) && self.route_room(&self.slots[i].down) > 0 {
                     let Some((dir, env)) = self.slots[i].inbox.pop_front() else { break };
                     progress = true;
@@ -855,8 +944,9 @@ impl Driver {
                 progress
             }
             State::Dead => {
-                let had = !self.slots[i].inbox.is_empty();
+                let had = !self.slots[i].inbox.is_empty() || !self.slots[i].lane.is_empty();
                 self.slots[i].inbox.clear();
+                self.slots[i].lane.clear();
                 had
             }
         }
@@ -929,6 +1019,7 @@ impl Driver {
             s.epoch = epoch;
             s.cancel = cancel;
             s.blocked = false;
+            s.timer = TimerCmd::Keep;
         });
     }
 
@@ -936,7 +1027,9 @@ impl Driver {
     fn collect_stage(&mut self, i: usize, keep_frames: bool) -> bool {
         let mut frames = self.frame_pool.pop().unwrap_or_default();
         let mut events = std::mem::take(&mut self.scratch_events);
+        let mut timer = TimerCmd::Keep;
         let blocked = with_stage(|s| {
+            timer = std::mem::take(&mut s.timer);
             // Swap buffers rather than copy frames out: both keep their capacity, so the hot
             // path never allocates.
             if !s.frames.is_empty() {
@@ -956,6 +1049,19 @@ impl Driver {
             }
         }
         self.scratch_events = events;
+        match timer {
+            TimerCmd::Keep => {}
+            TimerCmd::Set(at) => {
+                if self.slots[i].timer_at.replace(at).is_none() {
+                    self.timers_armed += 1;
+                }
+            }
+            TimerCmd::Clear => {
+                if self.slots[i].timer_at.take().is_some() {
+                    self.timers_armed -= 1;
+                }
+            }
+        }
         if !frames.is_empty() {
             if keep_frames {
                 for (dir, env) in frames.drain(..) {
@@ -1168,9 +1274,10 @@ impl Driver {
             if matches!(self.slots[i].state, State::Busy { .. }) {
                 self.poll_busy_with(i, true);
             }
-            let dropped = self.slots[i].inbox.len();
+            let dropped = self.slots[i].inbox.len() + self.slots[i].lane.len();
             self.slots[i].counters.dropped_interrupted += dropped as u64;
             self.slots[i].inbox.clear();
+            self.slots[i].lane.clear();
             self.slots[i].pending_events.clear();
         }
         for i in 0..self.slots.len() {
@@ -1179,6 +1286,42 @@ impl Driver {
         self.publish(Event::Cancel);
         self.deadline = Some(Box::pin(tokio::time::sleep(self.params.cancel_timeout)));
         self.wake.task.wake();
+    }
+
+    /// Call `on_timer` on every idle stage whose timer is due.
+    fn fire_timers(&mut self) -> bool {
+        if self.timers_armed == 0 || !matches!(self.phase, Phase::Running | Phase::Stopping) {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let mut progress = false;
+        for i in 0..self.slots.len() {
+            if self.slots[i].timer_at.is_some_and(|at| at <= now) && matches!(self.slots[i].state, State::Idle(_)) {
+                self.slots[i].timer_at = None;
+                self.timers_armed -= 1;
+                progress = true;
+                self.begin_call(i, Call::Timer, None, false);
+            }
+        }
+        progress
+    }
+
+    /// Make the task wake for the earliest timer of an idle stage. A busy stage's due timer
+    /// fires when its call returns (that return wakes the task), so it is left out: counting it
+    /// would spin the task on an already-expired sleep.
+    fn arm_timer(&mut self, cx: &mut TaskContext<'_>) {
+        if self.timers_armed == 0 || !matches!(self.phase, Phase::Running | Phase::Stopping) {
+            return;
+        }
+        let earliest = self.slots.iter().filter(|s| matches!(s.state, State::Idle(_))).filter_map(|s| s.timer_at).min();
+        let Some(at) = earliest else { return };
+        let sleep = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if sleep.deadline() != at {
+            sleep.as_mut().reset(at);
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
     }
 
     /// Stop stages once `End` has left the pipeline (or on cancel), then finish.
@@ -1196,6 +1339,7 @@ impl Driver {
                     if !self.slots[i].stopped {
                         self.slots[i].stopped = true;
                         self.slots[i].inbox.clear();
+                        self.slots[i].lane.clear();
                         progress = true;
                         all_done = false;
                         self.begin_call(i, Call::Stop, None, true);

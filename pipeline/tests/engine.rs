@@ -166,7 +166,11 @@ async fn fast_producer_into_paced_sink_stays_bounded_and_loses_nothing() {
     let sink = RecSink::default();
     let out = clock::AudioOutput::new(
         sink.clone(),
-        clock::OutputParams { chunk: Duration::from_millis(20), send_ahead: Duration::ZERO },
+        clock::OutputParams {
+            chunk: Duration::from_millis(20),
+            send_ahead: Duration::ZERO,
+            ..clock::OutputParams::default()
+        },
     );
     let pipeline = Pipeline::new()
         .with(FastProducer { frames: 3000, produced: produced.clone() })

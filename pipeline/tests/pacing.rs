@@ -38,7 +38,8 @@ fn tts(ctx: &str, bytes: usize) -> Frame {
 #[tokio::test(start_paused = true)]
 async fn ten_minutes_of_audio_with_zero_drift_in_exact_20ms_chunks() {
     let sink = RecSink::default();
-    let params = OutputParams { chunk: Duration::from_millis(20), send_ahead: Duration::ZERO };
+    let params =
+        OutputParams { chunk: Duration::from_millis(20), send_ahead: Duration::ZERO, ..OutputParams::default() };
     let h = Harness::new(Pipeline::new().with(AudioOutput::new(sink.clone(), params)));
     // 10 minutes of 16 kHz PCM16 in odd-sized TTS chunks (333 ms each, not a multiple of 20 ms).
     let total_bytes = 600 * 16_000 * 2;
@@ -68,7 +69,11 @@ async fn ten_minutes_of_audio_with_zero_drift_in_exact_20ms_chunks() {
 #[tokio::test(start_paused = true)]
 async fn send_ahead_front_loads_then_paces() {
     let sink = RecSink::default();
-    let params = OutputParams { chunk: Duration::from_millis(20), send_ahead: Duration::from_millis(60) };
+    let params = OutputParams {
+        chunk: Duration::from_millis(20),
+        send_ahead: Duration::from_millis(60),
+        ..OutputParams::default()
+    };
     let h = Harness::new(Pipeline::new().with(AudioOutput::new(sink.clone(), params)));
     h.push(tts("u1", 640 * 10)).await;
     h.push(Frame::TtsStopped { context_id: "u1".into() }).await;
@@ -82,7 +87,8 @@ async fn send_ahead_front_loads_then_paces() {
 #[tokio::test(start_paused = true)]
 async fn interruption_stops_release_within_one_chunk_and_reports_heard_position() {
     let sink = RecSink::default();
-    let params = OutputParams { chunk: Duration::from_millis(20), send_ahead: Duration::ZERO };
+    let params =
+        OutputParams { chunk: Duration::from_millis(20), send_ahead: Duration::ZERO, ..OutputParams::default() };
     let h = Harness::new(Pipeline::new().with(AudioOutput::new(sink.clone(), params)));
     h.push(tts("u1", 640 * 500)).await; // 10 s
     tokio::time::sleep(Duration::from_millis(1_010)).await;

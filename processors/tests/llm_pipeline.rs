@@ -92,10 +92,7 @@ async fn parallel_tools_then_a_second_run_answers_from_both_results() {
     let ctx = ConversationContext::new("You are a phone agent.", registry.specs());
     let mut s = OpenAiSettings::new("gpt-test").with_base_url(emu.base_url()).with_api_key("k");
     s.service = fast_service();
-    let user = UserAggregator::new(
-        ctx.clone(),
-        UserAggregatorSettings { grace: Duration::from_millis(50), ..UserAggregatorSettings::default() },
-    );
+    let user = UserAggregator::new(ctx.clone(), UserAggregatorSettings::default());
     let (assistant, _tap) = AssistantAggregator::new(ctx.clone(), AssistantSettings::default());
     let pipeline = Pipeline::new()
         .with(user)

@@ -1,4 +1,5 @@
-//! UserAggregator: turn end = VAD stop + final transcript, grace for late finals, interim fallback.
+//! UserAggregator: turn end = VAD stop + all text final and complete, no fixed grace; waits for a
+//! pending final, for an unfinished sentence, and falls back to interim text.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
@@ -22,8 +23,8 @@ fn transcript(text: &str, is_final: bool) -> Frame {
 
 fn settings() -> UserAggregatorSettings {
     UserAggregatorSettings {
-        grace: Duration::from_millis(150),
         final_transcript_timeout: Duration::from_millis(400),
+        incomplete_timeout: Duration::from_millis(600),
         ..UserAggregatorSettings::default()
     }
 }
@@ -39,17 +40,21 @@ fn runs(h: &Harness) -> Vec<Arc<voxline_pipeline::LlmContext>> {
 }
 
 #[tokio::test]
-async fn late_final_within_the_grace_window_joins_the_turn() {
+async fn a_pending_interim_waits_for_its_final_then_commits_at_once() {
     let ctx = ConversationContext::new("sys", Vec::new());
     let h = Harness::single(UserAggregator::new(ctx.clone(), settings()));
     h.emit(Event::UserStartedSpeaking);
     h.push(transcript("I want to", false)).await;
     h.push(transcript("I want to check", true)).await;
+    h.push(transcript("my or", false)).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     h.emit(Event::UserStoppedSpeaking);
     tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(runs(&h).is_empty(), "the interim's final is still on its way");
+    let t_final = Instant::now();
     h.push(transcript("my order.", true)).await;
     assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
+    assert!(t_final.elapsed() < Duration::from_millis(100), "no fixed grace after the final");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = runs(&h);
     assert_eq!(r.len(), 1, "one run per turn");
@@ -70,7 +75,7 @@ async fn no_run_while_the_user_is_still_speaking() {
     let t0 = Instant::now();
     h.emit(Event::UserStoppedSpeaking);
     assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
-    assert!(t0.elapsed() >= Duration::from_millis(140));
+    assert!(t0.elapsed() < Duration::from_millis(100), "final and complete: committed at the VAD stop");
     let _ = h.finish().await;
     assert_eq!(ctx.messages()[0].content, "Hello");
 }
@@ -100,4 +105,69 @@ async fn text_clients_without_vad_and_optional_interrupt() {
     assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
     let _ = h.finish().await;
     assert_eq!(ctx.messages()[0].content, "wait, stop");
+}
+
+#[tokio::test]
+async fn an_unfinished_sentence_waits_for_the_caller_to_go_on() {
+    let ctx = ConversationContext::new("", Vec::new());
+    let h = Harness::single(UserAggregator::new(ctx.clone(), settings()));
+    h.emit(Event::UserStartedSpeaking);
+    h.push(transcript("my order number is", true)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(runs(&h).is_empty(), "a thinking caller is not cut off");
+    // The caller goes on after a 0.3 s pause: one turn with both parts.
+    h.emit(Event::UserStartedSpeaking);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(runs(&h).is_empty(), "speaking again cancelled the pending commit");
+    h.push(transcript("one two three four five.", true)).await;
+    let t0 = Instant::now();
+    h.emit(Event::UserStoppedSpeaking);
+    assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
+    assert!(t0.elapsed() < Duration::from_millis(100));
+    let _ = h.finish().await;
+    assert_eq!(ctx.messages()[0].content, "my order number is one two three four five.");
+}
+
+#[tokio::test]
+async fn an_unfinished_sentence_is_committed_when_the_caller_stays_silent() {
+    let ctx = ConversationContext::new("", Vec::new());
+    let h = Harness::single(UserAggregator::new(ctx.clone(), settings()));
+    h.emit(Event::UserStartedSpeaking);
+    h.push(transcript("I was wondering about", true)).await;
+    let t0 = Instant::now();
+    h.emit(Event::UserStoppedSpeaking);
+    assert!(h.wait_for(Duration::from_secs(3), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(550) && waited < Duration::from_millis(900), "{waited:?}");
+    let _ = h.finish().await;
+}
+
+#[test]
+fn unfinished_sentences_are_recognised() {
+    use voxline_processors::llm::reads_unfinished;
+    for t in
+        ["my order number is", "uh", "I need to check the", "and,", "so um", "It's about my...", "I called because"]
+    {
+        assert!(reads_unfinished(t), "{t}");
+    }
+    for t in ["Hello.", "check my order status", "What is my balance?", "one two three four five", "yes", ""] {
+        assert!(!reads_unfinished(t), "{t}");
+    }
+}
+
+#[tokio::test]
+async fn a_commit_after_an_interruption_is_not_lost() {
+    let ctx = ConversationContext::new("", Vec::new());
+    let h = Harness::single(UserAggregator::new(ctx.clone(), settings()));
+    h.emit(Event::UserStartedSpeaking);
+    h.push(transcript("stop, wait", false)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    // A barge-in bumps the epoch while the commit is pending (waiting for the final).
+    h.interrupt();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(transcript("stop, wait.", true)).await;
+    assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
+    let _ = h.finish().await;
+    assert_eq!(ctx.messages()[0].content, "stop, wait.");
 }

@@ -63,4 +63,7 @@ pub use service::{
     StreamParser, ToolChoice,
 };
 pub use tool_calls::ToolCallAccumulator;
-pub use user_aggregator::{DEFAULT_FINAL_TRANSCRIPT_TIMEOUT, DEFAULT_GRACE, UserAggregator, UserAggregatorSettings};
+pub use user_aggregator::{
+    DEFAULT_FINAL_TRANSCRIPT_TIMEOUT, DEFAULT_INCOMPLETE_TIMEOUT, UserAggregator, UserAggregatorSettings,
+    reads_unfinished,
+};

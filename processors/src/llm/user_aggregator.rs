@@ -5,37 +5,48 @@
 //! `LlmRun(snapshot)` downstream once per user turn, after appending the user message to the
 //! shared [`ConversationContext`]. Other frames are forwarded; transcripts are consumed.
 //!
-//! When a turn ends: the VAD said the user stopped *and* a final transcript is in, plus a grace
-//! window ([`DEFAULT_GRACE`]) for late finals (STT finals often trail the VAD by 100–300 ms).
-//! Without a VAD (text clients), a final transcript ends the turn after the same grace. If the
-//! VAD stopped and no final arrives within [`DEFAULT_FINAL_TRANSCRIPT_TIMEOUT`], the last interim
-//! text is used, so a stalled STT never leaves the caller unanswered.
+//! # When a turn ends
+//! No fixed grace window: every millisecond here is a millisecond the caller waits. Once the VAD
+//! says the caller stopped (a short stop, ~200 ms) the turn is committed **as soon as all of it
+//! is final text that reads as complete**:
+//! - a final transcript is in and no newer interim hypothesis is pending → commit now (the STT
+//!   is asked to finalize at the VAD stop, so its final trails the stop by ~100 ms);
+//! - an interim is pending → wait for its final (it is on its way), committing it the moment it
+//!   arrives; after [`DEFAULT_FINAL_TRANSCRIPT_TIMEOUT`] without one, the interim text is used,
+//!   so a stalled STT never leaves the caller unanswered;
+//! - the text reads as unfinished (it ends on a filler, a conjunction, an article, a
+//!   preposition or a comma: "my order number is… uh…") → wait up to
+//!   [`DEFAULT_INCOMPLETE_TIMEOUT`] for the caller to go on; speech resuming cancels the commit.
+//!   This is a cheap textual guard against cutting in on a thinking caller, complementary to an
+//!   acoustic end-of-turn model.
 //!
-//! Trade-offs: the timer is a spawned task (a processor only runs when a frame or event arrives)
-//! that commits through the shared state and pushes with a [`voxline_pipeline::FrameSender`]; a
-//! generation counter makes a superseded timer a no-op, so no lock is held across an await.
+//! Without a VAD (text clients) a final transcript ends the turn by the same rules.
+//! The waits run on the engine's timer ([`Context::wake_at`]), so the commit is pushed from the
+//! aggregator's own call in the current epoch: nothing to refresh after an interruption.
 //! Optionally (`interrupt_on_transcript`) a transcript heard while the bot speaks emits
 //! `Interrupt`, for setups where the VAD does not.
 
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use voxline_pipeline::{Context, Direction, Event, FlowResult, Frame, FrameSender, Processor};
+use tokio::time::Instant;
+use voxline_pipeline::{Context, Direction, Event, FlowResult, Frame, Processor};
 
 use super::context::ConversationContext;
 
-/// Default wait after the end of speech for late final transcripts.
-pub const DEFAULT_GRACE: Duration = Duration::from_millis(300);
 /// Default wait for any final transcript after the VAD stopped, before using interim text.
 pub const DEFAULT_FINAL_TRANSCRIPT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Default wait for the caller to go on when the turn's text reads as unfinished.
+pub const DEFAULT_INCOMPLETE_TIMEOUT: Duration = Duration::from_millis(900);
 
 /// Settings of a [`UserAggregator`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserAggregatorSettings {
-    /// Wait for late finals after the turn looks complete.
-    pub grace: Duration,
-    /// Wait for a first final after the VAD stopped before falling back to interim text.
+    /// Wait for a final after the VAD stopped while an interim is pending (or nothing is final)
+    /// before falling back to interim text.
     pub final_transcript_timeout: Duration,
+    /// Wait for more speech when the final text reads as unfinished (see the module docs).
+    /// `Duration::ZERO` turns the textual check off.
+    pub incomplete_timeout: Duration,
     /// Emit `Interrupt` when a transcript arrives while the bot is speaking (if the stream allows
     /// interruptions).
     pub interrupt_on_transcript: bool,
@@ -44,64 +55,62 @@ pub struct UserAggregatorSettings {
 impl Default for UserAggregatorSettings {
     fn default() -> Self {
         Self {
-            grace: DEFAULT_GRACE,
             final_transcript_timeout: DEFAULT_FINAL_TRANSCRIPT_TIMEOUT,
+            incomplete_timeout: DEFAULT_INCOMPLETE_TIMEOUT,
             interrupt_on_transcript: false,
         }
     }
 }
 
-#[derive(Debug, Default)]
-struct Turn {
-    finals: Vec<String>,
-    interim: Option<String>,
-    user_speaking: bool,
-    /// Bumped whenever a pending commit must be superseded.
-    generation: u64,
-}
+/// Words a complete sentence rarely ends on: fillers, conjunctions, articles, prepositions,
+/// copulas and possessives. A turn ending on one is probably a caller thinking mid-sentence.
+const CONTINUATION_WORDS: &[&str] = &[
+    "a", "about", "an", "and", "are", "as", "at", "because", "but", "by", "er", "erm", "for", "from", "hmm", "if",
+    "in", "into", "is", "like", "my", "of", "on", "or", "our", "so", "than", "that", "the", "then", "to", "uh", "um",
+    "umm", "was", "were", "which", "with", "your",
+];
 
-impl Turn {
-    fn take_text(&mut self, use_interim: bool) -> Option<String> {
-        let mut text = self.finals.join(" ");
-        if text.trim().is_empty() && use_interim {
-            text = self.interim.take().unwrap_or_default();
-        }
-        self.finals.clear();
-        self.interim = None;
-        let text = text.trim().to_string();
-        if text.is_empty() { None } else { Some(text) }
+/// Whether `text` reads as an unfinished sentence (see [`CONTINUATION_WORDS`]).
+#[must_use]
+pub fn reads_unfinished(text: &str) -> bool {
+    let t = text.trim_end();
+    if t.ends_with(',') || t.ends_with("...") || t.ends_with('…') || t.ends_with('-') {
+        return true;
     }
+    let Some(last) = t.split_whitespace().next_back() else { return false };
+    let word: String = last.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>().to_lowercase();
+    CONTINUATION_WORDS.binary_search(&word.as_str()).is_ok()
 }
 
 /// Aggregates a user turn. See the module docs.
+#[derive(Debug)]
 pub struct UserAggregator {
     settings: UserAggregatorSettings,
     ctx: ConversationContext,
-    turn: Arc<Mutex<Turn>>,
-    timer: Option<tokio::task::JoinHandle<()>>,
-    /// How the pending timer commits (`true`: may use interim text).
+    finals: Vec<String>,
+    interim: Option<String>,
+    user_speaking: bool,
+    /// When the VAD last said the caller stopped (the turn is waiting to be committed).
+    stopped_at: Option<Instant>,
+    /// Whether the armed timer commits interim text too (a stalled STT) or final text only.
     armed: Option<bool>,
     bot_speaking: bool,
-}
-
-impl std::fmt::Debug for UserAggregator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserAggregator").field("settings", &self.settings).finish_non_exhaustive()
-    }
-}
-
-fn lock(t: &Mutex<Turn>) -> MutexGuard<'_, Turn> {
-    match t.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl UserAggregator {
     /// An aggregator writing user turns into `ctx`.
     #[must_use]
     pub fn new(ctx: ConversationContext, settings: UserAggregatorSettings) -> Self {
-        Self { settings, ctx, turn: Arc::default(), timer: None, armed: None, bot_speaking: false }
+        Self {
+            settings,
+            ctx,
+            finals: Vec::new(),
+            interim: None,
+            user_speaking: false,
+            stopped_at: None,
+            armed: None,
+            bot_speaking: false,
+        }
     }
 
     /// The shared context.
@@ -110,44 +119,80 @@ impl UserAggregator {
         &self.ctx
     }
 
-    fn cancel_timer(&mut self) {
-        self.armed = None;
-        if let Some(t) = self.timer.take() {
-            t.abort();
+    fn arm(&mut self, at: Instant, use_interim: bool, cx: &mut Context) {
+        self.armed = Some(use_interim);
+        cx.wake_at(at);
+    }
+
+    fn disarm(&mut self, cx: &mut Context) {
+        if self.armed.take().is_some() {
+            cx.cancel_wake();
         }
     }
 
-    /// (Re)arm the commit timer: after `delay`, commit the turn unless something superseded it.
-    fn arm(&mut self, delay: Duration, use_interim: bool, sender: FrameSender) {
-        self.cancel_timer();
-        self.armed = Some(use_interim);
-        let generation = {
-            let mut t = lock(&self.turn);
-            t.generation += 1;
-            t.generation
-        };
-        let turn = self.turn.clone();
-        let ctx = self.ctx.clone();
-        self.timer = Some(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let text = {
-                let mut t = lock(&turn);
-                if t.generation != generation || t.user_speaking {
-                    return;
-                }
-                t.take_text(use_interim)
-            };
-            let Some(text) = text else { return };
-            tracing::debug!(chars = text.len(), "user turn committed");
-            ctx.add_user_text(&text);
-            sender.push(Frame::LlmRun(ctx.snapshot()), Direction::Downstream);
-        }));
+    /// Decide, now that the caller is silent, whether to commit the turn or wait (and how long).
+    /// Returns the `LlmRun` to push when the turn is committed.
+    fn evaluate(&mut self, cx: &mut Context) -> Option<Frame> {
+        if self.user_speaking {
+            return None;
+        }
+        if self.finals.is_empty() && self.interim.is_none() {
+            // Nothing recognised yet: after a VAD stop a final may still come; wait for it.
+            if let Some(since) = self.stopped_at {
+                self.arm(since + self.settings.final_transcript_timeout, true, cx);
+            }
+            return None;
+        }
+        let since = *self.stopped_at.get_or_insert_with(Instant::now);
+        if self.finals.is_empty() || self.interim.is_some() {
+            // The final for the latest words is on its way: commit when it arrives.
+            self.arm(since + self.settings.final_transcript_timeout, true, cx);
+            return None;
+        }
+        let text = self.finals.join(" ");
+        if !self.settings.incomplete_timeout.is_zero() && reads_unfinished(&text) {
+            let at = since + self.settings.incomplete_timeout;
+            if Instant::now() < at {
+                self.arm(at, false, cx);
+                return None;
+            }
+        }
+        self.commit(false, cx)
     }
 
-    fn on_transcript(&mut self, t: &voxline_pipeline::Transcript, cx: &mut Context) {
+    fn commit(&mut self, use_interim: bool, cx: &mut Context) -> Option<Frame> {
+        self.disarm(cx);
+        self.stopped_at = None;
+        let mut text = self.finals.join(" ");
+        if use_interim && let Some(i) = self.interim.take() {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(&i);
+        }
+        self.finals.clear();
+        self.interim = None;
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        tracing::debug!(chars = text.len(), "user turn committed");
+        self.ctx.add_user_text(text);
+        Some(Frame::LlmRun(self.ctx.snapshot()))
+    }
+
+    fn on_transcript(&mut self, t: &voxline_pipeline::Transcript, cx: &mut Context) -> Option<Frame> {
         let text = t.text.trim();
         if text.is_empty() {
-            return;
+            if t.is_final {
+                // An empty final (e.g. the answer to a Finalize with nothing pending) settles
+                // the pending interim as nothing more.
+                self.interim = None;
+                if self.stopped_at.is_some() {
+                    return self.evaluate(cx);
+                }
+            }
+            return None;
         }
         if self.settings.interrupt_on_transcript
             && self.bot_speaking
@@ -156,18 +201,13 @@ impl UserAggregator {
             self.bot_speaking = false;
             cx.interrupt();
         }
-        let speaking = {
-            let mut turn = lock(&self.turn);
-            if t.is_final {
-                turn.finals.push(text.to_string());
-                turn.interim = None;
-            } else {
-                turn.interim = Some(text.to_string());
-            }
-            turn.user_speaking
-        };
-        if t.is_final && !speaking {
-            self.arm(self.settings.grace, false, cx.sender());
+        if t.is_final {
+            self.finals.push(text.to_string());
+            self.interim = None;
+            self.evaluate(cx)
+        } else {
+            self.interim = Some(text.to_string());
+            None
         }
     }
 }
@@ -179,8 +219,23 @@ impl Processor for UserAggregator {
 
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
         match frame {
-            Frame::Transcript(t) if direction == Direction::Downstream => self.on_transcript(&t, cx),
+            Frame::Transcript(t) if direction == Direction::Downstream => {
+                if let Some(run) = self.on_transcript(&t, cx) {
+                    cx.push(run, Direction::Downstream).await;
+                }
+            }
             other => cx.push(other, direction).await,
+        }
+        Ok(())
+    }
+
+    async fn on_timer(&mut self, cx: &mut Context) -> FlowResult {
+        let Some(use_interim) = self.armed.take() else { return Ok(()) };
+        if self.user_speaking {
+            return Ok(());
+        }
+        if let Some(run) = self.commit(use_interim, cx) {
+            cx.push(run, Direction::Downstream).await;
         }
         Ok(())
     }
@@ -188,41 +243,22 @@ impl Processor for UserAggregator {
     fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
         match event {
             Event::UserStartedSpeaking => {
-                self.cancel_timer();
-                let mut t = lock(&self.turn);
-                t.user_speaking = true;
-                t.generation += 1;
+                self.user_speaking = true;
+                self.stopped_at = None;
+                self.disarm(cx);
             }
             Event::UserStoppedSpeaking => {
-                let has_final = {
-                    let mut t = lock(&self.turn);
-                    t.user_speaking = false;
-                    !t.finals.is_empty()
-                };
-                if has_final {
-                    self.arm(self.settings.grace, false, cx.sender());
-                } else {
-                    self.arm(self.settings.final_transcript_timeout, true, cx.sender());
-                }
-            }
-            Event::Interrupt => {
-                // A pending commit holds a sender stamped with the old epoch, so its `LlmRun`
-                // would be dropped as stale: re-arm with a fresh one.
-                let pending = self.timer.as_ref().is_some_and(|t| !t.is_finished());
-                if let (true, Some(use_interim)) = (pending, self.armed) {
-                    let delay = if use_interim { self.settings.final_transcript_timeout } else { self.settings.grace };
-                    self.arm(delay, use_interim, cx.sender());
+                self.user_speaking = false;
+                self.stopped_at = Some(Instant::now());
+                if let Some(run) = self.evaluate(cx) {
+                    // One frame from an event handler: a bounded overshoot of the LLM's inbox.
+                    cx.push_now(run, Direction::Downstream);
                 }
             }
             Event::BotStartedSpeaking => self.bot_speaking = true,
             Event::BotStoppedSpeaking => self.bot_speaking = false,
             _ => {}
         }
-        Ok(())
-    }
-
-    async fn stop(&mut self, _cx: &mut Context) -> FlowResult {
-        self.cancel_timer();
         Ok(())
     }
 }

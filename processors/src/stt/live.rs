@@ -53,8 +53,10 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default audio queue between the processor and the socket task (frames; 256 ≈ 5 s of 20 ms).
 pub const DEFAULT_AUDIO_QUEUE: usize = 256;
-/// Default for forwarding input audio downstream (a recorder after the STT still sees it).
-pub const DEFAULT_PASS_THROUGH_AUDIO: bool = true;
+/// Default for forwarding input audio downstream: off. The recogniser consumes caller audio;
+/// forwarding it would carry 50 frames a second through the LLM and TTS stages, where it can
+/// only wait behind the bot's own output. Put an audio recorder before the STT, or turn this on.
+pub const DEFAULT_PASS_THROUGH_AUDIO: bool = false;
 
 /// How long a spawned push waits for the processor to hand over a sender of the current epoch.
 const SENDER_REFRESH_WAIT: Duration = Duration::from_millis(100);
@@ -79,7 +81,8 @@ pub struct LiveSettings {
     pub reconnect: ReconnectPolicy,
     /// Frames queued between the processor and the socket task.
     pub audio_queue: usize,
-    /// Forward `InputAudio` downstream after handing it to the recogniser.
+    /// Forward `InputAudio` downstream after handing it to the recogniser (default off; see
+    /// [`DEFAULT_PASS_THROUGH_AUDIO`]).
     pub pass_through_audio: bool,
 }
 
