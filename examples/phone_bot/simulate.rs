@@ -232,6 +232,12 @@ pub struct CallerLog {
     /// Per `Say` step: from sending the frame holding its last voiced sample to the first bot
     /// media message after it (`None` if the bot never answered before the next `Say`).
     pub answer_after_voice: Vec<Option<Duration>>,
+    /// When each bot media message arrived.
+    pub media_at: Vec<Instant>,
+    /// When each `clear` arrived.
+    pub clear_at: Vec<Instant>,
+    /// Per `Say` step: when its speech started and when its last voiced frame was sent.
+    pub said: Vec<(Instant, Option<Instant>)>,
 }
 
 /// One step of a caller script (the simulation uses a few; the tests use them all).
@@ -316,7 +322,9 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
                         p.play_end = p.play_end.max(now) + Duration::from_millis(ms);
                         p.bot_audio_ms += ms;
                         p.last_audio = Some(now);
-                        crate::skills::lock(&log).media_frames += 1;
+                        let mut l = crate::skills::lock(&log);
+                        l.media_frames += 1;
+                        l.media_at.push(now);
                     }
                     Outbound::Mark { name } => {
                         let at = p.play_end.max(now);
@@ -330,6 +338,7 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
                         }
                         let mut l = crate::skills::lock(&log);
                         l.clears += 1;
+                        l.clear_at.push(now);
                         if let Some(t) = crate::skills::lock(&speech_started).take() {
                             l.clear_after_speech.push(now.duration_since(t));
                         }
@@ -400,6 +409,7 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
                             crate::skills::lock(&log).answer_after_voice.push(None);
                         }
                         voiced_left = Some(last_voiced(&bytes));
+                        crate::skills::lock(&log).said.push((now, None));
                         speaking.extend(bytes);
                         *crate::skills::lock(&speech_started) = Some(now);
                         true
@@ -460,7 +470,11 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
         }
         if voice_ends_here {
             voiced_left = None;
-            *crate::skills::lock(&awaiting_answer) = Some(Instant::now());
+            let sent = Instant::now();
+            if let Some(last) = crate::skills::lock(&log).said.last_mut() {
+                last.1 = Some(sent);
+            }
+            *crate::skills::lock(&awaiting_answer) = Some(sent);
         }
         seq += 1;
     }

@@ -348,3 +348,130 @@ fn speech_is_whole_under_concurrency() {
     assert!(first.len() >= 8000, "at least a second of speech, got {} bytes", first.len());
     assert!(texts.iter().all(|t| *t == first), "every caller hears the same utterance");
 }
+
+/// A ≥ 50-word answer: about 15 s of speech at the emulated voice's pace.
+const LONG_ANSWER: &str = "Sure, let me walk you through everything about your order in detail. It left our \
+    warehouse in Denver on Monday morning, travelled overnight to the regional hub, and was loaded onto \
+    a delivery truck early today. The driver has eleven stops before yours, so it should arrive between \
+    two and four this afternoon, and you will get a text message as soon as it is close.";
+
+/// One randomized barge-in trial: the caller asks, the bot starts the long answer, the caller
+/// talks over it after `after` of bot audio. Returns a failure description, or `None`.
+async fn barge_in_trial(trial: usize, after: Duration) -> Option<String> {
+    use std::sync::Arc;
+    let responder: voxline_emulators::openai::Responder = Arc::new(|body: &Value| {
+        let users = body["messages"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "user").count());
+        voxline_emulators::openai::Scripted::text(if users <= 1 { LONG_ANSWER } else { "Okay." })
+    });
+    let emulated = match Emulated::start_with(Emulated::script(CALLER_LINES), responder).await {
+        Ok(e) => e,
+        Err(e) => return Some(format!("emulators: {e:#}")),
+    };
+    let db = std::env::temp_dir().join(format!("voxline-barge-{}.db", crate::store::new_id("t")));
+    let mut server = match start_server(&emulated, &format!("sqlite://{}", db.display()), None, |c| {
+        c.persona.greeting = "Hi.".into();
+        c.workflow.enabled = false;
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return Some(format!("server: {e:#}")),
+    };
+    let (Step::Say(ask), Step::Say(over)) = (say(0), say(1)) else { return Some("speech".into()) };
+    let voiced =
+        over.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+    let steps = vec![
+        quiet(),
+        Step::Say(ask),
+        Step::WaitBotTalking(after),
+        Step::Say(over[voiced..].to_vec()),
+        quiet(),
+        Step::HangUp,
+    ];
+    let sid = format!("CA{:032}", 7000 + trial);
+    let log = match place_call(&server.base, &sid, "+15550001111", steps).await {
+        Ok(l) => l,
+        Err(e) => return Some(format!("call: {e:#}")),
+    };
+    let row = next_record(&mut server, 30).await;
+    let _ = std::fs::remove_file(&db);
+    let cfg = crate::config::VadConfig::default();
+    let budget = Duration::from_millis(u64::from(cfg.start_ms + cfg.min_barge_in_ms) + 60);
+    let Some(&(onset, Some(voice_end))) = log.said.get(1) else { return Some(format!("no barge-in said: {log:?}")) };
+    let Some(&clear) = log.clear_at.iter().find(|t| **t >= onset) else {
+        return Some("no clear after the barge-in".into());
+    };
+    if clear.duration_since(onset) > budget {
+        return Some(format!("clear {:?} after speech onset (budget {budget:?})", clear.duration_since(onset)));
+    }
+    let leaked = log.media_at.iter().filter(|t| **t > clear && **t <= voice_end).count();
+    if leaked > 0 {
+        return Some(format!("{leaked} bot media messages after the clear while the caller spoke"));
+    }
+    let dropped = row.record["stream"]["input_audio_dropped"].as_u64().or(row.record["input_audio_dropped"].as_u64());
+    if dropped != Some(0) {
+        return Some(format!("input_audio_dropped {dropped:?}: {}", row.record));
+    }
+    // The LLM request for the barge-in turn remembers exactly a non-empty prefix of the answer.
+    let reqs = emulated.openai.requests();
+    let turn = reqs.iter().find_map(|r| {
+        let m = r.body["messages"].as_array()?;
+        (m.iter().filter(|m| m["role"] == "user").count() == 2).then(|| m.clone())
+    });
+    let Some(messages) = turn else { return Some("no LLM request for the barge-in turn".into()) };
+    let heard: Vec<String> = messages
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .filter_map(|m| m["content"].as_str())
+        .filter(|c| *c != "Hi.")
+        .flat_map(str::split_whitespace)
+        .map(str::to_string)
+        .collect();
+    let spoken: Vec<&str> = LONG_ANSWER.split_whitespace().collect();
+    if heard.is_empty() || heard.len() >= spoken.len() || heard != spoken[..heard.len()] {
+        return Some(format!("context kept {heard:?}, not a heard prefix of the answer"));
+    }
+    None
+}
+
+/// Issue 13's barge-in criterion: talking over a ≥ 50-word answer at a random moment, in 50
+/// trials (`VOXLINE_BARGE_TRIALS` to change), 5 calls at a time. Each trial: `clear` within the
+/// VAD start + minimum barge-in + 60 ms of speech onset, no bot audio after it while the caller
+/// speaks, no caller audio dropped, and the context keeps a non-empty prefix of the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_over_a_long_answer_at_random_moments() {
+    init_tracing();
+    if speech(CALLER_LINES[0], 0).is_err() {
+        eprintln!("skipped: espeak-ng/sox not installed");
+        return;
+    }
+    let trials: usize = std::env::var("VOXLINE_BARGE_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    // A fixed-seed xorshift: random moments, reproducible failures.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut moments = Vec::new();
+    for _ in 0..trials {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        moments.push(Duration::from_millis(300 + x % 9_000));
+    }
+    let mut failures = Vec::new();
+    for (round, batch) in moments.chunks(5).enumerate() {
+        let runs: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(k, after)| {
+                let (trial, after) = (round * 5 + k, *after);
+                tokio::spawn(async move { (trial, after, barge_in_trial(trial, after).await) })
+            })
+            .collect();
+        for r in runs {
+            match r.await {
+                Ok((trial, after, Some(why))) => failures.push(format!("trial {trial} (after {after:?}): {why}")),
+                Ok((_, _, None)) => {}
+                Err(e) => failures.push(format!("trial panicked: {e}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {trials} trials failed:\n{}", failures.len(), failures.join("\n"));
+}

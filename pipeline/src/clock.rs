@@ -42,13 +42,16 @@ pub struct MediaClock {
     send_ahead: Duration,
     t0: Option<Instant>,
     k: u32,
+    /// Audio released (and, by the re-base, fully played) on earlier timelines since the last
+    /// reset: positions stay continuous across a re-base (an underrun, a pause).
+    base: Duration,
 }
 
 impl MediaClock {
     /// A clock releasing `chunk`-long chunks with `send_ahead` of lead.
     #[must_use]
     pub fn new(chunk: Duration, send_ahead: Duration) -> Self {
-        Self { chunk, send_ahead, t0: None, k: 0 }
+        Self { chunk, send_ahead, t0: None, k: 0, base: Duration::ZERO }
     }
 
     /// Chunk length.
@@ -65,6 +68,7 @@ impl MediaClock {
             None => now,
         };
         if self.t0.is_none() || play_at < now {
+            self.base += self.chunk * self.k;
             self.t0 = Some(now);
             self.k = 0;
             return now;
@@ -83,19 +87,26 @@ impl MediaClock {
         self.t0.map(|t0| t0 + self.chunk * self.k)
     }
 
-    /// Audio played by `now` since the timeline started (bounded by what was released).
+    /// Audio played by `now` since the last reset (bounded by what was released).
     #[must_use]
     pub fn played(&self, now: Instant) -> Duration {
         match self.t0 {
-            Some(t0) => now.saturating_duration_since(t0).min(self.chunk * self.k),
-            None => Duration::ZERO,
+            Some(t0) => self.base + now.saturating_duration_since(t0).min(self.chunk * self.k),
+            None => self.base,
         }
+    }
+
+    /// Audio released since the last reset.
+    #[must_use]
+    pub fn released(&self) -> Duration {
+        self.base + self.chunk * self.k
     }
 
     /// Forget the timeline (interruption, or end of an utterance with nothing queued).
     pub fn reset(&mut self) {
         self.t0 = None;
         self.k = 0;
+        self.base = Duration::ZERO;
     }
 }
 
@@ -131,11 +142,22 @@ pub struct OutputParams {
     /// so the TTS is never held back by pacing (and neither is anything before it), while a
     /// runaway producer still cannot grow memory without bound (~2.4 MB of μ-law 8 kHz).
     pub max_buffered: Duration,
+    /// Hold the release while the VAD hears the caller over the bot (`UserStartedSpeaking`)
+    /// and resume where it stopped if no barge-in follows (`UserStoppedSpeaking` without
+    /// `Interrupt`). A cough or an "mm-hmm" then costs the caller a short gap, not the answer,
+    /// and a real barge-in is silent from its onset (only the send-ahead was in flight) while
+    /// the VAD confirms it. Only when the stream allows interruptions.
+    pub pause_on_user_speech: bool,
 }
 
 impl Default for OutputParams {
     fn default() -> Self {
-        Self { chunk: DEFAULT_CHUNK, send_ahead: DEFAULT_SEND_AHEAD, max_buffered: Duration::from_secs(300) }
+        Self {
+            chunk: DEFAULT_CHUNK,
+            send_ahead: DEFAULT_SEND_AHEAD,
+            max_buffered: Duration::from_secs(300),
+            pause_on_user_speech: true,
+        }
     }
 }
 
@@ -185,6 +207,9 @@ pub struct AudioOutput<S> {
     utterance: Option<Utterance>,
     finishing: Option<Finishing>,
     speaking: bool,
+    pause_on_user_speech: bool,
+    /// Release held while the caller talks over the bot (see [`OutputParams`]).
+    paused: bool,
     chunks_written: u64,
 }
 
@@ -203,6 +228,8 @@ impl<S: AudioSink> AudioOutput<S> {
             utterance: None,
             finishing: None,
             speaking: false,
+            pause_on_user_speech: params.pause_on_user_speech,
+            paused: false,
             chunks_written: 0,
         }
     }
@@ -274,6 +301,9 @@ impl<S: AudioSink> AudioOutput<S> {
     /// Release everything that is due now; returns when the next release lies in the future
     /// (arming the stage's timer for it) or the queue is empty.
     async fn pump(&mut self, cx: &mut Context) -> FlowResult {
+        if self.paused {
+            return Ok(());
+        }
         loop {
             let now = Instant::now();
             self.report_finished(now, cx).await;
@@ -316,7 +346,7 @@ impl<S: AudioSink> AudioOutput<S> {
             if u.written.is_zero() {
                 // Where the utterance starts on the timeline: taken at its first write, after
                 // `next_release` may have re-based the clock.
-                u.start_offset = self.clock.chunk() * self.clock.k;
+                u.start_offset = self.clock.released();
             }
             u.written += self.clock.chunk();
         }
@@ -366,6 +396,8 @@ impl<S: AudioSink> AudioOutput<S> {
 
     /// Wait on the clock and release until at most `limit` of audio is queued.
     async fn drain_to(&mut self, limit: Duration, cx: &mut Context) -> FlowResult {
+        // Draining (End, or past the buffer bound) does not wait for a paused caller.
+        self.paused = false;
         loop {
             self.pump(cx).await?;
             if self.queued <= limit && (limit > Duration::ZERO || self.queue.is_empty()) {
@@ -448,7 +480,24 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
     }
 
     fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
+        match event {
+            Event::UserStartedSpeaking
+                if self.pause_on_user_speech
+                    && self.speaking
+                    && cx.start_info().is_none_or(|s| s.allow_interruptions) =>
+            {
+                self.paused = true;
+                cx.cancel_wake();
+            }
+            Event::UserStoppedSpeaking if self.paused => {
+                // No barge-in came of it: go on from where the caller stopped hearing.
+                self.paused = false;
+                cx.wake_at(Instant::now());
+            }
+            _ => {}
+        }
         if matches!(event, Event::Interrupt | Event::Cancel) {
+            self.paused = false;
             let heard = self.heard();
             self.buf.clear();
             self.queue.clear();

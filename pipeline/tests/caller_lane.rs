@@ -327,3 +327,30 @@ async fn caller_audio_overtakes_a_backed_up_chain() {
     handle.cancel().unwrap();
     let _ = run.await.unwrap();
 }
+
+/// A cough over the bot: the output holds its release from the VAD's onset and resumes where it
+/// stopped when no barge-in follows, so the caller loses a short gap, not the answer.
+#[tokio::test(start_paused = true)]
+async fn output_pauses_at_user_speech_and_resumes_without_a_barge_in() {
+    let sink = RecSink::default();
+    let params = OutputParams { send_ahead: Duration::ZERO, ..OutputParams::default() };
+    let pipeline = Pipeline::new().with(Speaker { seconds: 4 }).with(AudioOutput::new(sink.clone(), params));
+    let task = PipelineTask::new(pipeline, PipelineParams::default());
+    let handle = task.handle();
+    let run = tokio::spawn(task.run());
+    handle.push(Frame::Text("go".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_010)).await;
+    handle.emit(Event::UserStartedSpeaking).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = sink.writes.lock().unwrap().len();
+    assert!((51..=52).contains(&during), "nothing released while the caller spoke: {during}");
+    handle.emit(Event::UserStoppedSpeaking).unwrap();
+    handle.end().await.unwrap();
+    let report = run.await.unwrap();
+    assert_eq!(report.outcome, TaskOutcome::Ended);
+    let writes = sink.writes.lock().unwrap();
+    assert_eq!(writes.len(), 200, "the whole answer played after the pause");
+    assert!(sink.clears.lock().unwrap().is_empty(), "no clear without a barge-in");
+    let gap = writes.windows(2).map(|w| w[1].duration_since(w[0])).max().unwrap_or_default();
+    assert!(gap >= Duration::from_millis(290) && gap <= Duration::from_millis(330), "one pause: {gap:?}");
+}
