@@ -9,6 +9,18 @@
 //! `interim_results=true` and `utterance_end_ms`), `Metadata` on close, and `Error` for
 //! unparseable client JSON. An idle socket is closed with 1011 `NET-0001`.
 //!
+//! Query values Deepgram would refuse get HTTP 400 at the handshake: `endpointing` must be
+//! milliseconds or `true`/`false`, `utterance_end_ms` milliseconds, `vad_events` and
+//! `interim_results` booleans. With `endpointing=false` an utterance that fires on audio is final
+//! but never `speech_final` (no endpointing ran); `UtteranceEnd` is word-timing based and still
+//! comes.
+//!
+//! A `Finalize` with nothing scripted to flush gets an empty `from_finalize` result when audio
+//! arrived since the last result, unless [`DeepgramConfig::empty_finalize_reply`] is off: Deepgram
+//! documents the `from_finalize` response as what "typically occurs when there is a noticeable
+//! amount of audio buffered", and after its own endpoint with only silence since it often sends
+//! nothing at all. Clients must treat both as normal.
+//!
 //! What gets "recognized" is scripted: each connection walks a queue of
 //! [`TranscriptScript`] utterances. An utterance fires on audio volume since the previous
 //! utterance ([`Trigger::AudioBytes`], [`Trigger::AudioMs`]), on the client's `Finalize`
@@ -190,6 +202,10 @@ pub struct DeepgramConfig {
     pub idle_timeout: Option<Duration>,
     /// Model name reported in `metadata.model_info`.
     pub model_name: String,
+    /// Answer a `Finalize` that has no scripted utterance to flush, but audio since the last
+    /// result, with an empty `from_finalize: true` final (`true`); `false` sends nothing, as
+    /// Deepgram does when what it buffered since its own endpoint is only silence.
+    pub empty_finalize_reply: bool,
 }
 
 impl Default for DeepgramConfig {
@@ -203,6 +219,7 @@ impl Default for DeepgramConfig {
             interim_interval_ms: 1000,
             idle_timeout: Some(Duration::from_secs(10)),
             model_name: "general-nova-3".to_string(),
+            empty_finalize_reply: true,
         }
     }
 }
@@ -454,6 +471,11 @@ async fn listen(
         }
     }
 
+    if let Some(reason) = bad_query_value(&query) {
+        record_reject(400, &reason);
+        return reject(StatusCode::BAD_REQUEST, &request_id, &reason);
+    }
+
     let index = inner.rec.read(|r| r.connections.len() + r.rejected.len());
     let fault = inner.cfg.faults.get(index).cloned().unwrap_or_default();
     if let DeepgramFault::RejectHandshake(status) = fault {
@@ -489,6 +511,19 @@ async fn listen(
     resp
 }
 
+/// Why Deepgram would refuse the query's turn-taking values, if it would.
+fn bad_query_value(query: &[(String, String)]) -> Option<String> {
+    let is_bool = |v: &str| v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false");
+    let is_ms = |v: &str| v.parse::<u32>().is_ok();
+    let check = |key: &str, ok: &dyn Fn(&str) -> bool, want: &str| {
+        query_get(query, key).filter(|v| !ok(v)).map(|v| format!("Bad Request: `{key}` must be {want}, got `{v}`."))
+    };
+    check("endpointing", &|v| is_ms(v) || is_bool(v), "milliseconds or a boolean")
+        .or_else(|| check("utterance_end_ms", &is_ms, "milliseconds"))
+        .or_else(|| check("vad_events", &is_bool, "a boolean"))
+        .or_else(|| check("interim_results", &is_bool, "a boolean"))
+}
+
 enum Action {
     Text(String),
     Close(u16, String),
@@ -504,6 +539,8 @@ struct Conn {
     interim_results: bool,
     vad_events: bool,
     utterance_end: bool,
+    /// `endpointing=false`: nothing turns a final into `speech_final` on its own.
+    endpointing_off: bool,
     queue: VecDeque<TranscriptScript>,
     fault: DeepgramFault,
     total_bytes: u64,
@@ -541,6 +578,7 @@ impl Conn {
             interim_results: query_bool(query, "interim_results"),
             vad_events: query_bool(query, "vad_events"),
             utterance_end: query_bool(query, "interim_results") && query_get(query, "utterance_end_ms").is_some(),
+            endpointing_off: query_get(query, "endpointing").is_some_and(|v| v.eq_ignore_ascii_case("false")),
             queue: script.into(),
             fault,
             total_bytes: 0,
@@ -694,7 +732,10 @@ impl Conn {
         let Some(head) = self.queue.pop_front() else {
             return;
         };
-        let v = self.results(&head.words, head.is_final, head.is_final && head.speech_final, from_finalize);
+        // Endpointing is what sets speech_final on a result the server finalized by itself.
+        let endpointed = from_finalize || !self.endpointing_off;
+        let v =
+            self.results(&head.words, head.is_final, head.is_final && head.speech_final && endpointed, from_finalize);
         let delay = head.delay.unwrap_or(self.inner.cfg.result_delay);
         self.send_json(delay, v);
         if head.is_final {
@@ -727,9 +768,9 @@ impl Conn {
             self.queue.front().is_some_and(|h| matches!(h.trigger, Trigger::Finalize | Trigger::FinalizeOrAudioMs(_)));
         if finalize_triggered {
             self.emit_head(true);
-        } else if self.total_bytes > self.last_result_at {
+        } else if self.total_bytes > self.last_result_at && self.inner.cfg.empty_finalize_reply {
             // Deepgram answers a Finalize with a (possibly empty) from_finalize result only
-            // when there was audio left to flush.
+            // when there was audio left to flush (and, with only silence left, not always).
             let v = self.results(&[], true, false, true);
             let delay = self.inner.cfg.result_delay;
             self.send_json(delay, v);

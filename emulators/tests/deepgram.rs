@@ -200,3 +200,73 @@ async fn rejects_handshake_on_fault_status() {
     assert!(connect(&emu, Q, None).await.is_ok());
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn refuses_malformed_turn_taking_query_values() {
+    let emu = DeepgramEmulator::start(DeepgramConfig::default()).expect("start");
+    for (bad, key) in [
+        ("endpointing=soon", "endpointing"),
+        ("utterance_end_ms=1s", "utterance_end_ms"),
+        ("vad_events=yes", "vad_events"),
+        ("interim_results=1", "interim_results"),
+    ] {
+        let q = format!("model=nova-3&encoding=mulaw&sample_rate=8000&{bad}");
+        match connect(&emu, &q, None).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 400, "{bad}");
+                let reason = resp.headers().get("dg-error").and_then(|v| v.to_str().ok()).unwrap_or("");
+                assert!(reason.contains(key), "{bad}: {reason}");
+            }
+            other => panic!("{bad}: expected 400, got {:?}", other.map(|_| ())),
+        }
+    }
+    for good in ["endpointing=300", "endpointing=false", "endpointing=true&utterance_end_ms=1000&vad_events=true"] {
+        let q = format!("model=nova-3&encoding=mulaw&sample_rate=8000&interim_results=true&{good}");
+        assert!(connect(&emu, &q, None).await.is_ok(), "{good}");
+    }
+    assert_eq!(emu.received().rejected.len(), 4);
+}
+
+#[tokio::test]
+async fn endpointing_false_finalizes_without_speech_final_and_keeps_utterance_end() {
+    let cfg = DeepgramConfig {
+        script: vec![TranscriptScript::new("hello there", Trigger::AudioBytes(800))],
+        ..DeepgramConfig::default()
+    };
+    let emu = DeepgramEmulator::start(cfg).expect("start");
+    let mut ws = connect(&emu, &format!("{Q}&endpointing=false"), None).await.expect("connect");
+    for _ in 0..5 {
+        ws.send(Message::Binary(vec![0xFFu8; 160].into())).await.expect("send");
+    }
+    assert_eq!(next_json(&mut ws).await["type"], "SpeechStarted");
+    let fin = next_json(&mut ws).await;
+    assert_eq!(fin["is_final"], true);
+    assert_eq!(fin["speech_final"], false, "no endpointing, no speech_final");
+    assert_eq!(next_json(&mut ws).await["type"], "UtteranceEnd");
+}
+
+#[tokio::test]
+async fn finalize_after_own_endpoint_over_silence_can_go_unanswered() {
+    let cfg = DeepgramConfig {
+        script: vec![TranscriptScript::new("yes please", Trigger::AudioBytes(800))],
+        empty_finalize_reply: false,
+        ..DeepgramConfig::default()
+    };
+    let emu = DeepgramEmulator::start(cfg).expect("start");
+    let mut ws = connect(&emu, "model=nova-3&encoding=mulaw&sample_rate=8000", None).await.expect("connect");
+    for _ in 0..5 {
+        ws.send(Message::Binary(vec![0xFFu8; 160].into())).await.expect("send");
+    }
+    let fin = next_json(&mut ws).await;
+    assert_eq!(fin["channel"]["alternatives"][0]["transcript"], "yes please");
+    // Silence after the endpoint, then the client's Finalize: nothing comes back.
+    for _ in 0..5 {
+        ws.send(Message::Binary(vec![0xFFu8; 160].into())).await.expect("send");
+    }
+    ws.send(Message::Text(r#"{"type":"Finalize"}"#.into())).await.expect("send");
+    let next = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+    assert!(next.is_err(), "expected no reply to the Finalize, got {next:?}");
+    let r = emu.received();
+    assert_eq!(r.connections[0].count_controls(|c| *c == ControlMessage::Finalize), 1);
+    assert_eq!(r.connections[0].audio_bytes, 1600);
+}

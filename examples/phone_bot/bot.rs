@@ -31,7 +31,7 @@ use voxline_processors::llm::{
     AnthropicLlm, AnthropicSettings, AssistantAggregator, AssistantSettings, ConversationContext, LlmService,
     OpenAiLlm, OpenAiSettings, UserAggregator, UserAggregatorSettings,
 };
-use voxline_processors::stt::{DeepgramSettings, DeepgramStt};
+use voxline_processors::stt::{DeepgramSettings, DeepgramStt, Endpointing};
 use voxline_processors::text::{SentenceAggregator, SentenceSettings};
 use voxline_processors::tools::{ToolExecutor, ToolExecutorSettings};
 use voxline_processors::tts::{ElevenLabsSettings, ElevenLabsTts};
@@ -80,6 +80,23 @@ fn llm_service(cfg: &Config, secrets: &Secrets) -> anyhow::Result<LlmService> {
     svc.map_err(|e| anyhow::anyhow!("llm: {e}"))
 }
 
+/// Deepgram's settings from `stt.*` (the config has validated the ranges).
+pub fn stt_settings(cfg: &Config, secrets: &Secrets) -> DeepgramSettings {
+    DeepgramSettings {
+        api_key: secrets.deepgram.clone(),
+        base_url: cfg.stt.base_url.clone(),
+        model: cfg.stt.model.clone(),
+        language: cfg.stt.language.clone(),
+        endpointing: match cfg.stt.endpointing_ms {
+            0 => Endpointing::Disabled,
+            ms => Endpointing::SilenceMs(ms),
+        },
+        utterance_end_ms: cfg.stt.utterance_end_ms,
+        vad_events: cfg.stt.vad_events,
+        ..DeepgramSettings::default()
+    }
+}
+
 /// Build the pipeline around the transport's `output` stage.
 pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipeline, ConversationContext)> {
     let cfg = &parts.cfg;
@@ -95,14 +112,7 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
         ..voxline_processors::audio::VadParams::default()
     };
     let vad = VadProcessor::with_params(vad_params).map_err(|e| anyhow::anyhow!("vad: {e}"))?;
-    let stt = DeepgramStt::new(DeepgramSettings {
-        api_key: parts.secrets.deepgram.clone(),
-        base_url: cfg.stt.base_url.clone(),
-        model: cfg.stt.model.clone(),
-        language: cfg.stt.language.clone(),
-        ..DeepgramSettings::default()
-    })
-    .map_err(|e| anyhow::anyhow!("stt: {e}"))?;
+    let stt = DeepgramStt::new(stt_settings(cfg, &parts.secrets)).map_err(|e| anyhow::anyhow!("stt: {e}"))?;
     let user = UserAggregator::new(conversation.clone(), UserAggregatorSettings::default());
     let llm = llm_service(cfg, &parts.secrets)?;
     let (assistant, playout_tap) = AssistantAggregator::new(conversation.clone(), AssistantSettings::default());

@@ -104,8 +104,54 @@ pub struct SttConfig {
     pub language: String,
     pub base_url: String,
     pub api_key_env: String,
-    /// Deepgram endpointing (ms of silence that ends an utterance).
+    /// Deepgram `endpointing`: ms of silence after which Deepgram finalizes an utterance on its
+    /// own (`speech_final`). `0` or `false` turns it off (only `Finalize` on the local VAD's stop
+    /// then closes an utterance).
+    #[serde(deserialize_with = "endpointing_ms")]
     pub endpointing_ms: u32,
+    /// Deepgram `utterance_end_ms`: an `UtteranceEnd` message after this gap between words
+    /// (needs interim results, which the bot always asks for). `false`/`null` leaves it off.
+    #[serde(deserialize_with = "utterance_end_ms")]
+    pub utterance_end_ms: Option<u32>,
+    /// Deepgram `vad_events`: `SpeechStarted` messages on voice onset. Logged only; turns follow
+    /// the local VAD, which does not fire on line noise.
+    pub vad_events: bool,
+}
+
+/// Shortest `utterance_end_ms` worth asking for: Deepgram sends interims about once a second,
+/// so a shorter gap cannot be measured (its docs say values under 1000 are not useful).
+pub const MIN_UTTERANCE_END_MS: u32 = 1000;
+/// Longest `stt.utterance_end_ms` / `stt.endpointing_ms` accepted: a phone turn that needs more
+/// than 5 s of silence to end is a configuration mistake (the same cap as `vad.stop_ms`).
+pub const MAX_STT_GAP_MS: u32 = 5000;
+/// Shortest non-zero `stt.endpointing_ms` (Deepgram's own default).
+pub const MIN_ENDPOINTING_MS: u32 = 10;
+
+/// A millisecond count written as a number, or `false` for "off"; the error names `field`
+/// (serde's own message for a nested type error does not). `true` is refused: it names no
+/// duration.
+fn ms_or_off(field: &str, v: Value) -> Result<Option<u32>, String> {
+    match &v {
+        Value::Null | Value::Bool(false) => Ok(None),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| format!("{field} must be whole milliseconds or false, got {v}")),
+        _ => Err(format!("{field} must be whole milliseconds or false, got {v}")),
+    }
+}
+
+fn endpointing_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = Value::deserialize(d)?;
+    if v.is_null() {
+        return Err(serde::de::Error::custom("stt.endpointing_ms must be whole milliseconds or false, got null"));
+    }
+    ms_or_off("stt.endpointing_ms", v).map(Option::unwrap_or_default).map_err(serde::de::Error::custom)
+}
+
+fn utterance_end_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    ms_or_off("stt.utterance_end_ms", Value::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 impl Default for SttConfig {
@@ -117,6 +163,8 @@ impl Default for SttConfig {
             base_url: "wss://api.deepgram.com".into(),
             api_key_env: "DEEPGRAM_API_KEY".into(),
             endpointing_ms: 300,
+            utterance_end_ms: Some(MIN_UTTERANCE_END_MS),
+            vad_events: false,
         }
     }
 }
@@ -458,6 +506,20 @@ impl Config {
         if !url_ok(&self.stt.base_url, &["ws://", "wss://"]) {
             bail!("config: stt.base_url must be a ws(s) URL");
         }
+        let ep = self.stt.endpointing_ms;
+        if ep != 0 && !(MIN_ENDPOINTING_MS..=MAX_STT_GAP_MS).contains(&ep) {
+            bail!(
+                "config: stt.endpointing_ms must be 0 or false (off) or within {MIN_ENDPOINTING_MS}..={MAX_STT_GAP_MS}, got {ep}"
+            );
+        }
+        if let Some(ue) = self.stt.utterance_end_ms
+            && !(MIN_UTTERANCE_END_MS..=MAX_STT_GAP_MS).contains(&ue)
+        {
+            bail!(
+                "config: stt.utterance_end_ms must be within {MIN_UTTERANCE_END_MS}..={MAX_STT_GAP_MS} \
+                 (Deepgram: under 1000 is not useful), or false to leave it off; got {ue}"
+            );
+        }
         if !matches!(self.llm.provider.as_str(), "openai" | "anthropic") {
             bail!("config: llm.provider {:?} is not supported (openai, anthropic)", self.llm.provider);
         }
@@ -708,6 +770,57 @@ mod tests {
             .map(|e| format!("{e:#}"))
             .unwrap_or_default();
         assert!(e.contains("skills.enabled[0]"), "{e}");
+    }
+
+    #[test]
+    fn stt_turn_taking_keys() {
+        // transfer_to_human is enabled by default and needs a number.
+        let load = |yaml: &str, vars: &[(&str, &str)]| {
+            let mut vars = env(vars);
+            vars.push(("VOXLINE__TELEPHONY__TRANSFER_NUMBER".into(), "1".into()));
+            Config::from_yaml(yaml, vars)
+        };
+        let ok = |yaml: &str, vars: &[(&str, &str)]| match load(yaml, vars) {
+            Ok(c) => c.stt,
+            Err(e) => panic!("{yaml:?} {vars:?}: {e:#}"),
+        };
+        let err =
+            |yaml: &str, vars: &[(&str, &str)]| load(yaml, vars).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let d = ok("", &[]);
+        assert_eq!((d.endpointing_ms, d.utterance_end_ms, d.vad_events), (300, Some(1000), false));
+
+        let s = ok("stt:\n  endpointing_ms: 450\n  utterance_end_ms: 1500\n  vad_events: true\n", &[]);
+        assert_eq!((s.endpointing_ms, s.utterance_end_ms, s.vad_events), (450, Some(1500), true));
+        let s = ok("stt:\n  endpointing_ms: false\n  utterance_end_ms: false\n", &[]);
+        assert_eq!((s.endpointing_ms, s.utterance_end_ms), (0, None));
+        let s = ok("stt:\n  endpointing_ms: 0\n  utterance_end_ms: null\n", &[]);
+        assert_eq!((s.endpointing_ms, s.utterance_end_ms), (0, None));
+        let s = ok(
+            "",
+            &[
+                ("VOXLINE__STT__ENDPOINTING_MS", "false"),
+                ("VOXLINE__STT__UTTERANCE_END_MS", "2000"),
+                ("VOXLINE__STT__VAD_EVENTS", "true"),
+            ],
+        );
+        assert_eq!((s.endpointing_ms, s.utterance_end_ms, s.vad_events), (0, Some(2000), true));
+        let s = ok("", &[("VOXLINE__STT__ENDPOINTING_MS", "25"), ("VOXLINE__STT__UTTERANCE_END_MS", "false")]);
+        assert_eq!((s.endpointing_ms, s.utterance_end_ms), (25, None));
+
+        for (yaml, vars, needle) in [
+            ("stt:\n  utterance_end_ms: 500\n", &[][..], "stt.utterance_end_ms"),
+            ("stt:\n  utterance_end_ms: 0\n", &[][..], "stt.utterance_end_ms"),
+            ("", &[("VOXLINE__STT__UTTERANCE_END_MS", "999")][..], "stt.utterance_end_ms"),
+            ("stt:\n  endpointing_ms: 5\n", &[][..], "stt.endpointing_ms"),
+            ("stt:\n  endpointing_ms: 60000\n", &[][..], "stt.endpointing_ms"),
+            ("stt:\n  endpointing_ms: true\n", &[][..], "stt.endpointing_ms must be whole milliseconds or false"),
+            ("stt:\n  endpointing_ms: -1\n", &[][..], "stt.endpointing_ms"),
+            ("stt:\n  utterance_end_ms: soon\n", &[][..], "stt.utterance_end_ms must be whole milliseconds"),
+            ("", &[("VOXLINE__STT__VAD_EVENTS", "maybe")][..], "expected a boolean"),
+        ] {
+            let e = err(yaml, vars);
+            assert!(e.contains(needle), "{yaml:?} {vars:?}: {e:?}");
+        }
     }
 
     #[test]

@@ -64,7 +64,8 @@ fn transcript(row: &CallRow) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greets_first_answers_order_status_and_hangs_up() {
-    let (emulated, mut server) = setup(CALLER_LINES, |_| {}).await;
+    // SpeechStarted messages flow too: the call must not notice them.
+    let (emulated, mut server) = setup(CALLER_LINES, |c| c.stt.vad_events = true).await;
     let steps = vec![quiet(), say(0), quiet(), say(1), quiet(), say(2), Step::WaitServerClose(Duration::from_secs(20))];
     let log = place_call(&server.base, "CA00000000000000000000000000000e01", "+15550001111", steps).await;
     let log = match log {
@@ -85,6 +86,12 @@ async fn greets_first_answers_order_status_and_hangs_up() {
     assert_eq!(row.end_reason, "bot_ended");
     assert!(log.closed_by_server && log.marks.len() >= 3, "{log:?}");
     assert!(!crate::skills::lock(&emulated.hangups).is_empty(), "REST hang-up expected");
+    // stt.* turn-taking keys reach Deepgram's query string.
+    let dg = emulated.deepgram.received();
+    let conn = dg.connections.first();
+    for (k, v) in [("endpointing", "300"), ("utterance_end_ms", "1000"), ("vad_events", "true")] {
+        assert_eq!(conn.and_then(|c| c.query_param(k)), Some(v), "Deepgram query param {k}: {conn:?}");
+    }
     let steps: Vec<String> = row
         .workflow
         .as_ref()

@@ -12,7 +12,7 @@ use voxline_pipeline::testing::Harness;
 use voxline_pipeline::{
     AudioFormat, AudioFrame, Event, Frame, MetricsEvent, Pipeline, PipelineParams, StartInfo, Transcript,
 };
-use voxline_processors::stt::{DeepgramSettings, DeepgramStt, SttStats};
+use voxline_processors::stt::{DeepgramSettings, DeepgramStt, Endpointing, SttStats};
 
 const KEY: &str = "test-key";
 const WAIT: Duration = Duration::from_secs(5);
@@ -335,6 +335,125 @@ async fn rejected_key_gives_up_without_crashing() {
     push_audio(&h, 5, mulaw_frame).await;
     let out = h.finish().await;
     assert_eq!(out.downstream.iter().filter(|f| matches!(f, Frame::InputAudio(_))).count(), 10);
+}
+
+/// Pushes `n` frames of the line's continuous audio and waits until the emulator has them all.
+async fn stream(h: &Harness, emu: &DeepgramEmulator, n: usize) {
+    let before = emu.received().total_audio_bytes();
+    push_audio(h, n, mulaw_frame).await;
+    emu.wait_for(|r| r.total_audio_bytes() >= before + n as u64 * 160, WAIT).await.expect("audio");
+}
+
+/// The VAD's speech start, once the stream is open (a VAD event before that has no session to
+/// reach, as in a call where the line's first audio opens the stream).
+async fn user_starts(h: &Harness, emu: &DeepgramEmulator) {
+    stream(h, emu, 1).await;
+    h.emit(Event::UserStartedSpeaking);
+}
+
+/// Waits past the finalize timeout (400 ms here) for an error event.
+async fn error_after_finalize(h: &mut Harness) -> Option<Event> {
+    h.wait_event(Duration::from_millis(900), |e| matches!(e, Event::Error(_))).await
+}
+
+#[tokio::test]
+async fn finalize_after_the_providers_own_endpoint_is_not_an_error() {
+    // Deepgram endpoints on its own and sends the final; the line keeps streaming silence; the
+    // local VAD then says the user stopped. Deepgram has nothing to flush and does not answer.
+    let script = vec![TranscriptScript::new("I need a refund", Trigger::AudioMs(200)).with_interims(1)];
+    let emu =
+        DeepgramEmulator::start(DeepgramConfig { script, empty_finalize_reply: false, ..Default::default() }).unwrap();
+    let (mut h, stats) = start(settings(&emu), AudioFormat::mulaw_8k());
+    user_starts(&h, &emu).await;
+    stream(&h, &emu, 9).await;
+    assert!(wait_final(&h, "I need a refund").await, "{:?}", transcripts(&h));
+    stream(&h, &emu, 10).await;
+    h.emit(Event::UserStoppedSpeaking);
+    emu.wait_for(|r| r.connections[0].count_controls(|c| *c == ControlMessage::Finalize) == 1, WAIT)
+        .await
+        .expect("Finalize sent");
+    let err = error_after_finalize(&mut h).await;
+    assert!(err.is_none(), "an unanswered Finalize with nothing pending was reported: {err:?}");
+    let snap = stats.snapshot();
+    assert_eq!(snap.finalize_timeouts, 0, "{snap:?}");
+    assert_eq!(snap.interims_promoted, 0, "{snap:?}");
+    assert_eq!(finals(&h), vec!["I need a refund"]);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_lost_final_after_an_earlier_endpoint_is_still_reported() {
+    // Turn 1 ends on Deepgram's own endpoint (quiet Finalize). In turn 2 the user speaks again
+    // and Deepgram never answers: words are owed, so that is an error.
+    let script = vec![TranscriptScript::new("first part", Trigger::AudioMs(200))];
+    let emu =
+        DeepgramEmulator::start(DeepgramConfig { script, empty_finalize_reply: false, ..Default::default() }).unwrap();
+    let (mut h, stats) = start(settings(&emu), AudioFormat::mulaw_8k());
+    user_starts(&h, &emu).await;
+    stream(&h, &emu, 9).await;
+    assert!(wait_final(&h, "first part").await);
+    stream(&h, &emu, 5).await;
+    h.emit(Event::UserStoppedSpeaking);
+    assert!(error_after_finalize(&mut h).await.is_none(), "turn 1 had nothing pending");
+
+    h.emit(Event::UserStartedSpeaking);
+    stream(&h, &emu, 10).await;
+    h.emit(Event::UserStoppedSpeaking);
+    let err = h.wait_event(WAIT, |e| matches!(e, Event::Error(_))).await;
+    assert!(err.as_ref().is_some_and(|e| is_error(e, "no transcript within")), "{err:?}");
+    assert_eq!(stats.snapshot().finalize_timeouts, 1);
+    assert_eq!(emu.received().connections[0].count_controls(|c| *c == ControlMessage::Finalize), 2);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_empty_finalize_answer_stops_the_ttfb_clock() {
+    // Turn 1 was finalized by Deepgram's endpoint; the Finalize gets an empty from_finalize
+    // answer. Turn 2's own-endpoint final must not be timed from turn 1's stop.
+    let script = vec![
+        TranscriptScript::new("hello", Trigger::AudioMs(200)),
+        TranscriptScript::new("second turn", Trigger::AudioMs(200)),
+    ];
+    let emu = DeepgramEmulator::start(DeepgramConfig { script, ..Default::default() }).unwrap();
+    let (mut h, _) = start(settings(&emu), AudioFormat::mulaw_8k());
+    user_starts(&h, &emu).await;
+    stream(&h, &emu, 9).await;
+    assert!(wait_final(&h, "hello").await);
+    stream(&h, &emu, 3).await;
+    h.emit(Event::UserStoppedSpeaking);
+    // The empty from_finalize answer arrives well within the timeout.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.emit(Event::UserStartedSpeaking);
+    stream(&h, &emu, 7).await;
+    assert!(wait_final(&h, "second turn").await, "{:?}", finals(&h));
+    let ttfb =
+        h.wait_event(Duration::from_millis(300), |e| matches!(e, Event::Metrics(MetricsEvent::Ttfb { .. }))).await;
+    assert!(ttfb.is_none(), "TTFB taken across turns: {ttfb:?}");
+    let out = h.finish().await;
+    assert!(!out.events.iter().any(|e| matches!(e, Event::Error(_))), "{:?}", out.events);
+}
+
+#[tokio::test]
+async fn turn_taking_params_reach_deepgram_and_its_events_are_handled_quietly() {
+    let script = vec![TranscriptScript::new("where is my order", Trigger::AudioMs(300)).with_interims(2)];
+    let emu = DeepgramEmulator::start(DeepgramConfig { script, ..Default::default() }).unwrap();
+    let mut s = settings(&emu);
+    s.endpointing = Endpointing::SilenceMs(300);
+    s.utterance_end_ms = Some(1000);
+    s.vad_events = true;
+    let (mut h, stats) = start(s, AudioFormat::mulaw_8k());
+    user_starts(&h, &emu).await;
+    stream(&h, &emu, 19).await;
+    assert!(wait_final(&h, "where is my order").await, "{:?}", transcripts(&h));
+    h.emit(Event::UserStoppedSpeaking);
+    let c = &emu.received().connections[0];
+    for (k, v) in [("endpointing", "300"), ("utterance_end_ms", "1000"), ("vad_events", "true")] {
+        assert_eq!(c.query_param(k), Some(v), "query param {k}");
+    }
+    assert!(error_after_finalize(&mut h).await.is_none());
+    let snap = stats.snapshot();
+    assert_eq!((snap.unknown_messages, snap.malformed_messages), (0, 0), "{snap:?}");
+    h.finish().await;
 }
 
 /// Run with `cargo test --release -p voxline-processors --test stt_deepgram -- --ignored --nocapture`.

@@ -3,14 +3,17 @@
 //! - Consumes: `Frame::InputAudio` downstream (PCM16 → `linear16`, μ-law → `mulaw`, A-law →
 //!   `alaw`, sent as-is: a Twilio call goes straight through without decoding); the format is
 //!   taken from `StartInfo.input_audio` and re-learnt from the frames (a change reopens the
-//!   stream). `Frame::End` closes the stream (`CloseStream`). Events: `UserStoppedSpeaking` →
-//!   `Finalize`; `Interrupt` → a fresh sender so later transcripts are not dropped as stale.
+//!   stream). `Frame::End` closes the stream (`CloseStream`). Events: `UserStartedSpeaking` marks
+//!   the audio that follows as words owed (so an unanswered `Finalize` after only silence is not
+//!   an error); `UserStoppedSpeaking` → `Finalize`; `Interrupt` → a fresh sender so later
+//!   transcripts are not dropped as stale.
 //! - Produces: `Frame::Transcript` downstream, interim (`is_final: false`) and final, with word
 //!   timings in call time (offset across reconnects) and the language; the input audio itself
 //!   when [`LiveSettings::pass_through_audio`] is set; `Event::Metrics(Ttfb)` measured from
 //!   `UserStoppedSpeaking` to the first final after it; `Event::Error` (non-fatal) for provider
-//!   errors, malformed messages, dropped sockets and stalled finals. Every other frame is
-//!   forwarded unchanged.
+//!   errors, malformed messages, dropped sockets and stalled finals (words owed, no final: a
+//!   `Finalize` that finds the turn already finalized on Deepgram's own endpoint may go
+//!   unanswered, and that is normal). Every other frame is forwarded unchanged.
 //! - Trade-offs: see the `live` module (replay of offline audio only, interim promotion on a
 //!   missing final). `SpeechStarted` and `UtteranceEnd` are logged, not turned into events:
 //!   turn-taking follows the local VAD, which is faster and does not fire on line noise.
@@ -142,6 +145,12 @@ impl DeepgramSettings {
         }
         if self.utterance_end_ms.is_some() && !self.interim_results {
             return bad("utterance_end_ms", "needs interim_results = true");
+        }
+        if self.utterance_end_ms == Some(0) {
+            return bad("utterance_end_ms", "must be positive (None leaves it off)");
+        }
+        if self.endpointing == Endpointing::SilenceMs(0) {
+            return bad("endpointing", "must be positive (Endpointing::Disabled turns it off)");
         }
         if self.live.keepalive_interval.is_zero() {
             return bad("live.keepalive_interval", "must be positive");
@@ -292,6 +301,11 @@ impl Processor for DeepgramStt {
     fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
         match event {
             Event::Interrupt => self.refresh_sender(cx),
+            Event::UserStartedSpeaking => {
+                if let Some(s) = &self.session {
+                    s.control(Control::SpeechStarted);
+                }
+            }
             Event::UserStoppedSpeaking => {
                 if let Some(s) = &self.session {
                     s.control(Control::Finalize { at: Instant::now() });
@@ -328,6 +342,14 @@ mod tests {
         assert!(matches!(s.validate(), Err(SttError::InvalidSetting { field: "base_url", .. })));
         let s = DeepgramSettings { api_key: Some("k".into()), interim_results: false, ..Default::default() };
         assert!(matches!(s.validate(), Err(SttError::InvalidSetting { field: "utterance_end_ms", .. })));
+        let s = DeepgramSettings { api_key: Some("k".into()), utterance_end_ms: Some(0), ..Default::default() };
+        assert!(matches!(s.validate(), Err(SttError::InvalidSetting { field: "utterance_end_ms", .. })));
+        let s = DeepgramSettings {
+            api_key: Some("k".into()),
+            endpointing: Endpointing::SilenceMs(0),
+            ..Default::default()
+        };
+        assert!(matches!(s.validate(), Err(SttError::InvalidSetting { field: "endpointing", .. })));
     }
 
     #[test]

@@ -16,8 +16,16 @@
 //!   lands is still discarded by the runner (the core has no uninterruptible push for spawned
 //!   tasks); the window is the next stage's queueing time.
 //! - After `Finalize`, if no final arrives within the timeout, the best interim is pushed as final
-//!   (so the bot is never left mute); with no interim and audio unanswered, an error event is
-//!   emitted instead.
+//!   (so the bot is never left mute); with no interim but words still owed, an error event is
+//!   emitted instead. Words are owed when an interim is waiting for its final, or when audio went
+//!   out after the local VAD heard speech start and no final has come since. Audio alone is not
+//!   enough: a phone line streams silence all the time, and after the provider finalized a turn on
+//!   its own endpoint a `Finalize` has nothing to flush and may go unanswered (Deepgram documents
+//!   its `from_finalize` reply as what "typically occurs when there is a noticeable amount of
+//!   audio buffered"). That case is logged at debug level, not reported. Without VAD events
+//!   (another turn source), every unanswered audio counts, as before. The price: words that came
+//!   after a final, too short for an interim, and then were lost go unreported when VAD events
+//!   flow; they would also have been lost silently to a provider that never answers.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,7 +75,7 @@ pub struct LiveSettings {
     /// Send a keepalive after this long without audio.
     pub keepalive_interval: Duration,
     /// Wait this long for a final after `Finalize`, then push the best interim as final (or emit
-    /// an error event when there is none and the audio went unanswered).
+    /// an error event when there is none and words were owed; see the module docs).
     pub finalize_timeout: Duration,
     /// Audio kept while disconnected and replayed on reconnect.
     pub replay_buffer: Duration,
@@ -264,6 +272,8 @@ impl SenderSlot {
 /// Control messages from the processor to the socket task.
 #[derive(Debug)]
 pub(crate) enum Control {
+    /// The VAD says the user started: audio from here on carries words until a final covers it.
+    SpeechStarted,
     /// The VAD says the user stopped: flush, and start the TTFB clock at `at`.
     Finalize { at: Instant },
     /// End of stream: send the close message, wait for the last results, exit.
@@ -344,7 +354,8 @@ pub(crate) fn spawn<P: LiveProtocol>(
         pending: None,
         ttfb_from: None,
         best_interim: None,
-        audio_since_result: false,
+        audio_since_final: false,
+        speech_since_final: None,
         closing: false,
         connected_once: false,
     };
@@ -365,8 +376,9 @@ struct Pending {
     deadline: tokio::time::Instant,
     /// Any result arrived since the `Finalize`.
     answered: bool,
-    /// Audio had been sent that no result covered yet when `Finalize` went out.
-    had_audio: bool,
+    /// Words were owed when `Finalize` went out (see the module docs): only then is a missing
+    /// answer a loss.
+    words_owed: bool,
 }
 
 struct Session<P> {
@@ -391,7 +403,11 @@ struct Session<P> {
     pending: Option<Pending>,
     ttfb_from: Option<Instant>,
     best_interim: Option<Transcript>,
-    audio_since_result: bool,
+    /// Audio went out (or was buffered) after the last final.
+    audio_since_final: bool,
+    /// The VAD heard speech start after the last final that settled speech; `None` until the first
+    /// VAD event, when silence cannot be told from speech.
+    speech_since_final: Option<bool>,
     closing: bool,
     connected_once: bool,
 }
@@ -441,6 +457,10 @@ impl<P: LiveProtocol> Session<P> {
                 self.buffer(b);
                 true
             }
+            Input::Control(Control::SpeechStarted) => {
+                self.speech_since_final = Some(true);
+                true
+            }
             Input::Control(Control::Finalize { at }) => {
                 // Nothing to flush to; the timeout fallback promotes the interim we have.
                 self.arm_finalize(at);
@@ -459,7 +479,7 @@ impl<P: LiveProtocol> Session<P> {
     }
 
     fn buffer(&mut self, b: Bytes) {
-        self.audio_since_result = true;
+        self.audio_since_final = true;
         self.replay_bytes += b.len();
         self.replay.push_back(b);
         while self.replay_bytes > self.replay_cap {
@@ -472,11 +492,15 @@ impl<P: LiveProtocol> Session<P> {
     }
 
     fn arm_finalize(&mut self, at: Instant) {
-        self.ttfb_from = Some(at);
+        let words_owed =
+            self.best_interim.is_some() || (self.audio_since_final && self.speech_since_final.unwrap_or(true));
+        // With nothing owed the turn's final is already out: a later final belongs to the next
+        // turn and must not be timed from this stop.
+        self.ttfb_from = words_owed.then_some(at);
         self.pending = Some(Pending {
             deadline: tokio::time::Instant::now() + self.settings.finalize_timeout,
             answered: false,
-            had_audio: self.audio_since_result,
+            words_owed,
         });
     }
 
@@ -617,6 +641,7 @@ impl<P: LiveProtocol> Session<P> {
                         self.sent_audio(n);
                         last_sent = tokio::time::Instant::now();
                     }
+                    Input::Control(Control::SpeechStarted) => self.speech_since_final = Some(true),
                     Input::Control(Control::Finalize { at }) => {
                         self.arm_finalize(at);
                         if !self.send(&mut tx, Message::text(self.proto.finalize())).await {
@@ -652,7 +677,7 @@ impl<P: LiveProtocol> Session<P> {
     }
 
     fn sent_audio(&mut self, n: usize) {
-        self.audio_since_result = true;
+        self.audio_since_final = true;
         self.conn_audio += self.format.duration_of(n).unwrap_or_default();
         bump(&self.stats.audio_bytes_sent, n as u64);
     }
@@ -678,7 +703,6 @@ impl<P: LiveProtocol> Session<P> {
     }
 
     async fn on_transcript(&mut self, raw: RawTranscript) {
-        self.audio_since_result = false;
         if let Some(p) = self.pending.as_mut() {
             p.answered = true;
         }
@@ -704,8 +728,19 @@ impl<P: LiveProtocol> Session<P> {
             return;
         }
         self.best_interim = None;
+        // A final fixes the audio up to its end. It settles the speech the VAD heard unless it is
+        // an empty chunk the provider closed on its own (silence before the words, which are
+        // still to come).
+        self.audio_since_final = false;
+        if !t.text.is_empty() || raw.speech_final || raw.from_finalize {
+            self.speech_since_final = self.speech_since_final.map(|_| false);
+        }
         if raw.from_finalize {
             self.pending = None;
+            if t.text.is_empty() {
+                // The Finalize is answered: there was nothing left, so there is no TTFB to take.
+                self.ttfb_from = None;
+            }
         }
         if t.text.is_empty() {
             return;
@@ -727,10 +762,13 @@ impl<P: LiveProtocol> Session<P> {
             t.is_final = true;
             self.ttfb_stop();
             self.push(Frame::from(t)).await;
-        } else if !p.answered && p.had_audio {
+        } else if !p.answered && p.words_owed {
             bump(&self.stats.finalize_timeouts, 1);
             let ms = self.settings.finalize_timeout.as_millis();
             self.error(format!("no transcript within {ms} ms of Finalize; the provider may be stalled"));
+        } else if !p.answered {
+            // The provider had already finalized the turn on its own endpoint: nothing to flush.
+            tracing::debug!(processor = %self.name, "Finalize unanswered with no words owed; nothing was pending");
         }
         self.ttfb_from = None;
     }
