@@ -16,18 +16,36 @@
 //! count, and a sentence beginning "Actually, ..." is detected 0.3 s late.
 //!
 //! The default model is earshot 1.2.2's network ([`EarshotVad`], with its features computed on
-//! rustfft): pure Rust, 256-sample (16 ms) windows at 16 kHz, ~4 KiB of state per stream, no native or
-//! model-file dependency. The model is skipped on windows too quiet to count as speech (see
+//! rustfft): pure Rust, 256-sample (16 ms) windows at 16 kHz, ~7 KiB of state per stream (3 KiB of
+//! it the tone check's past spectra), no native or model-file dependency. The model is skipped on windows too quiet to count as speech (see
 //! [`VadSegmenter`]), which on a quiet line is a fifth or more of them.
+//!
+//! **Tones, music and clicks are not speech** (`reject_tones`, on by default). Beside the model
+//! score, every window gets a class from two cheap checks (details and measurements in
+//! `tones.rs`): *tonal* (a pure tone pair, or a spectrum unchanged for ~160 ms: call-progress
+//! tones, DTMF, held music notes; judged on the spectrum the model already computed) and *click*
+//! (an energy burst shorter than ~30 ms and its tail; judged on the samples). A tonal window is
+//! never speech and never part of an onset's reach-back, so it cannot start a segment, move its
+//! onset back or keep it going; a click window is neutral (it neither counts as speech nor
+//! breaks a start under way). The first windows of a tone or note are not yet known to be tonal,
+//! so while STOPPING speech only resumes the segment once [`RESUME_WINDOWS`] windows of it have
+//! come (224 ms, longer than a note takes to be seen steady); until then it is pending, and a
+//! tonal or click window drops it (it was that sound's attack and does not stretch the end),
+//! and 64 ms of silence after it keeps it (a short word after a pause stays in the segment, as
+//! without the check); the segment does not stop while speech is pending. Speech over a tone is still found:
+//! speech is broadband and moves within ~50 ms, so the mix is neither peaky nor steady.
 
 mod model;
 mod network;
 mod processor;
+mod tones;
 pub mod volume;
 
 pub use model::EarshotVad;
 pub use processor::{VadProcessor, VadTransition};
 pub use volume::VolumeMeter;
+
+use tones::ClickDetector;
 
 use std::time::Duration;
 
@@ -41,6 +59,12 @@ pub trait VadAnalyzer: Send + 'static {
     fn window_samples(&self) -> usize;
     /// Speech probability (0..1) of one window of exactly [`window_samples`](Self::window_samples).
     fn speech_probability(&mut self, window: &[i16]) -> f32;
+    /// Whether the window just scored was a steady tone or music note rather than speech (see
+    /// `reject_tones` in [`VadParams`]). An analyser without a spectrum to judge keeps the
+    /// default, `false`: then only clicks are rejected.
+    fn tonal(&self) -> bool {
+        false
+    }
     /// Forget all state (a new stream).
     fn reset(&mut self);
 }
@@ -65,6 +89,10 @@ pub struct VadParams {
     /// `min_volume − model_skip_margin` (its score could not count there: the rule needs
     /// volume ≥ `min_volume`). 1.0 runs the model on every window. See [`VadSegmenter`].
     pub model_skip_margin: f32,
+    /// Reject telephone tones, DTMF, held music notes and clicks (see the module docs): they
+    /// never start a segment, move its onset or stretch its end. `false` restores the plain
+    /// model-and-volume rule.
+    pub reject_tones: bool,
 }
 
 /// Default `confidence` (Pipecat's).
@@ -100,6 +128,16 @@ pub const DEFAULT_MODEL_SKIP_MARGIN: f32 = 0.05;
 /// warmed up on even 32 windows (0.5 s) missed 4 of the 10 sentence onsets; without the reset all
 /// 10 are found at any replay length from 3 to 32 windows.
 const REPLAY_WINDOWS: usize = 8;
+/// Speech windows (not necessarily in a row: speech has dips) that resume a STOPPING segment
+/// when tones are rejected (224 ms).
+/// A music note is known to be tonal after 9–10 windows (48–64 ms until the window it is
+/// compared with holds it, then `tones::STEADY_WINDOWS`), so its attack can never resume a
+/// segment, with 4 windows to spare (measured: sox plucked notes turn tonal at the 10th); a pure
+/// tone pair is known after 2.
+pub const RESUME_WINDOWS: u32 = 8 + tones::STEADY_WINDOWS;
+/// Windows of silence after pending speech that settle it as speech (64 ms): a tone's attack
+/// turns tonal (or its tail) without a silence in between, so speech that falls silent was not one.
+const SETTLE_WINDOWS: u64 = 4;
 
 impl Default for VadParams {
     fn default() -> Self {
@@ -111,6 +149,7 @@ impl Default for VadParams {
             min_barge_in_secs: DEFAULT_MIN_BARGE_IN_SECS,
             release_margin: DEFAULT_RELEASE_MARGIN,
             model_skip_margin: DEFAULT_MODEL_SKIP_MARGIN,
+            reject_tones: true,
         }
     }
 }
@@ -205,6 +244,25 @@ pub struct VadSegmenter {
     replay_next: usize,
     model_runs: u64,
     model_skips: u64,
+    clicks: ClickDetector,
+    /// Speech windows seen while STOPPING, not yet enough to resume (see `analyse_window`),
+    /// and the last of them.
+    pending: u32,
+    pending_last: u64,
+    /// Windows a run of speech needs to resume a STOPPING segment (1 without tone rejection).
+    resume_windows: u32,
+}
+
+/// What one window is, for the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowClass {
+    Speech,
+    /// Not speech: too quiet or a low score.
+    Silence,
+    /// A steady tone or note (never speech).
+    Tone,
+    /// Part of a click (neutral: neither speech nor a break in it).
+    Click,
 }
 
 impl VadSegmenter {
@@ -240,6 +298,10 @@ impl VadSegmenter {
             replay_next: 0,
             model_runs: 0,
             model_skips: 0,
+            clicks: ClickDetector::default(),
+            pending: 0,
+            pending_last: 0,
+            resume_windows: if params.reject_tones { RESUME_WINDOWS } else { 1 },
         }
     }
 
@@ -317,6 +379,8 @@ impl VadSegmenter {
         self.skipped = 0;
         self.soft_run_start = None;
         self.last_probability = 0.0;
+        self.clicks.reset();
+        self.pending = 0;
     }
 
     /// Feed samples at the analyser's rate; `on_change` is called for each confirmed change.
@@ -336,8 +400,9 @@ impl VadSegmenter {
         }
     }
 
-    /// Score the current window, or skip the model when the window is too quiet to matter.
-    fn score_window(&mut self, volume: f32) -> f32 {
+    /// Score the current window, or skip the model when the window is too quiet to matter;
+    /// returns the score and whether the model ran.
+    fn score_window(&mut self, volume: f32) -> (f32, bool) {
         let n = self.window.len();
         if volume < self.skip_below {
             // Keep the window for a replay when the model resumes.
@@ -346,7 +411,7 @@ impl VadSegmenter {
             self.replay_next = (self.replay_next + 1) % REPLAY_WINDOWS;
             self.skipped += 1;
             self.model_skips += 1;
-            return 0.0;
+            return (0.0, false);
         }
         if self.skipped > 0 {
             let m = self.skipped.min(REPLAY_WINDOWS as u64) as usize;
@@ -358,60 +423,108 @@ impl VadSegmenter {
             self.skipped = 0;
         }
         self.model_runs += 1;
-        self.analyzer.speech_probability(&self.window)
+        (self.analyzer.speech_probability(&self.window), true)
     }
 
     fn analyse_window(&mut self) -> Option<VadChange> {
         let volume = self.meter.push(&self.window);
-        let p = self.score_window(volume);
+        let reject = self.params.reject_tones;
+        let click = reject && self.clicks.push(&self.window);
+        let (p, ran) = self.score_window(volume);
+        // A skipped window scored 0: its (stale) tonal verdict cannot matter.
+        let tonal = reject && ran && self.analyzer.tonal();
         self.last_probability = p;
         let threshold = match self.state {
             VadState::Quiet => self.params.confidence,
             _ => self.params.confidence - self.params.release_margin,
         };
-        let speech = p >= threshold && volume >= self.params.min_volume;
+        let loud = volume >= self.params.min_volume;
+        let class = if tonal {
+            WindowClass::Tone
+        } else if click {
+            WindowClass::Click
+        } else if p >= threshold && loud {
+            WindowClass::Speech
+        } else {
+            WindowClass::Silence
+        };
         let w = self.windows_done;
         self.windows_done += 1;
         // The reported onset reaches back over the windows just before the entry that already
         // scored above the hold threshold: breathy onsets ("h", "f") score 0.4-0.7 for ~100 ms
         // before the vowel. Only the reported boundary moves; detection and barge-in do not.
-        let soft = p >= self.params.confidence - self.params.release_margin && volume >= self.params.min_volume;
-        if soft {
-            self.soft_run_start.get_or_insert(w);
-        } else {
-            self.soft_run_start = None;
-        }
-        if speech {
-            self.last_speech_window = w;
+        // A tone breaks the run (a tone just before a sentence is not its onset); a click leaves
+        // it as it is (a plosive's burst can look like one).
+        let soft = p >= self.params.confidence - self.params.release_margin && loud;
+        match class {
+            WindowClass::Click => {}
+            WindowClass::Tone => self.soft_run_start = None,
+            WindowClass::Speech | WindowClass::Silence if soft => {
+                self.soft_run_start.get_or_insert(w);
+            }
+            WindowClass::Speech | WindowClass::Silence => self.soft_run_start = None,
         }
         let mut change = None;
-        match (self.state, speech) {
-            (VadState::Quiet, true) => {
+        match (self.state, class) {
+            (VadState::Quiet, WindowClass::Speech) => {
                 self.state = VadState::Starting;
                 self.run = 1;
                 self.entry_window = w;
+                self.last_speech_window = w;
                 self.onset_window = self.soft_run_start.unwrap_or(w);
             }
-            (VadState::Starting, true) | (VadState::Stopping, false) => self.run += 1,
-            (VadState::Starting, false) => {
+            (VadState::Starting, WindowClass::Speech) => {
+                self.run += 1;
+                self.last_speech_window = w;
+            }
+            (VadState::Starting, WindowClass::Silence | WindowClass::Tone) => {
                 self.state = VadState::Quiet;
                 self.run = 0;
             }
-            (VadState::Speaking, false) => {
+            (VadState::Speaking, WindowClass::Speech) => self.last_speech_window = w,
+            (VadState::Speaking, WindowClass::Silence | WindowClass::Tone) => {
                 self.state = VadState::Stopping;
                 self.run = 1;
+                self.pending = 0;
             }
-            (VadState::Stopping, true) => {
-                self.state = VadState::Speaking;
-                self.run = 0;
+            (VadState::Stopping, WindowClass::Speech) => {
+                // Speech resumes the segment once there is enough of it not to be a tone's or
+                // note's attack (those turn tonal within `RESUME_WINDOWS`); until then it is
+                // pending and the stop timer keeps running.
+                self.pending += 1;
+                self.pending_last = w;
+                self.run += 1;
+                if self.pending >= self.resume_windows {
+                    self.state = VadState::Speaking;
+                    self.run = 0;
+                    self.pending = 0;
+                    self.last_speech_window = w;
+                }
             }
-            (VadState::Quiet, false) | (VadState::Speaking, true) => {}
+            (VadState::Stopping, WindowClass::Silence) => {
+                self.run += 1;
+                if self.pending > 0 && w - self.pending_last >= SETTLE_WINDOWS {
+                    // Speech that ended in silence, not in a tone or click (a short word after a
+                    // pause): it belongs to the segment, which now ends a stop delay after it,
+                    // as without the check.
+                    self.last_speech_window = self.pending_last;
+                    self.run = u32::try_from(w - self.pending_last).unwrap_or(u32::MAX);
+                    self.pending = 0;
+                }
+            }
+            (VadState::Stopping, WindowClass::Tone | WindowClass::Click) => {
+                // What looked like speech was the attack of this tone or click.
+                self.pending = 0;
+                self.run += 1;
+            }
+            (VadState::Quiet, _) | (VadState::Starting | VadState::Speaking, WindowClass::Click) => {}
         }
         if self.state == VadState::Starting && self.run >= self.start_windows {
             self.state = VadState::Speaking;
             self.run = 0;
             change = Some(VadChange::Started { onset: self.windows_to_time(self.onset_window) });
-        } else if self.state == VadState::Stopping && self.run >= self.stop_windows {
+        } else if self.state == VadState::Stopping && self.pending == 0 && self.run >= self.stop_windows {
+            // Not while speech is pending: it is settled (kept, dropped or resuming) first.
             self.state = VadState::Quiet;
             self.run = 0;
             change = Some(VadChange::Stopped { offset: self.windows_to_time(self.last_speech_window + 1) });

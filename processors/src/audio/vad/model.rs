@@ -17,6 +17,7 @@ use rustfft::{Fft, FftPlanner};
 
 use super::VadAnalyzer;
 use super::network::{CONTEXT, MELS, Network};
+use super::tones::{self, ToneDetector};
 
 const HOP: usize = 256;
 const WINDOW: usize = 768;
@@ -35,6 +36,8 @@ const MEL_POINTS: [usize; MELS + 2] = [
 ];
 /// Bins the mel bands read (0..486 of the 513): the rest of the spectrum is never computed.
 const USED: usize = MEL_POINTS[MELS + 1];
+// The tone check reads bins 4..260 of the same spectrum.
+const _: () = assert!(USED >= 4 + tones::BINS);
 
 /// What every detector shares: the FFT plan (twiddles) and the window and band weights.
 struct Tables {
@@ -78,7 +81,7 @@ fn tables() -> &'static Tables {
 ///
 /// Why: with a thousand calls on a core, per-detector copies (~16 KiB) would be a thousand cold
 /// buffers cycling through the cache; a shared set stays hot, and each detector keeps only its
-/// real state (~4 KiB).
+/// real state (~7 KiB with the tone check's).
 struct Scratch {
     /// The windowed frame as (even, odd) pairs, transformed in place.
     z: Vec<Complex<f32>>,
@@ -151,13 +154,21 @@ pub struct EarshotVad {
     ring: Box<[f32; WINDOW]>,
     /// Normalised log-mel features of the last three windows, oldest first.
     features: [[f32; MELS]; CONTEXT],
+    /// Judges each window's spectrum tonal or not (see [`super::tones`]); read by the segmenter.
+    tones: ToneDetector,
 }
 
 impl EarshotVad {
     /// A fresh detector.
     #[must_use]
     pub fn new() -> Self {
-        Self { network: Network::new(), prev: 0.0, ring: Box::new([0.0; WINDOW]), features: [[0.0; MELS]; CONTEXT] }
+        Self {
+            network: Network::new(),
+            prev: 0.0,
+            ring: Box::new([0.0; WINDOW]),
+            features: [[0.0; MELS]; CONTEXT],
+            tones: ToneDetector::new(),
+        }
     }
 
     fn score(&mut self, window: &[i16], t: &Tables, sc: &mut Scratch) -> f32 {
@@ -168,6 +179,7 @@ impl EarshotVad {
             self.prev = s;
         }
         sc.power_spectrum(t, &self.ring);
+        self.tones.push(&sc.power[..]);
         self.features.rotate_left(1);
         let power = &sc.power[..];
         let current = &mut self.features[CONTEXT - 1];
@@ -207,7 +219,12 @@ impl VadAnalyzer for EarshotVad {
         })
     }
 
+    fn tonal(&self) -> bool {
+        self.tones.tonal()
+    }
+
     fn reset(&mut self) {
+        self.tones.reset();
         self.network.reset();
         self.prev = 0.0;
         self.ring.fill(0.0);

@@ -1,0 +1,280 @@
+//! Telephone tones, hold music and clicks are not speech: a cheap check beside the VAD model.
+//!
+//! Why it is needed: earshot scores speech-*likeness* from 40 log-mel bands, and a steady tone
+//! (ringback 440+480 Hz, busy 480+620 Hz, dial 350+440 Hz, a DTMF pair, a held music note) or a
+//! click lights some of them up enough to score above the hold threshold. Then a tone just before
+//! a sentence becomes part of its onset (the soft run reaches back over it), a tone or click after
+//! a sentence stretches its end, and a ringback cadence can start a segment of its own.
+//!
+//! What tells them apart, per 16 ms window, on the power spectrum the model already computed
+//! (62.5 Hz–4 kHz, 256 bins of 15.6 Hz; no second FFT):
+//!
+//! - **Peakiness**: the share of the band's energy within ±3 bins of its two strongest peaks. A
+//!   pair of sines (every call-progress tone and DTMF digit) puts ≥ 0.98 of its energy there;
+//!   voiced speech spreads it over many harmonics and formants (measured on eight espeak-ng
+//!   voices at 8 kHz μ-law: at most 0.90 in a single window, never two windows in a row ≥ 0.95).
+//! - **Stationarity**: the share of the band's energy already present, bin by bin, 48 ms earlier
+//!   (`Σ min(P_now, P_then) / Σ P_now`, three windows back so the two analysis windows share no
+//!   samples). A tone or held note keeps it at ~1 for hundreds of ms (a decaying note too: the
+//!   minimum is the newer, smaller value); speech formants and pitch move within ~50 ms (the same
+//!   voices: never more than 4 windows in a row ≥ 0.85). White noise reads ~0.5.
+//!
+//! A window is **tonal** when the peakiness has been ≥ 0.95 for [`PEAK_WINDOWS`] windows in a row
+//! or the stationarity ≥ 0.85 for [`STEADY_WINDOWS`] in a row. Runs, not single windows: one
+//! tonal verdict inside a speech onset would reset it. The price is that a tone's first windows
+//! (and a new music note's first ~10) are not yet known to be tonal; the segmenter covers them
+//! by not letting a short run of speech windows resume a stopping segment (see `VadSegmenter`),
+//! and `start_secs` (13 windows) is longer than the ~10 windows needed to see a note is steady.
+//!
+//! Clicks are judged in the time domain by [`ClickDetector`], for any analyser.
+//!
+//! Cost per scored window: three 256-bin passes (sum, minimum against the window 48 ms back, two
+//! peak searches), no allocation; state 3 KiB per stream (three past spectra).
+//!
+//! Known limits: a tone much louder than speech over it (≥ 85% of the band's energy) hides the
+//! speech while it lasts; steady music whose notes change faster than every ~160 ms, or with
+//! vibrato, is not recognised as tonal (the model and `start_secs` are then the only guard).
+
+/// First bin of the band looked at (62.5 Hz: below is hum and the DC of μ-law).
+const LO: usize = 4;
+/// Bins looked at: 62.5 Hz – 4.06 kHz, where every call-progress tone, DTMF digit and the
+/// telephone band's speech lie. A multiple of 8 so the sums run eight lanes wide.
+pub(super) const BINS: usize = 256;
+/// Windows back the stationarity compares with: 3 × 16 ms = the 48 ms analysis window.
+const LAG: usize = 3;
+/// Share of the energy already there 48 ms ago for a window to count as steady.
+const STEADY_SHARE: f32 = 0.85;
+/// Steady windows in a row that make a tone (96 ms, ~150 ms of unchanged spectrum with the
+/// lag): speech never stayed steady for more than 4 in the measurements of the module docs.
+pub(super) const STEADY_WINDOWS: u32 = 6;
+/// Share of the energy in the two strongest peaks for a window to count as a pure tone (pair).
+const PEAK_SHARE: f32 = 0.95;
+/// Peak windows in a row that make a tone.
+const PEAK_WINDOWS: u32 = 2;
+/// Half-width of a peak: a 768-sample Hann main lobe is ±2.7 bins of the 1024-point FFT.
+const PEAK_HALF_WIDTH: usize = 3;
+/// Windows after a tone that bring nothing new are still the tone's (up to 128 ms):
+/// earshot's score stays up for ~80 ms after a DTMF digit ends, from its context and memory.
+const TAIL_WINDOWS: u32 = 8;
+/// Share of the tone's band energy under which new energy still leaves its tail (−15 dB).
+const TAIL_SHARE: f32 = 0.03;
+/// Band energy (full scale² summed over bins) below which a window is not judged (silence: the
+/// ratios mean nothing there, and the volume gate already keeps it out of speech).
+const MIN_ENERGY: f32 = 1e-9;
+
+/// The spectral half of the check: peakiness and stationarity runs over the model's spectrum.
+pub(super) struct ToneDetector {
+    /// The last `LAG` band spectra, a ring indexed by `next`.
+    history: Box<[[f32; BINS]; LAG]>,
+    next: usize,
+    steady_run: u32,
+    peak_run: u32,
+    tonal: bool,
+    /// Band energy of the last tonal window, and windows since it (see `TAIL_WINDOWS`).
+    tone_energy: f32,
+    tail: u32,
+}
+
+impl ToneDetector {
+    pub(super) fn new() -> Self {
+        Self {
+            history: Box::new([[0.0; BINS]; LAG]),
+            next: 0,
+            steady_run: 0,
+            peak_run: 0,
+            tonal: false,
+            tone_energy: 0.0,
+            tail: TAIL_WINDOWS,
+        }
+    }
+
+    /// Whether the last window pushed was tonal.
+    pub(super) fn tonal(&self) -> bool {
+        self.tonal
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.history.fill([0.0; BINS]);
+        self.next = 0;
+        self.steady_run = 0;
+        self.peak_run = 0;
+        self.tonal = false;
+        self.tone_energy = 0.0;
+        self.tail = TAIL_WINDOWS;
+    }
+
+    /// Judge one window from its power spectrum (bin 0 = DC, 15.6 Hz per bin, at least
+    /// `LO + BINS` bins); returns whether it is tonal.
+    pub(super) fn push(&mut self, power: &[f32]) -> bool {
+        let Some(band) = power.get(LO..LO + BINS).and_then(|b| <&[f32; BINS]>::try_from(b).ok()) else {
+            return false;
+        };
+        let old = &self.history[self.next];
+        // Eight partial sums each: the compiler keeps float sums in order, so a single running
+        // sum would be one add per bin on the critical path instead of one per eight.
+        let (mut total, mut kept) = ([0.0f32; 8], [0.0f32; 8]);
+        for (now, then) in band.chunks_exact(8).zip(old.chunks_exact(8)) {
+            for (((t, k), &n), &o) in total.iter_mut().zip(kept.iter_mut()).zip(now).zip(then) {
+                *t += n;
+                *k += n.min(o);
+            }
+        }
+        let (total, kept): (f32, f32) = (total.iter().sum(), kept.iter().sum());
+        let peaks = two_peaks(band);
+        self.history[self.next] = *band;
+        self.next = (self.next + 1) % LAG;
+        let judged = total >= MIN_ENERGY; // false for NaN too
+        let new = total - kept;
+        self.steady_run = if judged && kept >= STEADY_SHARE * total { self.steady_run + 1 } else { 0 };
+        self.peak_run = if judged && peaks >= PEAK_SHARE * total { self.peak_run + 1 } else { 0 };
+        if self.steady_run >= STEADY_WINDOWS || self.peak_run >= PEAK_WINDOWS {
+            self.tonal = true;
+            self.tone_energy = total;
+            self.tail = 0;
+        } else if self.tail < TAIL_WINDOWS && !(new >= TAIL_SHARE * self.tone_energy && new >= 0.5 * total) {
+            // The tone just ended and nothing new came after it: what the model still hears
+            // is the tone, in its 48 ms context and its recurrent memory. "New" is energy not
+            // in the window 48 ms back, and it must be most of the window (the cut-off tone
+            // itself splatters ~10% into new bins) and no more than 15 dB under the tone.
+            // Speech after a tone is new; from there on the tail is over.
+            self.tonal = true;
+            self.tail += 1;
+        } else {
+            self.tonal = false;
+            self.tail = TAIL_WINDOWS;
+        }
+        self.tonal
+    }
+}
+
+/// Energy within ±`PEAK_HALF_WIDTH` bins of the strongest bin, plus the same around the strongest
+/// bin outside that first peak.
+fn two_peaks(band: &[f32; BINS]) -> f32 {
+    let first = argmax(band, 0, BINS);
+    let (lo, hi) = (first.saturating_sub(PEAK_HALF_WIDTH), (first + PEAK_HALF_WIDTH + 1).min(BINS));
+    let left = argmax(band, 0, lo);
+    let right = argmax(band, hi, BINS);
+    let second =
+        if band.get(left).copied().unwrap_or(0.0) >= band.get(right).copied().unwrap_or(0.0) { left } else { right };
+    let around = |k: usize| -> f32 {
+        let (a, b) = (k.saturating_sub(PEAK_HALF_WIDTH), (k + PEAK_HALF_WIDTH + 1).min(BINS));
+        band[a..b].iter().sum()
+    };
+    let mut sum = around(first);
+    if second < BINS {
+        // Only the part of the second peak that does not overlap the first.
+        let (a, b) = (second.saturating_sub(PEAK_HALF_WIDTH), (second + PEAK_HALF_WIDTH + 1).min(BINS));
+        sum += band[a..b].iter().enumerate().filter(|&(i, _)| a + i < lo || a + i >= hi).map(|(_, p)| p).sum::<f32>();
+    }
+    sum
+}
+
+/// Index of the largest value in `band[from..to]`; `BINS` when the range is empty.
+fn argmax(band: &[f32; BINS], from: usize, to: usize) -> usize {
+    let mut best = BINS;
+    let mut value = f32::NEG_INFINITY;
+    for (i, &p) in band.iter().enumerate().take(to).skip(from) {
+        if p > value {
+            value = p;
+            best = i;
+        }
+    }
+    best
+}
+
+/// Windows after an impulsive one during which quiet windows are still the click's: the model
+/// sees the click for its 48 ms analysis context and its recurrent memory a little longer.
+const CLICK_SHADOW: u32 = 5;
+/// A click window is at least this much louder than the window before it (9 dB).
+const CLICK_RISE: f32 = 8.0;
+/// A click's energy sits within 4 ms of its window (two adjacent eighths of 2 ms at 16 kHz).
+const CLICK_CONCENTRATION: f32 = 0.8;
+/// After a click, windows below this share of its energy (−10 dB) are still its tail.
+const CLICK_TAIL: f32 = 0.1;
+
+/// The time-domain half: an energy burst shorter than ~30 ms is a click, not speech.
+///
+/// A window is *impulsive* when ≥ 80% of its energy lies within 4 ms and it is ≥ 9 dB louder
+/// than the window before (a click out of a quieter background). It and up to
+/// [`CLICK_SHADOW`] following windows that stay ≥ 10 dB below it are click windows. A plosive
+/// at a speech onset can look the same for a window or two; the vowel after it is loud enough to
+/// end the shadow, so an onset loses at most a few tens of ms.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ClickDetector {
+    previous: f32,
+    burst: f32,
+    since_burst: u32,
+}
+
+impl ClickDetector {
+    pub(super) fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Judge one analysis window (any length; split into eight parts).
+    pub(super) fn push(&mut self, window: &[i16]) -> bool {
+        let part = (window.len() / 8).max(1);
+        let mut eighths = [0.0f32; 8];
+        for (e, chunk) in eighths.iter_mut().zip(window.chunks(part)) {
+            // i32 squares summed in i64: exact and vectorised; 32 768² × 512 fits easily.
+            *e = chunk.iter().map(|&x| i64::from(i32::from(x) * i32::from(x))).sum::<i64>() as f32;
+        }
+        let energy: f32 = eighths.iter().sum();
+        let densest = eighths.windows(2).map(|w| w[0] + w[1]).fold(0.0f32, f32::max);
+        let impulsive = energy > 0.0 && densest >= CLICK_CONCENTRATION * energy && energy >= CLICK_RISE * self.previous;
+        self.previous = energy;
+        if impulsive {
+            self.burst = energy;
+            self.since_burst = 0;
+            true
+        } else if self.since_burst < CLICK_SHADOW && energy < CLICK_TAIL * self.burst {
+            self.since_burst += 1;
+            true
+        } else {
+            self.since_burst = CLICK_SHADOW;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tone_pair_is_tonal_noise_is_not() {
+        let mut tone = ToneDetector::new();
+        let mut power = [0.0f32; 486];
+        // Two Hann main lobes at 440 and 480 Hz (bins 28 and 31).
+        for (k, w) in [(27, 0.5), (28, 1.0), (29, 0.5), (30, 0.5), (31, 1.0), (32, 0.5)] {
+            power[k] = w;
+        }
+        let verdicts: Vec<bool> = (0..4).map(|_| tone.push(&power)).collect();
+        assert_eq!(verdicts, [false, true, true, true]);
+        tone.reset();
+        let mut state = 1u32;
+        let mut flat = [false; 20];
+        for v in &mut flat {
+            for p in power.iter_mut() {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *p = (state >> 8) as f32 / (1u32 << 24) as f32;
+            }
+            *v = tone.push(&power);
+        }
+        assert!(flat.iter().all(|&t| !t), "{flat:?}");
+    }
+
+    #[test]
+    fn a_click_and_its_tail_are_clicks_a_loud_window_after_is_not() {
+        let mut c = ClickDetector::default();
+        let quiet = [3i16; 256];
+        let mut burst = quiet;
+        burst[100..110].fill(20_000);
+        let loud: Vec<i16> = (0..256).map(|i| if i % 2 == 0 { 9000 } else { -9000 }).collect();
+        assert!(!c.push(&quiet));
+        assert!(c.push(&burst));
+        assert!(c.push(&quiet));
+        assert!(!c.push(&loud));
+        assert!(!c.push(&loud));
+    }
+}
