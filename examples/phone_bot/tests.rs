@@ -408,6 +408,7 @@ async fn barge_in_trial(trial: usize, after: Duration) -> Option<String> {
     let Some(&clear) = log.clear_at.iter().find(|t| **t >= onset) else {
         return Some("no clear after the barge-in".into());
     };
+    eprintln!("trial {trial}: clear {:?} after speech onset", clear.duration_since(onset));
     if clear.duration_since(onset) > budget {
         return Some(format!("clear {:?} after speech onset (budget {budget:?})", clear.duration_since(onset)));
     }

@@ -805,6 +805,7 @@ impl Driver {
             && self.event_queue.is_empty()
             && matches!(self.phase, Phase::Running | Phase::Stopping)
             && s.inbox.is_empty()
+            && s.lane.is_empty()
             && s.pending_events.is_empty()
             && matches!(s.state, State::Idle(_))
             && self.route_room(&s.down) > 0
@@ -920,18 +921,24 @@ impl Driver {
                 if !matches!(self.phase, Phase::Running | Phase::Stopping) {
                     return progress;
                 }
-                // Caller input first, and without waiting for room downstream: its pushes never
-                // wait (see the module docs).
-                while self.slots[i].seen_start && matches!(self.slots[i].state, State::Idle(_)) {
-                    let Some(env) = self.slots[i].lane.pop_front() else { break };
-                    progress = true;
-                    if env.epoch < self.epoch && !env.uninterruptible {
-                        self.slots[i].counters.dropped_interrupted += 1;
+                while matches!(self.slots[i].state, State::Idle(_)) {
+                    // Caller input first (it may have arrived while the last frame was taken),
+                    // and without waiting for room downstream: its pushes never wait (see the
+                    // module docs). Only after `Start`: the lane must not overtake it.
+                    if self.slots[i].seen_start
+                        && let Some(env) = self.slots[i].lane.pop_front()
+                    {
+                        progress = true;
+                        if env.epoch < self.epoch && !env.uninterruptible {
+                            self.slots[i].counters.dropped_interrupted += 1;
+                            continue;
+                        }
+                        self.take(i, Direction::Downstream, env);
                         continue;
                     }
-                    self.take(i, Direction::Downstream, env);
-                }
-                while matches!(self.slots[i].state, State::Idle(_)) && self.route_room(&self.slots[i].down) > 0 {
+                    if self.route_room(&self.slots[i].down) == 0 {
+                        break;
+                    }
                     let Some((dir, env)) = self.slots[i].inbox.pop_front() else { break };
                     progress = true;
                     self.wake_feeders(i);

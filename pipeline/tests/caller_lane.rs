@@ -217,6 +217,7 @@ async fn a_stalled_stage_holds_a_bounded_caller_lane() {
     let handle = task.handle();
     let run = tokio::spawn(task.run());
     handle.push(Frame::Text("stall".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await; // the stage is now parked on the text
     let _ = feed(handle.clone(), 30).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(seen.lock().unwrap().is_empty(), "the stalled stage holds caller input");
@@ -353,4 +354,22 @@ async fn output_pauses_at_user_speech_and_resumes_without_a_barge_in() {
     assert!(sink.clears.lock().unwrap().is_empty(), "no clear without a barge-in");
     let gap = writes.windows(2).map(|w| w[1].duration_since(w[0])).max().unwrap_or_default();
     assert!(gap >= Duration::from_millis(290) && gap <= Duration::from_millis(330), "one pause: {gap:?}");
+}
+
+/// Caller input pushed before `End` is taken before it, by every stage (the lane overtakes
+/// data, never the other way round).
+#[tokio::test]
+async fn end_never_overtakes_caller_input() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let pipeline =
+        Pipeline::new().with(PassThrough).with(Probe { seen: seen.clone(), first_kind: Arc::new(Mutex::new(None)) });
+    let task = PipelineTask::new(pipeline, PipelineParams::default());
+    let handle = task.handle();
+    for seq in 0..20 {
+        handle.push(caller_frame(seq)).await.unwrap();
+    }
+    handle.end().await.unwrap();
+    let report = task.run().await;
+    assert_eq!(report.outcome, TaskOutcome::Ended);
+    assert_eq!(seen.lock().unwrap().len(), 20);
 }

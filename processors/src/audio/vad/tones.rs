@@ -49,8 +49,11 @@ const STEADY_SHARE: f32 = 0.85;
 pub(super) const STEADY_WINDOWS: u32 = 6;
 /// Share of the energy in the two strongest peaks for a window to count as a pure tone (pair).
 const PEAK_SHARE: f32 = 0.95;
-/// Peak windows in a row that make a tone.
-const PEAK_WINDOWS: u32 = 2;
+/// Peak windows in a row that make a tone (64 ms). Not fewer: a nasal onset ("m", "n") puts
+/// nearly all its energy in its first two harmonics for a few windows, and judging those tonal
+/// moved a barge-in's onset ~100 ms late (the 50-trial phone-bot test). A DTMF digit lasts
+/// ≥ 40 ms by ITU-T Q.24 and 70–100 ms in practice; its first windows are covered like a tone's.
+const PEAK_WINDOWS: u32 = 4;
 /// Half-width of a peak: a 768-sample Hann main lobe is ±2.7 bins of the 1024-point FFT.
 const PEAK_HALF_WIDTH: usize = 3;
 /// Windows after a tone that bring nothing new are still the tone's (up to 128 ms):
