@@ -108,7 +108,9 @@ async fn greets_first_answers_order_status_and_hangs_up() {
     let mail = server.app.store.outbox_for_call(&row.call_sid).await.unwrap_or_default();
     assert_eq!(mail.len(), 1, "follow-up email queued");
     assert!(
-        row.record["turns"].as_array().is_some_and(|t| t.len() >= 3 && t.iter().all(|t| t["total_ms"].is_number()))
+        row.record["turns"].as_array().is_some_and(|t| t.len() >= 3 && t.iter().all(|t| t["total_ms"].is_number())),
+        "{}",
+        row.record["turns"]
     );
     // The admin API sees it.
     let http = reqwest::Client::new();
