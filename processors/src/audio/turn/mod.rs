@@ -30,13 +30,16 @@
 //!   which the rule does not match. The result equals the QDQ reference semantics.
 //!
 //! # What "matches onnxruntime" means here
-//! tract evaluates the QDQ graph as written: dequantise, compute in f32, quantise. onnxruntime
-//! with `ORT_DISABLE_ALL`/`ORT_ENABLE_BASIC` does the same and agrees with this module to ~1e-6.
-//! Pipecat runs onnxruntime at `ORT_ENABLE_ALL`, whose QDQ→integer-kernel fusion
-//! (`QDQSelectorActionTransformer`) rounds differently; on most inputs the probabilities agree to
-//! a quantisation step, but near the decision boundary they can differ by tenths (one fixture:
-//! 0.51 here and in unoptimised onnxruntime, 0.19 in Pipecat's setting). The reference numbers
-//! for both are in `tests/fixtures/smart_turn/reference.json`.
+//! tract evaluates the QDQ graph as written: dequantise, compute in f32, quantise, which is what
+//! onnxruntime does at `ORT_DISABLE_ALL`/`ORT_ENABLE_BASIC`. Pipecat runs `ORT_ENABLE_ALL`, whose
+//! QDQ→integer-kernel fusion (`QDQSelectorActionTransformer`) rounds differently. Either way the
+//! graph is touchy: eight quantised transformer layers turn a ~1e-6 difference in summation order
+//! into an occasional flipped quantisation step, and flipped steps propagate. On unstructured
+//! input (the `hashed_features` fixture) every evaluation agrees to ~1e-7; on speech, onnxruntime's
+//! two levels differ by a median 0.02 and up to 0.22 in probability, and disagree on the > 0.5
+//! decision for 2 of 16 espeak clips (`tests/fixtures/smart_turn/sensitivity.py`). So the tests
+//! pin the model on identical features tightly and the end-to-end path loosely; the reference
+//! numbers of both onnxruntime levels are in `tests/fixtures/smart_turn/reference.json`.
 //!
 //! # Threading
 //! One inference is tens of milliseconds of CPU (see `SmartTurnWorker` for the measured number):
