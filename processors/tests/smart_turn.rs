@@ -125,8 +125,8 @@ mod model {
     /// |Rust − onnxruntime (graph as written)|. The model output is quantised (one step moves the
     /// probability by up to ~1e-2 near 0.5), so agreement this close means the same steps.
     const PROBABILITY_TOLERANCE: f64 = 1e-3;
-    /// Slack around onnxruntime's own spread on inputs where its two levels disagree.
-    const UNSTABLE_MARGIN: f64 = 0.1;
+    /// Audio to probability, against the nearer of onnxruntime's two evaluations.
+    const END_TO_END_TOLERANCE: f64 = 0.1;
 
     fn model() -> Option<SmartTurn> {
         let Some(path) = default_model_path().filter(|p| p.exists()) else {
@@ -173,20 +173,12 @@ mod model {
                 r.probability_ort_enable_all,
                 (p - r.probability_ort_enable_all).abs(),
             );
-            // Where onnxruntime's two evaluations agree the input is away from rounding
-            // boundaries and so must we be; where they do not (see sensitivity.py), we must land
-            // within their spread widened by UNSTABLE_MARGIN.
-            let (lo, hi) =
-                if (r.probability_ort_enable_all - r.probability_ort_disable_all).abs() < PROBABILITY_TOLERANCE {
-                    (
-                        r.probability_ort_disable_all - PROBABILITY_TOLERANCE,
-                        r.probability_ort_disable_all + PROBABILITY_TOLERANCE,
-                    )
-                } else {
-                    let (a, b) = (r.probability_ort_enable_all, r.probability_ort_disable_all);
-                    (a.min(b) - UNSTABLE_MARGIN, a.max(b) + UNSTABLE_MARGIN)
-                };
-            assert!((lo..=hi).contains(&p), "{}: {p} outside {lo}..{hi}", r.name);
+            // End to end the features differ from numpy's by ~7e-6, enough to move a few values
+            // across the input quantiser's rounding boundaries, and the graph amplifies flipped
+            // steps (see sensitivity.py): the tight gate is the identical-features test above;
+            // this one catches gross errors (a wrong op gave 0.37 for 0.98).
+            let nearest = (p - r.probability_ort_disable_all).abs().min((p - r.probability_ort_enable_all).abs());
+            assert!(nearest < END_TO_END_TOLERANCE, "{}: {p} is {nearest} from onnxruntime", r.name);
         }
     }
 
