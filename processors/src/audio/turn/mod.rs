@@ -42,7 +42,7 @@
 //! numbers of both onnxruntime levels are in `tests/fixtures/smart_turn/reference.json`.
 //!
 //! # Threading
-//! One inference is tens of milliseconds of CPU (see `SmartTurnWorker` for the measured number):
+//! One inference is tens of milliseconds of CPU or more (onnxruntime: 62 ms single-threaded here):
 //! far too long for a per-call task on the async runtime, and too bursty to give each call its
 //! own thread. `SmartTurnWorker` owns a few threads sharing one optimised plan; requests from
 //! every call go through one bounded queue and are answered through a oneshot.
