@@ -11,6 +11,11 @@
 //! | [`tts`] | ElevenLabs text-to-speech |
 //! | [`tools`] | tool registry and the tool executor processor |
 //! | [`text`] | sentence aggregation between LLM and TTS |
+//!
+//! | feature | what | cost |
+//! |---|---|---|
+//! | `opus` | Opus encode/decode through libopus | needs `libopus-dev` |
+//! | `smart-turn` | in-process smart-turn v3.2 end-of-turn model ([`audio::turn`]) on tract | pure Rust; model file from `scripts/fetch-smart-turn.sh` |
 
 pub mod audio;
 pub mod codec;
