@@ -6,6 +6,8 @@
 //! Feature tests always run; model tests need the model file (`scripts/fetch-smart-turn.sh` or
 //! `VOXLINE_SMART_TURN_MODEL`) and the `smart-turn` feature, and skip with a message otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use std::path::{Path, PathBuf};
 
 use voxline_processors::audio::turn::WhisperFeatures;
