@@ -228,10 +228,16 @@ impl Recorder {
         let mut st = self.lock();
         match ev {
             Event::UserStoppedSpeaking => {
+                // A caller who pauses mid-sentence gives the (short-stop) VAD several segments
+                // for one turn, and the bot answers only after the last: until the bot's first
+                // audio, a new stop continues the open turn and re-times it from this stop.
+                let open = !st.turn_first_audio && st.rec.turns.last().is_some_and(|t| t.total_ms.is_none());
                 st.turn_start = Some(Instant::now());
                 st.turn_first_audio = false;
-                let turn = u32::try_from(st.rec.turns.len() + 1).unwrap_or(u32::MAX);
-                st.rec.turns.push(TurnLatency { turn, ..TurnLatency::default() });
+                if !open {
+                    let turn = u32::try_from(st.rec.turns.len() + 1).unwrap_or(u32::MAX);
+                    st.rec.turns.push(TurnLatency { turn, ..TurnLatency::default() });
+                }
             }
             Event::Interrupt => {
                 st.rec.interruptions += 1;
