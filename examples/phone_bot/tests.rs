@@ -445,7 +445,7 @@ async fn barge_in_trial(trial: usize, after: Duration) -> Option<String> {
 }
 
 /// Issue 13's barge-in criterion: talking over a ≥ 50-word answer at a random moment, in 50
-/// trials (`VOXLINE_BARGE_TRIALS` to change), 5 calls at a time. Each trial: `clear` within the
+/// trials (`VOXLINE_BARGE_TRIALS` to change), 3 calls at a time. Each trial: `clear` within the
 /// VAD start + minimum barge-in + 60 ms of speech onset, no bot audio after it while the caller
 /// speaks, no caller audio dropped, and the context keeps a non-empty prefix of the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,12 +466,12 @@ async fn barge_in_over_a_long_answer_at_random_moments() {
         moments.push(Duration::from_millis(300 + x % 9_000));
     }
     let mut failures = Vec::new();
-    for (round, batch) in moments.chunks(5).enumerate() {
+    for (round, batch) in moments.chunks(3).enumerate() {
         let runs: Vec<_> = batch
             .iter()
             .enumerate()
             .map(|(k, after)| {
-                let (trial, after) = (round * 5 + k, *after);
+                let (trial, after) = (round * 3 + k, *after);
                 tokio::spawn(async move { (trial, after, barge_in_trial(trial, after).await) })
             })
             .collect();
