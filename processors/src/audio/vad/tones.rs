@@ -334,6 +334,72 @@ mod tests {
         assert!(flat.iter().all(|&t| !t), "{flat:?}");
     }
 
+    /// The peak search as first written (three scalar `argmax` passes), to pin the fast one to.
+    fn two_peaks_reference(band: &[f32; BINS]) -> f32 {
+        fn argmax(band: &[f32; BINS], from: usize, to: usize) -> usize {
+            let (mut best, mut value) = (BINS, f32::NEG_INFINITY);
+            for (i, &p) in band.iter().enumerate().take(to).skip(from) {
+                if p > value {
+                    (best, value) = (i, p);
+                }
+            }
+            best
+        }
+        let first = argmax(band, 0, BINS);
+        let (lo, hi) = (first.saturating_sub(PEAK_HALF_WIDTH), (first + PEAK_HALF_WIDTH + 1).min(BINS));
+        let (left, right) = (argmax(band, 0, lo), argmax(band, hi, BINS));
+        let value = |k: usize| band.get(k).copied().unwrap_or(0.0);
+        let second = if value(left) >= value(right) { left } else { right };
+        let around = |k: usize| (k.saturating_sub(PEAK_HALF_WIDTH), (k + PEAK_HALF_WIDTH + 1).min(BINS));
+        let (a, b) = around(first);
+        let mut sum: f32 = band[a..b].iter().sum();
+        if second < BINS {
+            let (a, b) = around(second);
+            sum +=
+                band[a..b].iter().enumerate().filter(|&(i, _)| a + i < lo || a + i >= hi).map(|(_, p)| p).sum::<f32>();
+        }
+        sum
+    }
+
+    #[test]
+    fn the_peak_search_and_its_skip_match_the_scalar_search_bit_for_bit() {
+        let mut state = 7u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32
+        };
+        for trial in 0..4000 {
+            // Broadband, sparse (many equal zeros: ties), quantised (ties between peaks), and
+            // peaks at both edges and in the chunk remainders left and right of the first.
+            let mut band = [0.0f32; BINS];
+            for p in band.iter_mut() {
+                *p = match trial % 4 {
+                    0 => next(),
+                    1 => f32::from(u8::from(next() > 0.9)) * next(),
+                    2 => (next() * 4.0).floor(),
+                    _ => 0.0,
+                };
+            }
+            for _ in 0..(trial % 3) {
+                let k = (next() * BINS as f32) as usize % BINS;
+                band[k] += 50.0;
+            }
+            if trial % 7 == 0 {
+                band[trial % 2 * (BINS - 1)] = 100.0;
+            }
+            let top = band.iter().fold(f32::NEG_INFINITY, |m, &p| greater(p, m));
+            let want = two_peaks_reference(&band);
+            if top > 0.0 {
+                assert_eq!(two_peaks(&band, top).to_bits(), want.to_bits(), "trial {trial}");
+            }
+            // The skip never hides a window that reaches the share.
+            let total: f32 = band.iter().sum();
+            if 15.0 * top < PEAK_SHARE * total {
+                assert!(want < PEAK_SHARE * total, "trial {trial}");
+            }
+        }
+    }
+
     #[test]
     fn a_click_and_its_tail_are_clicks_a_loud_window_after_is_not() {
         let mut c = ClickDetector::default();
