@@ -18,9 +18,11 @@
 //!
 //! # Caller input: the caller is never behind the bot
 //! Caller input ([`Frame::is_caller_input`]: input audio and DTMF) does not queue behind data.
-//! Every stage has a second, small queue for it, its *caller lane*, and the runner gives a stage
-//! caller input ahead of its queued data frames, whether or not the stage's downstream neighbour
-//! has room; a push of caller input never waits either. So when the output is pacing 60 s of TTS
+//! Every stage has a second, small queue for it, its *caller lane*. While a stage's data frames
+//! can move (room downstream) the runner keeps arrival order across both queues; when they
+//! cannot, caller input goes ahead of them, whatever the room downstream, and a push of caller
+//! input never waits either. (Strict priority would starve data frames when input comes faster
+//! than real time, as from a file; arrival order costs nothing when nothing is backed up.) So when the output is pacing 60 s of TTS
 //! audio and every data inbox between it and the VAD is full, the caller's next 20 ms still
 //! reaches the VAD (and the STT) in the same sweep it arrived in. This is Pipecat's "input audio
 //! is a system frame", without a second task per processor.
@@ -352,8 +354,13 @@ struct Slot {
     name: Arc<str>,
     state: State,
     inbox: VecDeque<(Direction, Envelope)>,
-    /// Caller input waiting for this stage, taken ahead of `inbox` (see the module docs).
-    lane: VecDeque<Envelope>,
+    /// Caller input waiting for this stage, each with the count of data frames queued before it
+    /// (`data_in` when it arrived); see the module docs.
+    lane: VecDeque<(u64, Envelope)>,
+    /// Data frames ever queued into / taken from `inbox` (dropped ones count as taken): a lane
+    /// frame whose mark is ≤ `data_out` has no older data frame still waiting.
+    data_in: u64,
+    data_out: u64,
     /// The stage has taken `Start` (caller input must not overtake it).
     seen_start: bool,
     /// When to call `on_timer`, if armed.
@@ -474,6 +481,8 @@ impl Driver {
                     state: State::Idle(Owned { proc: spec.proc, cx }),
                     inbox: VecDeque::with_capacity(capacity + 4),
                     lane: VecDeque::new(),
+                    data_in: 0,
+                    data_out: 0,
                     seen_start: false,
                     timer_at: None,
                     capacity,
@@ -531,6 +540,7 @@ impl Driver {
         // The Start frame is the first thing every stage sees, ahead of anything pushed.
         let env = Envelope { frame: Frame::Start(start), epoch: 0, uninterruptible: true };
         d.slots[0].inbox.push_back((Direction::Downstream, env));
+        d.slots[0].data_in += 1;
         d
     }
 
@@ -741,7 +751,7 @@ impl Driver {
             return;
         }
         if dir == Direction::Downstream && env.frame.is_caller_input() {
-            s.lane.push_back(env);
+            s.lane.push_back((s.data_in, env));
             if s.lane.len() > self.params.caller_lane_capacity.max(1) {
                 s.lane.pop_front();
                 self.audio.dropped.fetch_add(1, Ordering::Relaxed);
@@ -749,6 +759,7 @@ impl Driver {
             return;
         }
         s.inbox.push_back((dir, env));
+        s.data_in += 1;
         if s.inbox.len() > s.counters.max_queue_depth {
             s.counters.max_queue_depth = s.inbox.len();
         }
@@ -822,6 +833,7 @@ impl Driver {
             && matches!(self.phase, Phase::Running | Phase::Stopping)
             && s.seen_start
             && s.lane.is_empty()
+            && (s.inbox.is_empty() || self.route_room(&s.down) == 0)
             && s.pending_events.is_empty()
             && matches!(s.state, State::Idle(_))
     }
@@ -922,12 +934,14 @@ impl Driver {
                     return progress;
                 }
                 while matches!(self.slots[i].state, State::Idle(_)) {
-                    // Caller input first (it may have arrived while the last frame was taken),
-                    // and without waiting for room downstream: its pushes never wait (see the
-                    // module docs). Only after `Start`: the lane must not overtake it.
-                    if self.slots[i].seen_start
-                        && let Some(env) = self.slots[i].lane.pop_front()
-                    {
+                    // Arrival order while data can move; caller input first when it cannot (no
+                    // room downstream): caller input never waits behind the bot, and its pushes
+                    // never wait for room (see the module docs). Only after `Start`.
+                    let room = self.route_room(&self.slots[i].down) > 0;
+                    let s = &self.slots[i];
+                    let lane_next = s.seen_start
+                        && s.lane.front().is_some_and(|(mark, _)| *mark <= s.data_out || !room || s.inbox.is_empty());
+                    if lane_next && let Some((_, env)) = self.slots[i].lane.pop_front() {
                         progress = true;
                         if env.epoch < self.epoch && !env.uninterruptible {
                             self.slots[i].counters.dropped_interrupted += 1;
@@ -936,10 +950,11 @@ impl Driver {
                         self.take(i, Direction::Downstream, env);
                         continue;
                     }
-                    if self.route_room(&self.slots[i].down) == 0 {
+                    if !room {
                         break;
                     }
                     let Some((dir, env)) = self.slots[i].inbox.pop_front() else { break };
+                    self.slots[i].data_out += 1;
                     progress = true;
                     self.wake_feeders(i);
                     if env.epoch < self.epoch && !env.uninterruptible {
@@ -953,6 +968,7 @@ impl Driver {
             State::Dead => {
                 let had = !self.slots[i].inbox.is_empty() || !self.slots[i].lane.is_empty();
                 self.slots[i].inbox.clear();
+                self.slots[i].data_out = self.slots[i].data_in;
                 self.slots[i].lane.clear();
                 had
             }
@@ -1258,6 +1274,7 @@ impl Driver {
             let epoch = self.epoch;
             self.slots[i].inbox.retain(|(_, e)| e.uninterruptible || e.epoch >= epoch);
             let dropped = before - self.slots[i].inbox.len();
+            self.slots[i].data_out += dropped as u64;
             self.slots[i].counters.dropped_interrupted += dropped as u64;
             if dropped > 0 {
                 self.wake_feeders(i);
@@ -1284,6 +1301,7 @@ impl Driver {
             let dropped = self.slots[i].inbox.len() + self.slots[i].lane.len();
             self.slots[i].counters.dropped_interrupted += dropped as u64;
             self.slots[i].inbox.clear();
+            self.slots[i].data_out = self.slots[i].data_in;
             self.slots[i].lane.clear();
             self.slots[i].pending_events.clear();
         }
@@ -1346,6 +1364,7 @@ impl Driver {
                     if !self.slots[i].stopped {
                         self.slots[i].stopped = true;
                         self.slots[i].inbox.clear();
+                        self.slots[i].data_out = self.slots[i].data_in;
                         self.slots[i].lane.clear();
                         progress = true;
                         all_done = false;

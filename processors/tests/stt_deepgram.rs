@@ -109,9 +109,10 @@ async fn mulaw_stream_params_auth_interims_and_final() {
     assert_eq!(c.audio_frames, 40, "one binary frame per input frame");
 
     let out = h.finish().await;
-    // Audio passes through for a recorder downstream.
+    // The recogniser consumes caller audio by default (`pass_through_audio` is off): it must not
+    // ride down to the LLM and TTS stages.
     let audio = out.downstream.iter().filter(|f| matches!(f, Frame::InputAudio(_))).count();
-    assert_eq!(audio, 40);
+    assert_eq!(audio, 0);
     let rec = emu.wait_for(|r| r.connections[0].closed, WAIT).await.expect("socket not closed");
     assert_eq!(rec.connections[0].count_controls(|c| *c == ControlMessage::CloseStream), 1);
     assert_eq!(stats.snapshot().audio_bytes_sent, 40 * 160);
@@ -119,10 +120,10 @@ async fn mulaw_stream_params_auth_interims_and_final() {
 }
 
 #[tokio::test]
-async fn pcm16_is_linear16_and_pass_through_can_be_off() {
+async fn pcm16_is_linear16_and_pass_through_can_be_on() {
     let emu = DeepgramEmulator::start(DeepgramConfig::default()).unwrap();
     let mut s = settings(&emu);
-    s.live.pass_through_audio = false;
+    s.live.pass_through_audio = true;
     let (h, _) = start(s, AudioFormat::pcm16(16_000));
     let pcm = || Frame::InputAudio(AudioFrame::new(Bytes::from(vec![0u8; 640]), AudioFormat::pcm16(16_000)));
     push_audio(&h, 5, pcm).await;
@@ -130,7 +131,7 @@ async fn pcm16_is_linear16_and_pass_through_can_be_off() {
     assert_eq!(rec.connections[0].query_param("encoding"), Some("linear16"));
     assert_eq!(rec.connections[0].query_param("sample_rate"), Some("16000"));
     let out = h.finish().await;
-    assert!(!out.downstream.iter().any(|f| matches!(f, Frame::InputAudio(_))));
+    assert_eq!(out.downstream.iter().filter(|f| matches!(f, Frame::InputAudio(_))).count(), 5, "forwarded when asked");
 }
 
 #[tokio::test]
@@ -331,10 +332,11 @@ async fn rejected_key_gives_up_without_crashing() {
     let rec = emu.received();
     assert_eq!(rec.rejected.len(), 3, "stops after max_permanent_failures");
     assert!(rec.rejected.iter().all(|r| r.status == 401));
-    // Audio keeps flowing through the pipeline.
+    // The stage keeps taking audio (consumed, not forwarded) and the pipeline ends cleanly.
     push_audio(&h, 5, mulaw_frame).await;
     let out = h.finish().await;
-    assert_eq!(out.downstream.iter().filter(|f| matches!(f, Frame::InputAudio(_))).count(), 10);
+    assert_eq!(out.downstream.iter().filter(|f| matches!(f, Frame::InputAudio(_))).count(), 0);
+    assert_eq!(out.report.outcome, voxline_pipeline::TaskOutcome::Ended);
 }
 
 /// Pushes `n` frames of the line's continuous audio and waits until the emulator has them all.

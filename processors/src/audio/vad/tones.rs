@@ -338,8 +338,9 @@ mod tests {
         for (k, w) in [(27, 0.5), (28, 1.0), (29, 0.5), (30, 0.5), (31, 1.0), (32, 0.5)] {
             power[k] = w;
         }
-        let verdicts: Vec<bool> = (0..4).map(|_| tone.push(&power)).collect();
-        assert_eq!(verdicts, [false, true, true, true]);
+        // Tonal from the `PEAK_WINDOWS`-th window in a row on.
+        let verdicts: Vec<bool> = (0..6).map(|_| tone.push(&power)).collect();
+        assert_eq!(verdicts, [false, false, false, true, true, true]);
         tone.reset();
         let mut state = 1u32;
         let mut flat = [false; 20];
