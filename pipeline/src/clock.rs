@@ -313,29 +313,24 @@ impl<S: AudioSink> AudioOutput<S> {
                 }
                 return Ok(());
             };
-            match item {
-                Item::Begin(_) => {
-                    if let Some(Item::Begin(id)) = self.queue.pop_front() {
-                        self.utterance =
-                            Some(Utterance { context_id: id, start_offset: Duration::ZERO, written: Duration::ZERO });
-                    }
+            if matches!(item, Item::Chunk(..)) {
+                let at = self.clock.next_release(now);
+                if at > now {
+                    cx.wake_at(at);
+                    return Ok(());
                 }
-                Item::Chunk(..) => {
-                    let at = self.clock.next_release(now);
-                    if at > now {
-                        cx.wake_at(at);
-                        return Ok(());
-                    }
-                    if let Some(Item::Chunk(chunk, format)) = self.queue.pop_front() {
-                        self.queued = self.queued.saturating_sub(self.clock.chunk());
-                        self.write(chunk, format, cx).await?;
-                    }
+            }
+            match self.queue.pop_front() {
+                Some(Item::Begin(id)) => {
+                    self.utterance =
+                        Some(Utterance { context_id: id, start_offset: Duration::ZERO, written: Duration::ZERO });
                 }
-                Item::Done(_) => {
-                    if let Some(Item::Done(id)) = self.queue.pop_front() {
-                        self.utterance_written(id, cx).await;
-                    }
+                Some(Item::Chunk(chunk, format)) => {
+                    self.queued = self.queued.saturating_sub(self.clock.chunk());
+                    self.write(chunk, format, cx).await?;
                 }
+                Some(Item::Done(id)) => self.utterance_written(id, cx).await,
+                None => {}
             }
         }
     }

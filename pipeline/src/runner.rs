@@ -778,8 +778,7 @@ impl Driver {
         match route {
             Route::Slot(j) => {
                 let j = *j;
-                let chain = dir == Direction::Downstream
-                    && if env.frame.is_caller_input() { self.can_chain_caller(j) } else { self.can_chain(j) };
+                let chain = dir == Direction::Downstream && self.can_chain(j, env.frame.is_caller_input());
                 if chain {
                     self.chain(j, env);
                 } else {
@@ -805,37 +804,29 @@ impl Driver {
     ///
     /// Why: in a chain of synchronous stages a queued frame costs a queue push and pop, a sweep
     /// step and a wake check per hop; handed on depth-first, a hop is the processor call. The
-    /// order of frames on every link is unchanged (the inbox is empty, and `j` is idle), events
-    /// still overtake frames (no hand-off while one is pending), and observers still see every
-    /// hop (no hand-off while any is attached).
-    fn can_chain(&self, j: usize) -> bool {
+    /// order of frames on every link is unchanged (`j` is idle and nothing of it waits ahead of
+    /// the frame), events still overtake frames (no hand-off while one is pending), and
+    /// observers still see every hop (no hand-off while any is attached).
+    ///
+    /// What "first" means follows the service loop: a data frame needs an empty inbox and lane
+    /// and room below `j`; caller input needs an empty lane, `Start` taken, and either an empty
+    /// inbox or no room below `j` (then it goes ahead of the data).
+    fn can_chain(&self, j: usize, caller: bool) -> bool {
         let s = &self.slots[j];
-        self.chain_depth < MAX_CHAIN
+        let first = if caller {
+            s.seen_start && (s.inbox.is_empty() || self.route_room(&s.down) == 0)
+        } else {
+            s.inbox.is_empty() && self.route_room(&s.down) > 0
+        };
+        first
+            && s.lane.is_empty()
+            && s.pending_events.is_empty()
+            && matches!(s.state, State::Idle(_))
+            && self.chain_depth < MAX_CHAIN
             && self.observers.is_empty()
             && !self.params.processing_metrics
             && self.event_queue.is_empty()
             && matches!(self.phase, Phase::Running | Phase::Stopping)
-            && s.inbox.is_empty()
-            && s.lane.is_empty()
-            && s.pending_events.is_empty()
-            && matches!(s.state, State::Idle(_))
-            && self.route_room(&s.down) > 0
-    }
-
-    /// Like [`can_chain`](Self::can_chain) for caller input: its own lane must be empty (order),
-    /// but room downstream and the data inbox do not matter (caller input overtakes data).
-    fn can_chain_caller(&self, j: usize) -> bool {
-        let s = &self.slots[j];
-        self.chain_depth < MAX_CHAIN
-            && self.observers.is_empty()
-            && !self.params.processing_metrics
-            && self.event_queue.is_empty()
-            && matches!(self.phase, Phase::Running | Phase::Stopping)
-            && s.seen_start
-            && s.lane.is_empty()
-            && (s.inbox.is_empty() || self.route_room(&s.down) == 0)
-            && s.pending_events.is_empty()
-            && matches!(s.state, State::Idle(_))
     }
 
     /// Stage `j` takes `env` now instead of from its inbox (see [`can_chain`](Self::can_chain)).

@@ -149,8 +149,9 @@ impl UserAggregator {
             self.arm(since + self.settings.final_transcript_timeout, true, cx);
             return None;
         }
-        let text = self.finals.join(" ");
-        if !self.settings.incomplete_timeout.is_zero() && reads_unfinished(&text) {
+        // How the turn ends is how its last final ends: no need to join the text to judge it.
+        let unfinished = self.finals.last().is_some_and(|t| reads_unfinished(t));
+        if !self.settings.incomplete_timeout.is_zero() && unfinished {
             let at = since + self.settings.incomplete_timeout;
             if Instant::now() < at {
                 self.arm(at, false, cx);
