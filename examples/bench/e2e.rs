@@ -23,9 +23,8 @@ use serde_json::{Value, json};
 use crate::common::{Opts, mean, percentile};
 
 /// The measured fields of a turn line, in output order.
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 7] = [
     "engine_ms",
-    "engine_excl_grace_ms",
     "vad_stop_ms",
     "stt_ms",
     "llm_ttfb_ms",
@@ -77,17 +76,11 @@ pub(crate) fn main(args: &[String]) {
             std::process::exit(1);
         }
     };
-    let mut lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with('{'))
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    // The user aggregator's grace window is a deliberate wait, not processing: show both.
-    for t in &mut lines {
-        if let (Some(e), Some(g)) = (t["engine_ms"].as_f64(), t["grace_ms"].as_f64()) {
-            t["engine_excl_grace_ms"] = json!(e - g);
-        }
-    }
     let mut result = json!({
         "workload": "e2e",
         "engine": "voxline",
@@ -95,7 +88,6 @@ pub(crate) fn main(args: &[String]) {
         "turns_requested": calls * turns,
         "turns_measured": lines.len(),
         "provider_delay_ms": 0,
-        "grace_ms": lines.first().map_or(Value::Null, |t| t["grace_ms"].clone()),
     });
     for f in FIELDS {
         result[f] = summary(&lines, f);
