@@ -23,15 +23,8 @@ use serde_json::{Value, json};
 use crate::common::{Opts, mean, percentile};
 
 /// The measured fields of a turn line, in output order.
-const FIELDS: [&str; 7] = [
-    "engine_ms",
-    "vad_stop_ms",
-    "stt_ms",
-    "llm_ttfb_ms",
-    "tts_ttfb_ms",
-    "server_ms",
-    "caller_ms",
-];
+const FIELDS: [&str; 7] =
+    ["engine_ms", "vad_stop_ms", "stt_ms", "llm_ttfb_ms", "tts_ttfb_ms", "server_ms", "caller_ms"];
 
 fn phone_bot(o: &Opts) -> Option<PathBuf> {
     if let Some(p) = o.string("phone-bot") {
