@@ -34,7 +34,7 @@ import random
 import subprocess
 import sys
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SR = 8000
 BAND = ["sinc", "300-3400"]
 FRAME = 40  # 5 ms trimming frames
@@ -90,27 +90,27 @@ COMPLETE = [
 # (first part, continuation[, second continuation]): the first part clearly continues.
 PAUSE = [
     ("my order number is", "one two three four five"),
-    ("I'd like to check on", "the order I placed on Tuesday"),
+    ("I'd like to check on", "the order I placed", "on Tuesday afternoon"),
     ("my phone number is", "five five five", "two one two three"),
-    ("I was calling about", "the bill for last month"),
+    ("I was calling about", "the bill", "for last month"),
     ("the reason I'm calling is", "my card was declined yesterday"),
     ("my account number is", "four seven", "two nine eight one"),
-    ("I need to change", "the date of my flight to Boston"),
+    ("I need to change", "the date of my flight", "to Boston"),
     ("could you tell me", "when the package will arrive?"),
     ("the address is", "twenty one Baker Street", "apartment six"),
-    ("I want to book", "a double room for two nights"),
+    ("I want to book", "a double room", "for two nights"),
     ("my date of birth is", "the fourth of March", "nineteen eighty two"),
-    ("I'm looking for", "a pair of black leather boots"),
+    ("I'm looking for", "a pair of", "black leather boots"),
     ("can you send the technician", "on Monday morning?"),
-    ("the problem started when", "I updated the app on my phone"),
+    ("the problem started when", "I updated the app", "on my phone"),
     ("I would like to speak with", "someone in the billing department"),
     ("my email address is", "john dot smith", "at example dot com"),
-    ("we need a table for", "six people at eight o'clock"),
+    ("we need a table for", "six people", "at eight o'clock"),
     ("the last four digits are", "nine three one seven"),
-    ("I think the issue is", "with the router in the living room"),
+    ("I think the issue is", "with the router", "in the living room"),
     ("I'm calling on behalf of", "my mother who is in the hospital"),
     ("the flight number is", "BA two eight five"),
-    ("what I really need is", "a refund for the broken heater"),
+    ("what I really need is", "a refund for", "the broken heater"),
     ("my postcode is", "SW one", "four AB"),
     ("I ordered", "three boxes of printer paper", "and two ink cartridges"),
     ("the confirmation code is", "X Y Z", "seven seven four"),
@@ -444,7 +444,7 @@ def make_complete(c):
 def make_pause(c):
     rng = c.rng
     parts = rng.choice(PAUSE)
-    n_pauses = 1 if len(parts) == 2 else rng.choice([1, 2])
+    n_pauses = 1 if len(parts) == 2 else rng.choice([1, 2, 2, 2])
     if len(parts) == 3 and n_pauses == 1:
         parts = (parts[0], parts[1] + " " + parts[2])
     c.say(parts[0])
