@@ -2,6 +2,7 @@
 """Table (medians over runs, ratio Pipecat/Voxline) and an SVG plot from compare.sh's JSON lines.
 
 Usage: compare.py OUT_DIR BENCH_DIR w1 [w2 ...]
+W6 figures come from benches/w6/score.py (corpus: $W6_CORPUS, default target/w6-corpus).
 """
 import json
 import os
@@ -53,9 +54,30 @@ def score(bench_dir, row):
         return None
 
 
-def figures(w, rows, bench_dir):
+def w6_figs(out, engine):
+    """One value per run for each W6 figure (benches/w6/score.py on the per-clip lines)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "w6"))
+    import score as w6
+    corpus = os.environ.get("W6_CORPUS") or os.path.join(here, "..", "target", "w6-corpus")
+    path = os.path.join(out, f"{engine}-w6.jsonl")
+    if not os.path.exists(path) or not os.path.exists(os.path.join(corpus, "manifest.jsonl")):
+        return {}
+    manifest = w6.load_manifest(corpus)
+    scores = [w6.score(manifest, run) for run in w6.load_runs(path)]
+    figs = {}
+    for key, label, kind in w6.ROWS:
+        scale = 100 if kind == "pct" else 1
+        unit = " (%)" if kind == "pct" else ""
+        figs[f"W6 {label.strip()}{unit}"] = [s[key] * scale if s.get(key) is not None else None for s in scores]
+    return figs
+
+
+def figures(w, rows, bench_dir, out=None, engine=None):
     if w == "w1":
         return w1_figs(rows)
+    if w == "w6":
+        return w6_figs(out, engine)
     keys = {
         "w2": [("rtf", "W2 real-time factor"), ("us_per_frame", "W2 µs per 20 ms frame")],
         "w3": [("to_last_processor_p50_us", "W3 interrupt → last processor p50 (µs)"),
@@ -137,13 +159,13 @@ def main():
     print("| --- | ---: | ---: | ---: |")
     for w in workloads:
         pc, vx = load(out, "pipecat", w), load(out, "voxline", w)
-        fp, fv = figures(w, pc, bench_dir), figures(w, vx, bench_dir)
+        fp, fv = figures(w, pc, bench_dir, out, "pipecat"), figures(w, vx, bench_dir, out, "voxline")
         for label in list(fp.keys()) + [k for k in fv if k not in fp]:
             a, b = med(fp.get(label, [])), med(fv.get(label, []))
             ratio = "–"
             if a is not None and b not in (None, 0):
                 bigger_is_better = "pipelines on one core" in label or "sentences found" in label
-                if "segments" in label or "chunks" in label:
+                if "segments" in label or "chunks" in label or label.startswith("W6"):
                     ratio = "–"
                     print(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio} |")
                     continue
