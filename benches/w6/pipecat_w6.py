@@ -23,7 +23,7 @@ TurnAnalyzerUserTurnStopStrategy(LocalSmartTurnAnalyzerV3())), per audio frame:
      InterruptionFrame: a barge-in if the bot is speaking), stop strategy resets,
      `update_vad_start_secs(0.2)`; stopped -> `analyze_end_of_turn()` (one model inference),
      COMPLETE -> turn complete.
-  A complete turn is declared at once (the decision; `wait_for_transcript=False`, i.e. no STT in
+  A complete turn is declared once the inference has returned (stop + its wall time; the decision; `wait_for_transcript=False`, i.e. no STT in
   the loop — with an STT, Pipecat additionally waits for the transcript). The controller's
   user_turn_stop_timeout watchdog (5 s without turn/VAD events while a turn is open and the user
   is quiet) is applied in stream time too.
@@ -158,7 +158,7 @@ async def run_clip(clip, data, turn):
             out["inferences"].append({"at": r3(t), "prob": round(metrics.probability, 4),
                                       "complete": bool(metrics.is_complete), "cpu_ms": round(cpu, 3),
                                       "wall_ms": round(wall, 3)})
-        return state
+        return state, (wall if metrics is not None else 0.0)
 
     for i in range(n):
         t = (i + 1) * CHUNK / SR
@@ -198,10 +198,12 @@ async def run_clip(clip, data, turn):
             st["user_speaking"] = False
             st["last_event"] = t
             st["vad_user_speaking"] = False
-            state = await analyze(t)
+            state, wall = await analyze(t)
             st["turn_complete"] = state == EndOfTurnState.COMPLETE
             if st["turn_complete"]:
-                trigger_stop(t, "model")
+                # The decision exists once the inference has returned (on a call Pipecat
+                # awaits it in an executor): stamp it stop + inference time, as Voxline does.
+                trigger_stop(t + wall / 1000, "model")
         # UserTurnController._user_turn_stop_timeout_task_handler
         if t - st["last_event"] >= USER_TURN_STOP_TIMEOUT:
             st["last_event"] = t

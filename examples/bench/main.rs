@@ -11,6 +11,7 @@ mod w2;
 mod w3;
 mod w4;
 mod w5;
+mod w6;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,9 +22,10 @@ fn main() {
         Some("w3") => w3::main(rest),
         Some("w4") => w4::main(rest),
         Some("w5") => w5::main(rest),
+        Some("w6") => w6::main(rest),
         Some("e2e") => e2e::main(rest),
         _ => {
-            eprintln!("usage: bench w1|w2|w3|w4|w5|e2e [options]   (see bench/SPEC.md)");
+            eprintln!("usage: bench w1|w2|w3|w4|w5|w6|e2e [options]   (see bench/SPEC.md)");
             std::process::exit(2);
         }
     }

@@ -26,6 +26,7 @@ use voxline_pipeline::{
     AudioFormat, Context, Direction, FlowResult, Frame, Pipeline, Processor, StartInfo, ToolOutcome,
 };
 use voxline_processors::audio::VadProcessor;
+use voxline_processors::audio::turn::{TurnDetector, TurnModel, TurnParams};
 use voxline_processors::codec::MulawDecoder;
 use voxline_processors::llm::{
     AnthropicLlm, AnthropicSettings, AssistantAggregator, AssistantSettings, ConversationContext, LlmService,
@@ -50,6 +51,33 @@ pub struct CallParts {
     pub recorder: Recorder,
     /// Notified when the bot decided to end the call (after queueing the goodbye).
     pub end_call: Arc<Notify>,
+    /// The end-of-turn model shared by all calls (`turn.model`), `None` for `none`.
+    pub turn_model: Option<Arc<dyn TurnModel>>,
+}
+
+/// Load the end-of-turn model `turn.model` names, once per process: its worker threads serve
+/// every call. A configured model that cannot load stops startup (the caller would otherwise
+/// get a different bot than configured).
+pub fn turn_model(cfg: &Config) -> anyhow::Result<Option<Arc<dyn TurnModel>>> {
+    match cfg.turn.model.as_str() {
+        #[cfg(feature = "smart-turn")]
+        "smart-turn" => {
+            use voxline_processors::audio::turn::{SmartTurn, SmartTurnWorker, WorkerConfig, default_model_path};
+            let path = if cfg.turn.model_path.is_empty() {
+                default_model_path().ok_or_else(|| anyhow::anyhow!("turn: no model path (set turn.model_path)"))?
+            } else {
+                std::path::PathBuf::from(&cfg.turn.model_path)
+            };
+            let model = SmartTurn::load(&path).map_err(|e| anyhow::anyhow!("turn: {e}"))?;
+            let worker =
+                SmartTurnWorker::spawn(model, WorkerConfig { threads: cfg.turn.threads, ..WorkerConfig::default() })
+                    .map_err(|e| anyhow::anyhow!("turn: {e}"))?;
+            tracing::info!(path = %path.display(), threads = cfg.turn.threads, "smart-turn end-of-turn model loaded");
+            Ok(Some(Arc::new(worker)))
+        }
+        // Config validation refuses anything else (and smart-turn without the feature).
+        _ => Ok(None),
+    }
 }
 
 /// The stream format: μ-law 8 kHz in and out, PCM16 8 kHz after the decoder.
@@ -111,7 +139,16 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
         min_barge_in_secs: cfg.vad.min_barge_in_ms as f32 / 1000.0,
         ..voxline_processors::audio::VadParams::default()
     };
-    let vad = VadProcessor::with_params(vad_params).map_err(|e| anyhow::anyhow!("vad: {e}"))?;
+    let mut vad = VadProcessor::with_params(vad_params).map_err(|e| anyhow::anyhow!("vad: {e}"))?;
+    if let Some(model) = &parts.turn_model {
+        let params = TurnParams {
+            threshold: cfg.turn.threshold,
+            fallback: Duration::from_millis(u64::from(cfg.turn.fallback_ms)),
+            ..TurnParams::default()
+        };
+        let detector = TurnDetector::new(Box::new(model.clone()), params).map_err(|e| anyhow::anyhow!("turn: {e}"))?;
+        vad = vad.with_turn_detector(detector);
+    }
     let stt = DeepgramStt::new(stt_settings(cfg, &parts.secrets)).map_err(|e| anyhow::anyhow!("stt: {e}"))?;
     let user = UserAggregator::new(conversation.clone(), UserAggregatorSettings::default());
     let llm = llm_service(cfg, &parts.secrets)?;

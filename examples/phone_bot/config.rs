@@ -22,6 +22,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub tts: TtsConfig,
     pub vad: VadConfig,
+    pub turn: TurnConfig,
     pub interruptions: InterruptionConfig,
     pub persona: PersonaConfig,
     pub skills: SkillsConfig,
@@ -235,6 +236,29 @@ pub struct VadConfig {
 impl Default for VadConfig {
     fn default() -> Self {
         Self { start_ms: 60, stop_ms: 400, threshold: 0.5, min_barge_in_ms: 300 }
+    }
+}
+
+/// The end-of-turn model behind the VAD (`processors::audio::turn`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// `none` (every VAD stop ends the turn) or `smart-turn` (smart-turn v3.2 in-process; needs a
+    /// build with `--features smart-turn` and the model file).
+    pub model: String,
+    /// Model file; empty = `$VOXLINE_SMART_TURN_MODEL` or `~/.cache/voxline/smart-turn-v3.2-cpu.onnx`.
+    pub model_path: String,
+    /// Probability above which the turn is complete.
+    pub threshold: f32,
+    /// Silence after a VAD stop that ends the turn whatever the model said.
+    pub fallback_ms: u32,
+    /// Inference threads shared by all calls.
+    pub threads: usize,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self { model: "none".into(), model_path: String::new(), threshold: 0.5, fallback_ms: 2000, threads: 1 }
     }
 }
 
@@ -547,6 +571,24 @@ impl Config {
         if self.vad.stop_ms < 100 || self.vad.stop_ms > 5000 {
             bail!("config: vad.stop_ms must be within 100..=5000");
         }
+        match self.turn.model.as_str() {
+            "none" => {}
+            "smart-turn" if cfg!(feature = "smart-turn") => {}
+            "smart-turn" => bail!(
+                "config: turn.model smart-turn needs a build with the smart-turn feature \
+                 (cargo build --release --example phone_bot --features smart-turn)"
+            ),
+            other => bail!("config: turn.model {other:?} is not supported (none, smart-turn)"),
+        }
+        if !(self.turn.threshold > 0.0 && self.turn.threshold < 1.0) {
+            bail!("config: turn.threshold must be within (0, 1)");
+        }
+        if !(100..=10_000).contains(&self.turn.fallback_ms) {
+            bail!("config: turn.fallback_ms must be within 100..=10000");
+        }
+        if !(1..=16).contains(&self.turn.threads) {
+            bail!("config: turn.threads must be within 1..=16");
+        }
         if self.persona.system_prompt.trim().is_empty() {
             bail!("config: persona.system_prompt is empty");
         }
@@ -770,6 +812,31 @@ mod tests {
             .map(|e| format!("{e:#}"))
             .unwrap_or_default();
         assert!(e.contains("skills.enabled[0]"), "{e}");
+    }
+
+    #[test]
+    fn turn_model_keys() {
+        let load = |yaml: &str| {
+            Config::from_yaml(yaml, env(&[("VOXLINE__TELEPHONY__TRANSFER_NUMBER", "1")]))
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default()
+        };
+        assert!(load("turn:\n  model: magic\n").contains("turn.model"));
+        assert!(load("turn:\n  threshold: 1.0\n").contains("turn.threshold"));
+        assert!(load("turn:\n  fallback_ms: 50\n").contains("turn.fallback_ms"));
+        assert!(load("turn:\n  threads: 0\n").contains("turn.threads"));
+        let smart = load("turn:\n  model: smart-turn\n");
+        if cfg!(feature = "smart-turn") {
+            assert_eq!(smart, "", "smart-turn is accepted in a build with the feature");
+        } else {
+            assert!(smart.contains("--features smart-turn"), "{smart}");
+        }
+        let cfg = Config::from_yaml(
+            "",
+            env(&[("VOXLINE__TELEPHONY__TRANSFER_NUMBER", "1"), ("VOXLINE__TURN__FALLBACK_MS", "1500")]),
+        );
+        assert_eq!(cfg.map(|c| c.turn.fallback_ms).unwrap_or_default(), 1500);
     }
 
     #[test]

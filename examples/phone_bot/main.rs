@@ -110,7 +110,7 @@ pub async fn run_instance(
     let shared = Shared::connect(cfg.storage.redis_url.as_deref(), &cfg.storage.redis_prefix).await?;
     let listen = cfg.server.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("bind {listen}"))?;
-    let app = Arc::new(App::new(cfg, secrets, store).with_shared(shared));
+    let app = Arc::new(App::new(cfg, secrets, store).with_shared(shared).with_turn_model()?);
     // Child processes (soak tool, tests) learn the port from this line.
     tracing::info!(addr = %listener.local_addr()?, instance = %app.instance, "listening");
     app.serve(listener, shutdown).await

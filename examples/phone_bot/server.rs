@@ -63,6 +63,8 @@ pub struct App {
     pub instance: String,
     /// Stops the background work.
     pub stop: CancellationToken,
+    /// The end-of-turn model shared by every call (see [`bot::turn_model`]).
+    pub turn_model: Option<Arc<dyn voxline_processors::audio::turn::TurnModel>>,
 }
 
 /// `hostname-pid`: unique per process, readable in the registry.
@@ -104,7 +106,15 @@ impl App {
             lifecycle: Arc::new(Lifecycle::default()),
             instance,
             stop: CancellationToken::new(),
+            turn_model: None,
         }
+    }
+
+    /// Load the configured end-of-turn model (`turn.model`); fails when it is configured but
+    /// cannot be loaded.
+    pub fn with_turn_model(mut self) -> anyhow::Result<Self> {
+        self.turn_model = bot::turn_model(&self.cfg)?;
+        Ok(self)
     }
 
     /// Share state through `shared` (Redis) instead of in process; the lookup cache moves too.
@@ -305,6 +315,7 @@ impl App {
             ctx: ctx.clone(),
             recorder: recorder.clone(),
             end_call: end_call.clone(),
+            turn_model: self.turn_model.clone(),
         };
         let (end_reason, outcome) = match bot::build(&parts, session.output()) {
             Ok((pipeline, _conversation)) => {

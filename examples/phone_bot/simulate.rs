@@ -130,7 +130,7 @@ pub async fn start_server(
     tweak(&mut cfg);
     cfg.validate()?;
     let store = Store::connect(&cfg.storage.url, cfg.storage.seed_demo_data).await?;
-    let mut app = App::new(cfg, Emulated::secrets(), store);
+    let mut app = App::new(cfg, Emulated::secrets(), store).with_turn_model()?;
     app.live = live;
     let (tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
     app.on_call_done = Some(Arc::new(move |row: &CallRow| {

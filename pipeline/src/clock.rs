@@ -102,6 +102,12 @@ impl MediaClock {
         self.base + self.chunk * self.k
     }
 
+    /// Take back the last `n` released chunks (the far end discarded them unplayed; they will
+    /// be released again). Positions before them are kept.
+    pub fn rewind(&mut self, n: u32) {
+        self.k = self.k.saturating_sub(n);
+    }
+
     /// Forget the timeline (interruption, or end of an utterance with nothing queued).
     pub fn reset(&mut self) {
         self.t0 = None;
@@ -210,6 +216,12 @@ pub struct AudioOutput<S> {
     pause_on_user_speech: bool,
     /// Release held while the caller talks over the bot (see [`OutputParams`]).
     paused: bool,
+    /// An `InterruptPending` holds the release until `Interrupt` or `InterruptWithdrawn`.
+    barge_pending: bool,
+    /// The last chunks written of the current utterance (the send-ahead and then some): what a
+    /// pending barge-in's `clear` discards at the far end, released again on a withdrawal.
+    history: std::collections::VecDeque<(Bytes, AudioFormat)>,
+    history_cap: usize,
     chunks_written: u64,
 }
 
@@ -230,6 +242,13 @@ impl<S: AudioSink> AudioOutput<S> {
             speaking: false,
             pause_on_user_speech: params.pause_on_user_speech,
             paused: false,
+            barge_pending: false,
+            history: std::collections::VecDeque::new(),
+            // Every chunk the far end may hold unplayed: the send-ahead, the chunk playing, and
+            // one for a late release.
+            history_cap: usize::try_from(params.send_ahead.as_nanos() / params.chunk.as_nanos().max(1))
+                .unwrap_or(0)
+                .saturating_add(2),
             chunks_written: 0,
         }
     }
@@ -322,6 +341,7 @@ impl<S: AudioSink> AudioOutput<S> {
             }
             match self.queue.pop_front() {
                 Some(Item::Begin(id)) => {
+                    self.history.clear();
                     self.utterance =
                         Some(Utterance { context_id: id, start_offset: Duration::ZERO, written: Duration::ZERO });
                 }
@@ -336,6 +356,13 @@ impl<S: AudioSink> AudioOutput<S> {
     }
 
     async fn write(&mut self, chunk: Bytes, format: AudioFormat, cx: &mut Context) -> FlowResult {
+        if self.utterance.is_some() {
+            if self.history.len() >= self.history_cap {
+                self.history.pop_front();
+            }
+            // A refcount, not a copy: the ring holds at most a few chunks.
+            self.history.push_back((chunk.clone(), format));
+        }
         self.sink.write(chunk, format).await?;
         if let Some(u) = self.utterance.as_mut() {
             if u.written.is_zero() {
@@ -401,6 +428,25 @@ impl<S: AudioSink> AudioOutput<S> {
             let at = self.clock.next_release(Instant::now());
             tokio::time::sleep_until(at).await;
         }
+    }
+
+    /// A pending barge-in: the far end drops what it holds, so the chunks it had not played go
+    /// back to the front of the queue and the timeline steps back over them.
+    fn rewind_unplayed(&mut self) {
+        let Some(u) = self.utterance.as_mut() else { return };
+        let chunk = self.clock.chunk();
+        let unplayed = self.clock.released().saturating_sub(self.clock.played(Instant::now()));
+        let n = usize::try_from(unplayed.as_nanos().div_ceil(chunk.as_nanos().max(1)))
+            .unwrap_or(usize::MAX)
+            .min(self.history.len());
+        for _ in 0..n {
+            if let Some((b, f)) = self.history.pop_back() {
+                self.queue.push_front(Item::Chunk(b, f));
+                self.queued += chunk;
+                u.written = u.written.saturating_sub(chunk);
+            }
+        }
+        self.clock.rewind(u32::try_from(n).unwrap_or(u32::MAX));
     }
 
     fn heard(&self) -> Duration {
@@ -484,8 +530,25 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
                 self.paused = true;
                 cx.cancel_wake();
             }
-            Event::UserStoppedSpeaking if self.paused => {
+            Event::UserStoppedSpeaking if self.paused && !self.barge_pending => {
                 // No barge-in came of it: go on from where the caller stopped hearing.
+                self.paused = false;
+                cx.wake_at(Instant::now());
+            }
+            Event::InterruptPending if self.speaking && cx.start_info().is_none_or(|s| s.allow_interruptions) => {
+                self.barge_pending = true;
+                self.paused = true;
+                cx.cancel_wake();
+                // Mid-utterance: silence the far end now and keep the place. With the whole
+                // utterance already written, only its tail (at most the send-ahead) is left to
+                // play and there is nothing to come back to: let it finish.
+                if self.utterance.is_some() {
+                    self.rewind_unplayed();
+                    self.sink.clear();
+                }
+            }
+            Event::InterruptWithdrawn if self.barge_pending => {
+                self.barge_pending = false;
                 self.paused = false;
                 cx.wake_at(Instant::now());
             }
@@ -493,6 +556,8 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
         }
         if matches!(event, Event::Interrupt | Event::Cancel) {
             self.paused = false;
+            self.barge_pending = false;
+            self.history.clear();
             let heard = self.heard();
             self.buf.clear();
             self.queue.clear();

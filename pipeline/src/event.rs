@@ -19,8 +19,19 @@ pub enum Event {
     Cancel,
     /// The VAD heard the user start speaking.
     UserStartedSpeaking,
-    /// The VAD heard the user stop speaking.
+    /// The VAD heard the user stop speaking (a pause, not necessarily the end of the turn).
     UserStoppedSpeaking,
+    /// The user's turn is over: after a `UserStoppedSpeaking`, the end-of-turn model (if any)
+    /// judged the turn complete, or its fallback silence passed. Without a model the VAD emits it
+    /// right after `UserStoppedSpeaking`. The user aggregator answers on this, not on the stop.
+    EndOfTurn,
+    /// The caller has talked over the bot long enough to silence it, but the barge-in is not
+    /// confirmed yet (no words recognised). The output stops, discards what the far end holds and
+    /// keeps its place; an `Interrupt` confirms the barge-in, `InterruptWithdrawn` resumes the
+    /// bot where the caller stopped hearing it (a cough, an "mm-hmm": LiveKit's false interruption).
+    InterruptPending,
+    /// The pending barge-in was not one: resume the bot's utterance.
+    InterruptWithdrawn,
     /// The bot's first audio of an utterance went out.
     BotStartedSpeaking,
     /// The bot's audio finished playing (or was cut off).

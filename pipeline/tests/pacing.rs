@@ -147,3 +147,117 @@ async fn every_utterance_announces_its_start_when_the_sink_reports_playout() {
     assert_eq!(starts, 3);
     assert!(!out.events.iter().any(|e| matches!(e, Event::BotStoppedSpeaking)), "the transport reports stops");
 }
+
+/// A sink that records each chunk's first byte (its index in the utterance) and the clears.
+#[derive(Clone, Default)]
+struct IndexSink {
+    writes: Arc<Mutex<Vec<(Instant, u8)>>>,
+    clears: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl AudioSink for IndexSink {
+    async fn write(&mut self, chunk: Bytes, _format: AudioFormat) -> FlowResult {
+        self.writes.lock().unwrap().push((Instant::now(), chunk[0]));
+        Ok(())
+    }
+    fn clear(&mut self) {
+        self.clears.lock().unwrap().push(Instant::now());
+    }
+}
+
+/// 200 chunks of 20 ms (4 s at 16 kHz), chunk `i` filled with byte `i`.
+fn indexed_utterance(ctx: &str) -> Frame {
+    let data: Vec<u8> = (0..200u8).flat_map(|i| std::iter::repeat_n(i, 640)).collect();
+    Frame::from(TtsAudio {
+        audio: AudioFrame::new(Bytes::from(data), AudioFormat::pcm16(16_000)),
+        context_id: ctx.into(),
+        words: Arc::from(Vec::new()),
+        offset: Duration::ZERO,
+    })
+}
+
+fn send_ahead_params() -> OutputParams {
+    OutputParams { chunk: Duration::from_millis(20), send_ahead: Duration::from_millis(60), ..OutputParams::default() }
+}
+
+/// A tentative barge-in silences the far end at once; withdrawn, the bot goes on from the chunk
+/// that was playing at the clear (what the clear discarded is sent again), with nothing skipped.
+/// (No onset pause here: with one, the send-ahead has played out by the time the barge-in is
+/// pending and there is nothing to send again.)
+#[tokio::test(start_paused = true)]
+async fn a_withdrawn_barge_in_resumes_where_the_caller_stopped_hearing() {
+    let sink = IndexSink::default();
+    let h = Harness::new(Pipeline::new().with(AudioOutput::new(sink.clone(), send_ahead_params())));
+    h.push(indexed_utterance("u1")).await;
+    h.push(Frame::TtsStopped { context_id: "u1".into() }).await;
+    tokio::time::sleep(Duration::from_millis(1_005)).await;
+    let t_pending = Instant::now();
+    h.emit(Event::InterruptPending);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sink.writes.lock().unwrap().iter().all(|(t, _)| *t <= t_pending), "silent while pending");
+    let t_resume = Instant::now();
+    h.emit(Event::InterruptWithdrawn);
+    let out = h.finish().await;
+    assert_eq!(sink.clears.lock().unwrap().len(), 1, "the far end was cleared once, at the pending barge-in");
+    let writes = sink.writes.lock().unwrap();
+    let before: Vec<u8> = writes.iter().filter(|(t, _)| *t <= t_pending).map(|(_, i)| *i).collect();
+    let after: Vec<u8> = writes.iter().filter(|(t, _)| *t >= t_resume).map(|(_, i)| *i).collect();
+    // At 1.005 s chunk 50 is playing; the 60 ms send-ahead had chunks up to 53 out.
+    assert_eq!(before.last().copied(), Some(53), "send-ahead was out: {before:?}");
+    assert_eq!(after.first().copied(), Some(50), "resumes at the chunk playing at the clear: {after:?}");
+    assert_eq!(after.last().copied(), Some(199), "and plays to the end");
+    assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "in order, nothing skipped or doubled");
+    assert!(out.upstream.iter().any(|f| matches!(f, Frame::PlayedUpTo { complete: true, .. })));
+    assert!(!out.events.iter().any(|e| matches!(e, Event::Interrupt)));
+}
+
+/// With the onset pause first (the VAD's `UserStartedSpeaking`), the send-ahead plays out while
+/// the barge-in is confirmed; withdrawn, the bot continues with the next chunk.
+#[tokio::test(start_paused = true)]
+async fn a_withdrawn_barge_in_after_an_onset_pause_continues_with_the_next_chunk() {
+    let sink = IndexSink::default();
+    let h = Harness::new(Pipeline::new().with(AudioOutput::new(sink.clone(), send_ahead_params())));
+    h.push(indexed_utterance("u1")).await;
+    tokio::time::sleep(Duration::from_millis(1_005)).await;
+    h.emit(Event::UserStartedSpeaking);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.emit(Event::InterruptPending);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t_resume = Instant::now();
+    h.emit(Event::InterruptWithdrawn);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = h.finish().await;
+    let writes = sink.writes.lock().unwrap();
+    let idx: Vec<u8> = writes.iter().map(|(_, i)| *i).collect();
+    assert!(idx.windows(2).all(|w| w[1] == w[0] + 1), "nothing skipped or doubled: {idx:?}");
+    let resumed = writes.iter().find(|(t, _)| *t >= t_resume).map(|(_, i)| *i);
+    assert_eq!(resumed, Some(54), "the next chunk after the send-ahead that played out");
+}
+
+/// Confirmed, the pending barge-in is an interruption whose heard position is what played
+/// before the clear, not what was sent.
+#[tokio::test(start_paused = true)]
+async fn a_confirmed_barge_in_reports_what_played_before_the_clear() {
+    let sink = IndexSink::default();
+    let h = Harness::new(Pipeline::new().with(AudioOutput::new(sink.clone(), send_ahead_params())));
+    h.push(indexed_utterance("u1")).await;
+    tokio::time::sleep(Duration::from_millis(1_005)).await;
+    h.emit(Event::InterruptPending);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.interrupt();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = h.finish().await;
+    let heard = out.upstream.iter().find_map(|f| match f {
+        Frame::PlayedUpTo { position, complete: false, .. } => Some(*position),
+        _ => None,
+    });
+    let heard = heard.expect("heard position reported");
+    // 1.005 s played; the chunk playing at the clear counts from its start (it is sent again
+    // on a resume), so the position is within one chunk below.
+    assert!(heard >= Duration::from_millis(985) && heard <= Duration::from_millis(1_005), "{heard:?}");
+    assert!(sink.writes.lock().unwrap().iter().map(|(_, i)| *i).max() == Some(53), "nothing after the clear");
+}

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use voxline_pipeline::testing::Harness;
 use voxline_pipeline::{AudioFormat, AudioFrame, Event, Frame, Pipeline, PipelineParams, StartInfo};
-use voxline_processors::audio::{Resampler, StreamResampler, VadProcessor, VadTransition};
+use voxline_processors::audio::turn::{TurnAnswer, TurnDetector, TurnError, TurnModel, TurnParams};
+use voxline_processors::audio::{Resampler, StreamResampler, VadParams, VadProcessor, VadTransition};
 use voxline_processors::codec::{MulawDecoder, g711};
 
 const SENTENCES: [&str; 3] = [
@@ -567,4 +568,93 @@ async fn several_voices_are_segmented_at_8k_ulaw() {
         let segs = segments(ulaw_frames_8k(&downsample_8k(&call.pcm)), true).await;
         check(voice, &segs, &call.truth, 0.15);
     }
+}
+
+/// A turn model that answers at once from a script of probabilities (then "complete"), keeping
+/// the length of audio it was shown; `hold` keeps the reply senders unanswered instead.
+#[derive(Clone, Default)]
+struct ScriptedTurn {
+    script: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
+    shown: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<Result<f32, TurnError>>>>>,
+    hold: bool,
+}
+
+impl TurnModel for ScriptedTurn {
+    fn submit(&self, audio_16k: Vec<f32>) -> Result<TurnAnswer, TurnError> {
+        self.shown.lock().unwrap().push(audio_16k.len());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.hold {
+            self.held.lock().unwrap().push(tx);
+        } else {
+            let mut s = self.script.lock().unwrap();
+            let p = if s.is_empty() { 0.9 } else { s.remove(0) };
+            let _ = tx.send(Ok(p));
+        }
+        Ok(rx)
+    }
+}
+
+fn turn_vad(model: &ScriptedTurn, fallback_ms: u64) -> VadProcessor {
+    let params = VadParams { stop_secs: 0.2, ..VadParams::default() };
+    let turn = TurnParams { fallback: Duration::from_millis(fallback_ms), ..TurnParams::default() };
+    VadProcessor::with_params(params)
+        .unwrap()
+        .with_turn_detector(TurnDetector::new(Box::new(model.clone()), turn).unwrap())
+}
+
+/// The Twilio front end with an end-of-turn model: a pause the model calls "incomplete" keeps
+/// the turn open across the next sentence; "complete" ends it at once, one `EndOfTurn` per turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_of_turn_follows_the_model_not_the_pause() {
+    if espeak_missing() {
+        return;
+    }
+    let call = build_call().unwrap();
+    let model = ScriptedTurn { script: std::sync::Arc::new(std::sync::Mutex::new(vec![0.1])), ..Default::default() };
+    let h = Harness::new(Pipeline::new().with(MulawDecoder::new()).with(turn_vad(&model, 3000)));
+    for f in ulaw_frames_8k(&downsample_8k(&call.pcm)) {
+        h.push(f).await;
+    }
+    let out = h.finish().await;
+    let seq: Vec<&str> = out
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::UserStartedSpeaking => Some("start"),
+            Event::UserStoppedSpeaking => Some("stop"),
+            Event::EndOfTurn => Some("end"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seq, ["start", "stop", "start", "stop", "end", "start", "stop", "end"], "{seq:?}");
+    let shown = model.shown.lock().unwrap().clone();
+    assert_eq!(shown.len(), 3, "asked at every stop: {shown:?}");
+    // The second question holds the whole turn so far: both sentences and the pause between.
+    let (a, b) = (call.truth[0].0, call.truth[1].1);
+    assert!(shown[1] as f64 / 16000.0 >= b - a, "turn audio {} s < {:.2} s", shown[1] as f64 / 16000.0, b - a);
+}
+
+/// A model that never answers cannot leave the caller waiting: the fallback ends the turn,
+/// in wall time, with no further audio arriving to poll it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_of_turn_falls_back_when_the_model_is_silent() {
+    if espeak_missing() {
+        return;
+    }
+    let call = build_call().unwrap();
+    let (_, b) = call.truth[0];
+    let first: Vec<i16> = call.pcm[..((b + 0.5) * 16000.0) as usize].to_vec();
+    let model = ScriptedTurn { hold: true, ..Default::default() };
+    let mut h = Harness::new(Pipeline::new().with(turn_vad(&model, 300)));
+    for f in to_frames(&first, 16000, false) {
+        h.push(f).await;
+    }
+    assert!(h.wait_event(Duration::from_secs(5), |e| matches!(e, Event::UserStoppedSpeaking)).await.is_some());
+    let t0 = std::time::Instant::now();
+    assert!(h.wait_event(Duration::from_secs(5), |e| matches!(e, Event::EndOfTurn)).await.is_some());
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_millis(1000), "{waited:?}");
+    assert_eq!(model.held.lock().unwrap().len(), 1);
+    let _ = h.finish().await;
 }

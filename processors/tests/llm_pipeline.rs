@@ -105,6 +105,7 @@ async fn parallel_tools_then_a_second_run_answers_from_both_results() {
     h.push(transcript("where is my order", false)).await;
     h.push(transcript("Where is order ORD-1234, and what's the weather in Paris?", true)).await;
     h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
     assert!(h.wait_for(WAIT, |f| count(f, FrameKind::LlmResponseEnd) >= 2).await);
     let out = h.finish().await;
 

@@ -49,6 +49,7 @@ async fn a_pending_interim_waits_for_its_final_then_commits_at_once() {
     h.push(transcript("my or", false)).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
     tokio::time::sleep(Duration::from_millis(80)).await;
     assert!(runs(&h).is_empty(), "the interim's final is still on its way");
     let t_final = Instant::now();
@@ -74,6 +75,7 @@ async fn no_run_while_the_user_is_still_speaking() {
     assert!(runs(&h).is_empty());
     let t0 = Instant::now();
     h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
     assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
     assert!(t0.elapsed() < Duration::from_millis(100), "final and complete: committed at the VAD stop");
     let _ = h.finish().await;
@@ -88,6 +90,7 @@ async fn stalled_stt_falls_back_to_interim_text() {
     h.push(transcript("cancel my subscription", false)).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
     assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
     let _ = h.finish().await;
     assert_eq!(ctx.messages()[0].content, "cancel my subscription");
@@ -114,6 +117,7 @@ async fn an_unfinished_sentence_waits_for_the_caller_to_go_on() {
     h.emit(Event::UserStartedSpeaking);
     h.push(transcript("my order number is", true)).await;
     h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(runs(&h).is_empty(), "a thinking caller is not cut off");
     // The caller goes on after a 0.3 s pause: one turn with both parts.
@@ -123,6 +127,7 @@ async fn an_unfinished_sentence_waits_for_the_caller_to_go_on() {
     h.push(transcript("one two three four five.", true)).await;
     let t0 = Instant::now();
     h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
     assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
     assert!(t0.elapsed() < Duration::from_millis(100));
     let _ = h.finish().await;
@@ -137,6 +142,7 @@ async fn an_unfinished_sentence_is_committed_when_the_caller_stays_silent() {
     h.push(transcript("I was wondering about", true)).await;
     let t0 = Instant::now();
     h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
     assert!(h.wait_for(Duration::from_secs(3), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
     let waited = t0.elapsed();
     assert!(waited >= Duration::from_millis(550) && waited < Duration::from_millis(900), "{waited:?}");
@@ -163,6 +169,7 @@ async fn a_commit_after_an_interruption_is_not_lost() {
     h.emit(Event::UserStartedSpeaking);
     h.push(transcript("stop, wait", false)).await;
     h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
     // A barge-in bumps the epoch while the commit is pending (waiting for the final).
     h.interrupt();
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -170,4 +177,108 @@ async fn a_commit_after_an_interruption_is_not_lost() {
     assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
     let _ = h.finish().await;
     assert_eq!(ctx.messages()[0].content, "stop, wait.");
+}
+
+#[tokio::test]
+async fn a_pause_is_not_the_end_of_the_turn_until_end_of_turn_says_so() {
+    let ctx = ConversationContext::new("", Vec::new());
+    let h = Harness::single(UserAggregator::new(ctx.clone(), settings()));
+    h.emit(Event::UserStartedSpeaking);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(transcript("my order number is one two three.", true)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    // The end-of-turn model is still thinking (or said "incomplete"): a final alone commits nothing.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(runs(&h).is_empty(), "committed on a VAD pause without EndOfTurn");
+    // The caller goes on: the same turn continues.
+    h.emit(Event::UserStartedSpeaking);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(transcript("four five.", true)).await;
+    // Events overtake frames: let the final land first, as it does after a real stop.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    let t0 = Instant::now();
+    h.emit(Event::EndOfTurn);
+    assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
+    assert!(t0.elapsed() < Duration::from_millis(100), "the verdict commits at once: {:?}", t0.elapsed());
+    let _ = h.finish().await;
+    assert_eq!(runs_text(&ctx), "my order number is one two three. four five.");
+}
+
+fn runs_text(ctx: &ConversationContext) -> String {
+    ctx.messages().iter().filter(|m| m.role == Role::User).map(|m| m.content.to_string()).collect::<Vec<_>>().join("|")
+}
+
+fn false_interruption_settings() -> UserAggregatorSettings {
+    UserAggregatorSettings { false_interruption_timeout: Duration::from_millis(300), ..settings() }
+}
+
+fn count(out: &voxline_pipeline::testing::Output, pred: impl Fn(&Event) -> bool) -> usize {
+    out.events.iter().filter(|e| pred(e)).count()
+}
+
+/// "mm-hmm" over the bot: the pending barge-in is withdrawn at the end of turn, with no
+/// interruption and no user turn.
+#[tokio::test]
+async fn a_backchannel_withdraws_a_pending_barge_in() {
+    let ctx = ConversationContext::new("", Vec::new());
+    let h = Harness::single(UserAggregator::new(ctx.clone(), false_interruption_settings()));
+    h.emit(Event::BotStartedSpeaking);
+    h.emit(Event::UserStartedSpeaking);
+    h.emit(Event::InterruptPending);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(transcript("mm", false)).await;
+    h.push(transcript("Mm-hmm.", true)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = h.finish().await;
+    assert_eq!(count(&out, |e| matches!(e, Event::InterruptWithdrawn)), 1);
+    assert_eq!(count(&out, |e| matches!(e, Event::Interrupt)), 0);
+    assert!(out.downstream.iter().all(|f| f.kind() != FrameKind::LlmRun), "a backchannel is not a turn");
+    assert!(ctx.messages().is_empty());
+}
+
+/// Real words confirm the barge-in at the first transcript, interim or final, and the turn
+/// goes on as any other.
+#[tokio::test]
+async fn words_confirm_a_pending_barge_in() {
+    let ctx = ConversationContext::new("", Vec::new());
+    let h = Harness::single(UserAggregator::new(ctx.clone(), false_interruption_settings()));
+    h.emit(Event::BotStartedSpeaking);
+    h.emit(Event::UserStartedSpeaking);
+    h.emit(Event::InterruptPending);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(transcript("yeah but wait", false)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.push(transcript("Yeah, but wait, that's the wrong order.", true)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
+    assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
+    let out = h.finish().await;
+    assert_eq!(count(&out, |e| matches!(e, Event::Interrupt)), 1, "confirmed once");
+    assert_eq!(count(&out, |e| matches!(e, Event::InterruptWithdrawn)), 0);
+    assert_eq!(runs_text(&ctx), "Yeah, but wait, that's the wrong order.");
+}
+
+/// No words at all (a cough, a door): withdrawn once the timeout passes after the caller stops.
+#[tokio::test]
+async fn silence_after_a_pending_barge_in_withdraws_it_after_the_timeout() {
+    let ctx = ConversationContext::new("", Vec::new());
+    let mut h = Harness::single(UserAggregator::new(ctx.clone(), false_interruption_settings()));
+    h.emit(Event::BotStartedSpeaking);
+    h.emit(Event::UserStartedSpeaking);
+    h.emit(Event::InterruptPending);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t0 = Instant::now();
+    h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
+    assert!(h.wait_event(Duration::from_secs(2), |e| matches!(e, Event::InterruptWithdrawn)).await.is_some());
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(280) && waited < Duration::from_millis(700), "{waited:?}");
+    let out = h.finish().await;
+    assert_eq!(count(&out, |e| matches!(e, Event::Interrupt)), 0);
 }

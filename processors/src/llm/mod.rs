@@ -64,6 +64,6 @@ pub use service::{
 };
 pub use tool_calls::ToolCallAccumulator;
 pub use user_aggregator::{
-    DEFAULT_FINAL_TRANSCRIPT_TIMEOUT, DEFAULT_INCOMPLETE_TIMEOUT, UserAggregator, UserAggregatorSettings,
-    reads_unfinished,
+    DEFAULT_FALSE_INTERRUPTION_TIMEOUT, DEFAULT_FINAL_TRANSCRIPT_TIMEOUT, DEFAULT_INCOMPLETE_TIMEOUT, UserAggregator,
+    UserAggregatorSettings, is_backchannel, reads_unfinished,
 };

@@ -1,14 +1,17 @@
 //! [`UserAggregator`]: turns transcripts and VAD events into user turns and `LlmRun`s.
 //!
 //! Consumes `Transcript` frames (downstream; interim and final), `UserStartedSpeaking` /
-//! `UserStoppedSpeaking` (VAD) and `BotStartedSpeaking` / `BotStoppedSpeaking` events. Produces
+//! `UserStoppedSpeaking` / `EndOfTurn` (VAD and its end-of-turn model) and `BotStartedSpeaking`
+//! / `BotStoppedSpeaking` events. Produces
 //! `LlmRun(snapshot)` downstream once per user turn, after appending the user message to the
 //! shared [`ConversationContext`]. Other frames are forwarded; transcripts are consumed.
 //!
 //! # When a turn ends
 //! No fixed grace window: every millisecond here is a millisecond the caller waits. Once the VAD
-//! says the caller stopped (a short stop, ~200 ms) the turn is committed **as soon as all of it
-//! is final text that reads as complete**:
+//! says the turn is over (`EndOfTurn`: a short stop judged complete by the end-of-turn model, or
+//! the stop itself without one) the turn is committed **as soon as all of it is final text that
+//! reads as complete**; a stop alone (`UserStoppedSpeaking`) only starts the clocks below, since
+//! the model may yet say the caller is thinking:
 //! - a final transcript is in and no newer interim hypothesis is pending → commit now (the STT
 //!   is asked to finalize at the VAD stop, so its final trails the stop by ~100 ms);
 //! - an interim is pending → wait for its final (it is on its way), committing it the moment it
@@ -21,6 +24,15 @@
 //!   acoustic end-of-turn model.
 //!
 //! Without a VAD (text clients) a final transcript ends the turn by the same rules.
+//! # False interruptions
+//! With `false_interruption_timeout` set (and the VAD barging in tentatively, see
+//! `VadProcessor::with_tentative_barge_in`), a barge-in is only a pause until words confirm it:
+//! on `InterruptPending` the output goes silent; the first transcript that is more than a
+//! backchannel ("mm-hmm", "yeah", "okay", "right"…, [`is_backchannel`]) confirms it with
+//! `Interrupt`; no words within the timeout after the caller stops, or only a backchannel,
+//! withdraws it (`InterruptWithdrawn`): the bot resumes where the caller stopped hearing it, and
+//! the backchannel is not taken as a turn.
+//!
 //! The waits run on the engine's timer ([`Context::wake_at`]), so the commit is pushed from the
 //! aggregator's own call in the current epoch: nothing to refresh after an interruption.
 //! Optionally (`interrupt_on_transcript`) a transcript heard while the bot speaks emits
@@ -37,6 +49,32 @@ use super::context::ConversationContext;
 pub const DEFAULT_FINAL_TRANSCRIPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Default wait for the caller to go on when the turn's text reads as unfinished.
 pub const DEFAULT_INCOMPLETE_TIMEOUT: Duration = Duration::from_millis(900);
+/// A sensible `false_interruption_timeout`: after the caller stops, how long a pending barge-in
+/// waits for words before the bot resumes (an STT final trails the speech by ~0.1–0.5 s).
+pub const DEFAULT_FALSE_INTERRUPTION_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Words a caller says to show they are listening, not to take the turn.
+const BACKCHANNEL_WORDS: &[&str] = &[
+    "ah", "aha", "alright", "got", "huh", "i", "it", "mhm", "mm", "mm-hmm", "mmhmm", "mmm", "ok", "okay", "right",
+    "see", "sure", "uh", "uh-huh", "uhhuh", "um", "yeah", "yep", "yes", "yup",
+];
+
+/// Whether `text` is only a backchannel ("mm-hmm", "yeah, okay", "right", "I see", "got it").
+#[must_use]
+pub fn is_backchannel(text: &str) -> bool {
+    let mut any = false;
+    for w in text.split_whitespace() {
+        let w: String = w.chars().filter(|c| c.is_alphanumeric() || *c == '-').collect::<String>().to_lowercase();
+        if w.is_empty() {
+            continue;
+        }
+        if BACKCHANNEL_WORDS.binary_search(&w.as_str()).is_err() {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
 
 /// Settings of a [`UserAggregator`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +88,10 @@ pub struct UserAggregatorSettings {
     /// Emit `Interrupt` when a transcript arrives while the bot is speaking (if the stream allows
     /// interruptions).
     pub interrupt_on_transcript: bool,
+    /// Confirm or withdraw tentative barge-ins (`InterruptPending`, see the module docs): after
+    /// the caller stops, wait this long for words before resuming the bot. `Duration::ZERO`
+    /// (the default) leaves barge-in to the VAD alone.
+    pub false_interruption_timeout: Duration,
 }
 
 impl Default for UserAggregatorSettings {
@@ -58,6 +100,7 @@ impl Default for UserAggregatorSettings {
             final_transcript_timeout: DEFAULT_FINAL_TRANSCRIPT_TIMEOUT,
             incomplete_timeout: DEFAULT_INCOMPLETE_TIMEOUT,
             interrupt_on_transcript: false,
+            false_interruption_timeout: Duration::ZERO,
         }
     }
 }
@@ -82,6 +125,15 @@ pub fn reads_unfinished(text: &str) -> bool {
     CONTINUATION_WORDS.binary_search(&word.as_str()).is_ok()
 }
 
+/// What the aggregator's engine timer is armed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Commit the turn; `true` uses interim text too (a stalled STT).
+    Commit(bool),
+    /// Withdraw a pending barge-in no words confirmed.
+    Withdraw,
+}
+
 /// Aggregates a user turn. See the module docs.
 #[derive(Debug)]
 pub struct UserAggregator {
@@ -90,10 +142,14 @@ pub struct UserAggregator {
     finals: Vec<String>,
     interim: Option<String>,
     user_speaking: bool,
+    /// Speech started and its `EndOfTurn` has not come yet: nothing may be committed.
+    awaiting_end: bool,
     /// When the VAD last said the caller stopped (the turn is waiting to be committed).
     stopped_at: Option<Instant>,
-    /// Whether the armed timer commits interim text too (a stalled STT) or final text only.
-    armed: Option<bool>,
+    /// What the armed timer does.
+    armed: Option<Timer>,
+    /// A tentative barge-in awaits its confirmation or withdrawal.
+    barge_pending: bool,
     bot_speaking: bool,
 }
 
@@ -107,8 +163,10 @@ impl UserAggregator {
             finals: Vec::new(),
             interim: None,
             user_speaking: false,
+            awaiting_end: false,
             stopped_at: None,
             armed: None,
+            barge_pending: false,
             bot_speaking: false,
         }
     }
@@ -120,8 +178,35 @@ impl UserAggregator {
     }
 
     fn arm(&mut self, at: Instant, use_interim: bool, cx: &mut Context) {
-        self.armed = Some(use_interim);
+        self.armed = Some(Timer::Commit(use_interim));
         cx.wake_at(at);
+    }
+
+    /// The pending barge-in was a cough or a backchannel: resume the bot, forget the sound.
+    fn withdraw(&mut self, cx: &mut Context) {
+        tracing::debug!("false interruption: the bot resumes");
+        self.barge_pending = false;
+        self.disarm(cx);
+        self.finals.clear();
+        self.interim = None;
+        self.stopped_at = None;
+        cx.emit(Event::InterruptWithdrawn);
+    }
+
+    /// Words while a barge-in is pending: a backchannel keeps it pending, anything else confirms.
+    fn confirm_if_words(&mut self, text: &str, cx: &mut Context) {
+        if self.barge_pending && !is_backchannel(text) {
+            tracing::debug!("barge-in confirmed by words");
+            self.barge_pending = false;
+            self.disarm(cx);
+            cx.interrupt();
+        }
+    }
+
+    /// A pending barge-in whose caller has stopped and whose text is all in and only a
+    /// backchannel needs no more waiting.
+    fn only_backchannel_heard(&self) -> bool {
+        self.interim.is_none() && !self.finals.is_empty() && self.finals.iter().all(|t| is_backchannel(t))
     }
 
     fn disarm(&mut self, cx: &mut Context) {
@@ -133,7 +218,14 @@ impl UserAggregator {
     /// Decide, now that the caller is silent, whether to commit the turn or wait (and how long).
     /// Returns the `LlmRun` to push when the turn is committed.
     fn evaluate(&mut self, cx: &mut Context) -> Option<Frame> {
-        if self.user_speaking {
+        if self.user_speaking || self.awaiting_end {
+            return None;
+        }
+        if self.barge_pending {
+            // Nothing is committed until words confirm the barge-in (or it is withdrawn).
+            if self.only_backchannel_heard() {
+                self.withdraw(cx);
+            }
             return None;
         }
         if self.finals.is_empty() && self.interim.is_none() {
@@ -195,6 +287,7 @@ impl UserAggregator {
             }
             return None;
         }
+        self.confirm_if_words(text, cx);
         if self.settings.interrupt_on_transcript
             && self.bot_speaking
             && cx.start_info().is_none_or(|s| s.allow_interruptions)
@@ -231,10 +324,20 @@ impl Processor for UserAggregator {
     }
 
     async fn on_timer(&mut self, cx: &mut Context) -> FlowResult {
-        let Some(use_interim) = self.armed.take() else { return Ok(()) };
+        let Some(timer) = self.armed.take() else { return Ok(()) };
         if self.user_speaking {
             return Ok(());
         }
+        let use_interim = match timer {
+            Timer::Withdraw => {
+                if self.barge_pending {
+                    self.withdraw(cx);
+                }
+                return Ok(());
+            }
+            Timer::Commit(_) if self.awaiting_end || self.barge_pending => return Ok(()),
+            Timer::Commit(use_interim) => use_interim,
+        };
         if let Some(run) = self.commit(use_interim, cx) {
             cx.push(run, Direction::Downstream).await;
         }
@@ -245,12 +348,32 @@ impl Processor for UserAggregator {
         match event {
             Event::UserStartedSpeaking => {
                 self.user_speaking = true;
+                self.awaiting_end = true;
                 self.stopped_at = None;
                 self.disarm(cx);
             }
             Event::UserStoppedSpeaking => {
+                // The clocks start at the pause; the decision waits for `EndOfTurn`.
                 self.user_speaking = false;
-                self.stopped_at = Some(Instant::now());
+                let now = Instant::now();
+                self.stopped_at = Some(now);
+                if self.barge_pending {
+                    self.armed = Some(Timer::Withdraw);
+                    cx.wake_at(now + self.settings.false_interruption_timeout);
+                }
+            }
+            Event::InterruptPending if !self.settings.false_interruption_timeout.is_zero() => {
+                self.barge_pending = true;
+                // Words already heard in this speech confirm it at once.
+                if let Some(t) = self.interim.clone().or_else(|| self.finals.last().cloned()) {
+                    self.confirm_if_words(&t, cx);
+                }
+            }
+            Event::Interrupt | Event::InterruptWithdrawn => self.barge_pending = false,
+            Event::EndOfTurn => {
+                self.user_speaking = false;
+                self.awaiting_end = false;
+                self.stopped_at.get_or_insert_with(Instant::now);
                 if let Some(run) = self.evaluate(cx) {
                     // One frame from an event handler: a bounded overshoot of the LLM's inbox.
                     cx.push_now(run, Direction::Downstream);
@@ -261,5 +384,26 @@ impl Processor for UserAggregator {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_lists_are_sorted_for_binary_search() {
+        assert!(BACKCHANNEL_WORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(CONTINUATION_WORDS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn backchannels_are_recognised() {
+        for t in ["mm-hmm", "Yeah.", "okay, okay", "Right!", "I see", "got it", "uh-huh", "Yep, sure."] {
+            assert!(is_backchannel(t), "{t}");
+        }
+        for t in ["", "wait", "yeah but what about my order", "no", "stop", "okay so I need", "hold on"] {
+            assert!(!is_backchannel(t), "{t}");
+        }
     }
 }

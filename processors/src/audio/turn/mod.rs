@@ -8,6 +8,7 @@
 //!
 //! | item | what |
 //! |---|---|
+//! | [`TurnDetector`] | the end-of-turn state machine behind a VAD: asks a [`TurnModel`] at each VAD stop, polls, falls back (always built) |
 //! | [`WhisperFeatures`] | 8 s of 16 kHz audio → 80 × 800 Whisper log-mel features (always built) |
 //! | `SmartTurn` (feature `smart-turn`) | loads the model file (checksum-verified), `predict(audio) -> probability` |
 //! | `SmartTurnWorker` (feature `smart-turn`) | a small shared pool of inference threads behind a bounded queue; callers `await` a oneshot answer |
@@ -47,12 +48,14 @@
 //! own thread. `SmartTurnWorker` owns a few threads sharing one optimised plan; requests from
 //! every call go through one bounded queue and are answered through a oneshot.
 
+pub mod detector;
 pub mod features;
 #[cfg(feature = "smart-turn")]
 mod model;
 #[cfg(feature = "smart-turn")]
 mod worker;
 
+pub use detector::{Inference, TURN_SAMPLE_RATE, TurnAnswer, TurnDetector, TurnEnd, TurnModel, TurnParams};
 pub use features::WhisperFeatures;
 #[cfg(feature = "smart-turn")]
 pub use model::{SMART_TURN_V3_2_SHA256, SmartTurn};
@@ -125,6 +128,9 @@ pub enum TurnError {
         /// tract's error chain, or what was wrong with the output.
         reason: String,
     },
+    /// The worker's queue is full (more turn decisions in flight than it can take).
+    #[error("smart-turn worker queue is full")]
+    Busy,
     /// The worker pool has shut down (or its thread died): no answer will come.
     #[error("smart-turn worker is not running")]
     WorkerGone,

@@ -23,6 +23,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::TurnError;
+use super::detector::{TurnAnswer, TurnModel};
 use super::model::SmartTurn;
 
 /// Default inference threads: one leaves the second core of a small box to the media path.
@@ -88,6 +89,19 @@ impl SmartTurnWorker {
             .await
             .map_err(|_| TurnError::WorkerGone)?;
         answer.await.map_err(|_| TurnError::WorkerGone)?
+    }
+}
+
+/// For the VAD's [`TurnDetector`](super::TurnDetector): queue without waiting (a full queue
+/// is [`TurnError::Busy`], and the detector ends the turn rather than stall the audio path).
+impl TurnModel for SmartTurnWorker {
+    fn submit(&self, audio_16k: Vec<f32>) -> Result<TurnAnswer, TurnError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.try_send(Job { audio: audio_16k, queued: Instant::now(), reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => TurnError::Busy,
+            mpsc::error::TrySendError::Closed(_) => TurnError::WorkerGone,
+        })?;
+        Ok(answer)
     }
 }
 

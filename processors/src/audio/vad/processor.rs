@@ -8,10 +8,19 @@
 //! accepted ones. Audio passes through unchanged, before or after a decision, so STT downstream
 //! loses nothing.
 //!
-//! Produces `Event::UserStartedSpeaking` / `UserStoppedSpeaking`, and `Event::Interrupt` when the
+//! Produces `Event::UserStartedSpeaking` / `UserStoppedSpeaking`, `Event::EndOfTurn`, and `Event::Interrupt` when the
 //! bot is speaking (tracked from `BotStartedSpeaking` / `BotStoppedSpeaking`), the stream allows
 //! interruptions (`StartInfo::allow_interruptions`) and the user's speech has lasted
 //! `min_barge_in_secs` since its onset — once per user turn.
+//!
+//! # End of turn
+//! Without an end-of-turn model, every stop is the end of the turn: `EndOfTurn` follows
+//! `UserStoppedSpeaking` at once. With one ([`VadProcessor::with_turn_detector`]), the stop sends
+//! the turn's audio (16 kHz, full telephone band: a second, full-band upsampler, since the
+//! analysis one keeps only the band below 2.6 kHz) to the model and `EndOfTurn` follows its
+//! "complete" verdict or the detector's fallback silence. The verdict is polled on every input
+//! frame and on a 5 ms engine timer while one is pending — never awaited — so caller audio and
+//! barge-in never wait for an inference.
 //!
 //! Trade-off: decisions are taken per 16 ms analysis window but emitted while processing the
 //! input frame that completed the window, so an event is at most one input frame late.
@@ -24,6 +33,42 @@ use voxline_pipeline::{Context, Direction, Event, FlowError, FlowResult, Frame, 
 use super::{EarshotVad, VadAnalyzer, VadChange, VadParams, VadSegmenter, VadState};
 use crate::audio::pcm::{self, AudioCounters};
 use crate::audio::resample::StreamResampler;
+use crate::audio::turn::{TURN_SAMPLE_RATE, TurnDetector, TurnEnd};
+
+/// How often a pending end-of-turn verdict is polled when no input frame comes to poll it.
+const TURN_POLL: Duration = Duration::from_millis(5);
+
+/// The end-of-turn model's side of the VAD: its detector and its own full-band 16 kHz audio.
+struct TurnHook {
+    detector: TurnDetector,
+    upsampler: Option<StreamResampler>,
+    scratch: Vec<f32>,
+    origin: tokio::time::Instant,
+}
+
+impl TurnHook {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn push(&mut self, audio: &[u8], rate: u32) -> FlowResult {
+        self.scratch.clear();
+        if rate == TURN_SAMPLE_RATE {
+            self.scratch.extend(pcm::pcm16_samples(audio).map(|s| f32::from(s) * (1.0 / 32768.0)));
+        } else {
+            if self.upsampler.as_ref().is_none_or(|u| u.in_rate() != rate) {
+                self.upsampler =
+                    Some(StreamResampler::new(rate, TURN_SAMPLE_RATE).map_err(|e| FlowError::fatal(e.to_string()))?);
+            }
+            if let Some(up) = self.upsampler.as_mut() {
+                let scratch = &mut self.scratch;
+                up.push(pcm::pcm16_samples(audio), |chunk| scratch.extend_from_slice(chunk))?;
+            }
+        }
+        self.detector.push_audio(&self.scratch);
+        Ok(())
+    }
+}
 
 /// A confirmed change, as reported to [`VadProcessor::on_transition`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +95,8 @@ pub struct VadProcessor {
     min_barge_in: Duration,
     on_transition: Option<TransitionFn>,
     counters: Arc<AudioCounters>,
+    turn: Option<TurnHook>,
+    tentative_barge_in: bool,
 }
 
 impl VadProcessor {
@@ -81,7 +128,53 @@ impl VadProcessor {
             min_barge_in,
             on_transition: None,
             counters: Arc::default(),
+            turn: None,
+            tentative_barge_in: false,
         }
+    }
+
+    /// Barge in tentatively: at `min_barge_in_secs` emit `Event::InterruptPending` (the output
+    /// goes silent and keeps its place) instead of interrupting, and leave the confirmation
+    /// (`Interrupt`) or withdrawal (`InterruptWithdrawn`) to a stage that knows the words — the
+    /// user aggregator with `UserAggregatorSettings::false_interruption_timeout` set. A cough or
+    /// an "mm-hmm" then costs the caller a short gap instead of the bot's answer.
+    #[must_use]
+    pub fn with_tentative_barge_in(mut self, on: bool) -> Self {
+        self.tentative_barge_in = on;
+        self
+    }
+
+    /// Put an end-of-turn model behind the VAD (see the module docs, "End of turn"). Pair it
+    /// with a short `stop_secs` (~0.2 s): the model, not the silence, decides the turn.
+    #[must_use]
+    pub fn with_turn_detector(mut self, detector: TurnDetector) -> Self {
+        self.turn = Some(TurnHook {
+            detector,
+            upsampler: None,
+            scratch: Vec::with_capacity(640),
+            origin: tokio::time::Instant::now(),
+        });
+        self
+    }
+
+    /// Check a pending end-of-turn verdict; emit `EndOfTurn` when the turn just ended, keep
+    /// polling while one is awaited.
+    fn poll_turn(&mut self, cx: &mut Context) {
+        let Some(hook) = self.turn.as_mut() else { return };
+        if !hook.detector.waiting() {
+            return;
+        }
+        let now = hook.now();
+        if let Some(end) = hook.detector.poll(now) {
+            Self::turn_ended(end, cx);
+        } else {
+            cx.wake_at(tokio::time::Instant::now() + TURN_POLL);
+        }
+    }
+
+    fn turn_ended(end: TurnEnd, cx: &mut Context) {
+        tracing::debug!(?end, "end of turn");
+        cx.emit(Event::EndOfTurn);
     }
 
     /// Call `f` for every confirmed change (for logs, metrics, benchmarks), in stream order.
@@ -142,6 +235,9 @@ impl VadProcessor {
                 })?;
             }
         }
+        if let Some(hook) = self.turn.as_mut() {
+            hook.push(&audio.data, fmt.sample_rate)?;
+        }
         let mut changes: [Option<VadChange>; 4] = [None; 4];
         let mut n = 0;
         self.seg.push(&self.samples, |c| {
@@ -160,16 +256,29 @@ impl VadProcessor {
             if speaking {
                 tracing::debug!(onset_ms = boundary.as_millis() as u64, "user started speaking");
                 cx.emit(Event::UserStartedSpeaking);
+                if let Some(hook) = self.turn.as_mut() {
+                    hook.detector.on_speech_started();
+                }
             } else {
                 tracing::debug!(offset_ms = boundary.as_millis() as u64, "user stopped speaking");
                 self.barged_in = false;
                 cx.emit(Event::UserStoppedSpeaking);
+                match self.turn.as_mut() {
+                    None => cx.emit(Event::EndOfTurn),
+                    Some(hook) => {
+                        let now = hook.now();
+                        if let Some(end) = hook.detector.on_speech_stopped(now) {
+                            Self::turn_ended(end, cx);
+                        }
+                    }
+                }
             }
             if let Some(f) = self.on_transition.as_mut() {
                 f(&VadTransition { speaking, boundary, decided_at, frame_pts: audio.pts });
             }
         }
         self.maybe_barge_in(cx);
+        self.poll_turn(cx);
         Ok(())
     }
 
@@ -195,7 +304,11 @@ impl VadProcessor {
         if allowed {
             tracing::debug!(speaking_ms = self.seg.speaking_for().as_millis() as u64, "barge-in");
             self.barged_in = true;
-            cx.interrupt();
+            if self.tentative_barge_in {
+                cx.emit(Event::InterruptPending);
+            } else {
+                cx.interrupt();
+            }
         }
     }
 }
@@ -227,6 +340,11 @@ impl Processor for VadProcessor {
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
         self.inspect(&frame, cx)?;
         cx.push(frame, direction).await;
+        Ok(())
+    }
+
+    async fn on_timer(&mut self, cx: &mut Context) -> FlowResult {
+        self.poll_turn(cx);
         Ok(())
     }
 
