@@ -150,7 +150,14 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
         vad = vad.with_turn_detector(detector);
     }
     let stt = DeepgramStt::new(stt_settings(cfg, &parts.secrets)).map_err(|e| anyhow::anyhow!("stt: {e}"))?;
-    let user = UserAggregator::new(conversation.clone(), UserAggregatorSettings::default());
+    // False interruptions: the VAD barges in tentatively and the user aggregator confirms with
+    // words or withdraws (see `interruptions.false_interruption_ms`).
+    let false_interruption = Duration::from_millis(u64::from(cfg.interruptions.false_interruption_ms));
+    vad = vad.with_tentative_barge_in(cfg.interruptions.enabled && !false_interruption.is_zero());
+    let user = UserAggregator::new(
+        conversation.clone(),
+        UserAggregatorSettings { false_interruption_timeout: false_interruption, ..UserAggregatorSettings::default() },
+    );
     let llm = llm_service(cfg, &parts.secrets)?;
     let (assistant, playout_tap) = AssistantAggregator::new(conversation.clone(), AssistantSettings::default());
     let executor = ToolExecutor::new(

@@ -267,11 +267,16 @@ impl Default for TurnConfig {
 pub struct InterruptionConfig {
     /// Let the caller barge in on the bot.
     pub enabled: bool,
+    /// False interruptions: a barge-in silences the bot at once but only ends its turn when
+    /// words confirm it; a cough, or only a backchannel ("mm-hmm", "yeah", "okay"), and the bot
+    /// resumes where the caller stopped hearing it. This long after the caller stops without
+    /// words, the bot resumes. 0 turns it off (the VAD alone ends the bot's turn).
+    pub false_interruption_ms: u32,
 }
 
 impl Default for InterruptionConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self { enabled: true, false_interruption_ms: 1000 }
     }
 }
 
@@ -570,6 +575,9 @@ impl Config {
         }
         if self.vad.stop_ms < 100 || self.vad.stop_ms > 5000 {
             bail!("config: vad.stop_ms must be within 100..=5000");
+        }
+        if self.interruptions.false_interruption_ms > 10_000 {
+            bail!("config: interruptions.false_interruption_ms must be within 0..=10000 (0 = off)");
         }
         match self.turn.model.as_str() {
             "none" => {}

@@ -485,3 +485,68 @@ async fn barge_in_over_a_long_answer_at_random_moments() {
     }
     assert!(failures.is_empty(), "{} of {trials} trials failed:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Over a long answer the caller says "mm-hmm" (long enough to be a barge-in for the VAD): the
+/// bot goes silent at once, the words show it was a backchannel, and the bot resumes where the
+/// caller stopped hearing it and finishes the answer. No interruption, no new LLM turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backchannel_over_a_long_answer_pauses_the_bot_and_it_resumes() {
+    use std::sync::Arc;
+    init_tracing();
+    let Ok(mm) = speech("Mm-hmm, yeah, okay.", 3) else {
+        eprintln!("skipped: espeak-ng/sox not installed");
+        return;
+    };
+    let responder: voxline_emulators::openai::Responder = Arc::new(|body: &Value| {
+        let users = body["messages"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "user").count());
+        voxline_emulators::openai::Scripted::text(if users <= 1 { LONG_ANSWER } else { "Okay." })
+    });
+    let emulated =
+        match Emulated::start_with(Emulated::script(&[CALLER_LINES[0], "Mm-hmm, yeah, okay."]), responder).await {
+            Ok(e) => e,
+            Err(e) => panic!("emulators: {e:#}"),
+        };
+    let db = std::env::temp_dir().join(format!("voxline-bc-{}.db", crate::store::new_id("t")));
+    let mut server = match start_server(&emulated, &format!("sqlite://{}", db.display()), None, |c| {
+        c.persona.greeting = "Hi.".into();
+        c.workflow.enabled = false;
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => panic!("server: {e:#}"),
+    };
+    let Step::Say(ask) = say(0) else { panic!("speech") };
+    let steps = vec![
+        quiet(),
+        Step::Say(ask),
+        Step::WaitBotTalking(Duration::from_secs(3)),
+        Step::Say(mm),
+        Step::WaitQuiet(Duration::from_millis(1500)),
+        Step::HangUp,
+    ];
+    let log = match place_call(&server.base, "CA00000000000000000000000000008001", "+15550001111", steps).await {
+        Ok(l) => l,
+        Err(e) => panic!("call: {e:#}"),
+    };
+    let row = next_record(&mut server, 60).await;
+    let _ = std::fs::remove_file(&db);
+    let Some(&(onset, Some(voice_end))) = log.said.get(1) else { panic!("no backchannel said: {log:?}") };
+    let clear = log.clear_at.iter().find(|t| **t >= onset).copied();
+    let clear = clear.unwrap_or_else(|| panic!("the backchannel never silenced the bot: {log:?}"));
+    assert!(clear.duration_since(onset) < Duration::from_millis(600), "silenced {:?} after onset", clear - onset);
+    let resumed = log.media_at.iter().filter(|t| **t > voice_end).count();
+    // The rest of a ~15 s answer interrupted after ~3 s: many seconds of media after the resume.
+    assert!(resumed > 200, "the bot resumed with only {resumed} media messages: {log:?}");
+    assert_eq!(row.record["interruptions"].as_u64(), Some(0), "{}", row.record);
+    let reqs = emulated.openai.requests();
+    let second_turn = reqs
+        .iter()
+        .any(|r| r.body["messages"].as_array().is_some_and(|m| m.iter().filter(|m| m["role"] == "user").count() >= 2));
+    assert!(!second_turn, "a backchannel is not a turn for the LLM");
+    let bot_lines: Vec<&Value> = row.record["transcript"]
+        .as_array()
+        .map(|t| t.iter().filter(|l| l["role"] == "bot" && l["text"] != "Hi.").collect())
+        .unwrap_or_default();
+    assert!(bot_lines.iter().all(|l| l["interrupted"] != true), "the answer was not cut: {bot_lines:?}");
+}

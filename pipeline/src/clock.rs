@@ -545,6 +545,15 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
                 if self.utterance.is_some() {
                     self.rewind_unplayed();
                     self.sink.clear();
+                    // Report the heard position now: if words confirm the barge-in, the record
+                    // of the bot's turn is cut to it before the caller's turn is answered.
+                    let heard = self.heard();
+                    if let Some(u) = &self.utterance {
+                        cx.push_now(
+                            Frame::PlayedUpTo { context_id: u.context_id.clone(), position: heard, complete: false },
+                            Direction::Upstream,
+                        );
+                    }
                 }
             }
             Event::InterruptWithdrawn if self.barge_pending => {

@@ -282,3 +282,23 @@ async fn silence_after_a_pending_barge_in_withdraws_it_after_the_timeout() {
     let out = h.finish().await;
     assert_eq!(count(&out, |e| matches!(e, Event::Interrupt)), 0);
 }
+
+/// The final that confirms the barge-in also completes the turn (it came after the stop): the
+/// run must survive the interruption it triggers in the same call.
+#[tokio::test]
+async fn a_run_committed_by_the_confirming_final_is_not_flushed_by_its_interruption() {
+    let ctx = ConversationContext::new("", Vec::new());
+    let h = Harness::single(UserAggregator::new(ctx.clone(), false_interruption_settings()));
+    h.emit(Event::BotStartedSpeaking);
+    h.emit(Event::UserStartedSpeaking);
+    h.emit(Event::InterruptPending);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    h.emit(Event::EndOfTurn);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(transcript("Wait, that's the wrong order.", true)).await;
+    assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
+    let out = h.finish().await;
+    assert_eq!(count(&out, |e| matches!(e, Event::Interrupt)), 1);
+    assert_eq!(runs_text(&ctx), "Wait, that's the wrong order.");
+}

@@ -132,6 +132,8 @@ enum Timer {
     Commit(bool),
     /// Withdraw a pending barge-in no words confirmed.
     Withdraw,
+    /// Push the run committed in the call that also interrupted (see `deferred`).
+    Deferred,
 }
 
 /// Aggregates a user turn. See the module docs.
@@ -150,6 +152,12 @@ pub struct UserAggregator {
     armed: Option<Timer>,
     /// A tentative barge-in awaits its confirmation or withdrawal.
     barge_pending: bool,
+    /// This call emitted `Interrupt`: the runner applies it when the call returns, so a frame
+    /// pushed in the same call would belong to the old epoch and be flushed with it.
+    interrupted_now: bool,
+    /// A turn committed in such a call: its run is pushed from the next timer call, in the new
+    /// epoch, with a snapshot taken then (after the interruption cut the bot's unheard words).
+    deferred: bool,
     bot_speaking: bool,
 }
 
@@ -167,6 +175,8 @@ impl UserAggregator {
             stopped_at: None,
             armed: None,
             barge_pending: false,
+            interrupted_now: false,
+            deferred: false,
             bot_speaking: false,
         }
     }
@@ -199,6 +209,7 @@ impl UserAggregator {
             tracing::debug!("barge-in confirmed by words");
             self.barge_pending = false;
             self.disarm(cx);
+            self.interrupted_now = true;
             cx.interrupt();
         }
     }
@@ -210,6 +221,10 @@ impl UserAggregator {
     }
 
     fn disarm(&mut self, cx: &mut Context) {
+        // A deferred run is already committed: it goes out whatever the caller does next.
+        if self.armed == Some(Timer::Deferred) {
+            return;
+        }
         if self.armed.take().is_some() {
             cx.cancel_wake();
         }
@@ -293,6 +308,7 @@ impl UserAggregator {
             && cx.start_info().is_none_or(|s| s.allow_interruptions)
         {
             self.bot_speaking = false;
+            self.interrupted_now = true;
             cx.interrupt();
         }
         if t.is_final {
@@ -314,8 +330,19 @@ impl Processor for UserAggregator {
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
         match frame {
             Frame::Transcript(t) if direction == Direction::Downstream => {
-                if let Some(run) = self.on_transcript(&t, cx) {
-                    cx.push(run, Direction::Downstream).await;
+                self.interrupted_now = false;
+                let run = self.on_transcript(&t, cx);
+                if let Some(run) = run {
+                    if std::mem::take(&mut self.interrupted_now) {
+                        // Pushed now, the run would be flushed by the interruption it follows,
+                        // and its snapshot would still hold the bot's unheard words.
+                        drop(run);
+                        self.deferred = true;
+                        self.armed = Some(Timer::Deferred);
+                        cx.wake_at(Instant::now());
+                    } else {
+                        cx.push(run, Direction::Downstream).await;
+                    }
                 }
             }
             other => cx.push(other, direction).await,
@@ -325,10 +352,17 @@ impl Processor for UserAggregator {
 
     async fn on_timer(&mut self, cx: &mut Context) -> FlowResult {
         let Some(timer) = self.armed.take() else { return Ok(()) };
+        if timer == Timer::Deferred {
+            if std::mem::take(&mut self.deferred) {
+                cx.push(Frame::LlmRun(self.ctx.snapshot()), Direction::Downstream).await;
+            }
+            return Ok(());
+        }
         if self.user_speaking {
             return Ok(());
         }
         let use_interim = match timer {
+            Timer::Deferred => return Ok(()),
             Timer::Withdraw => {
                 if self.barge_pending {
                     self.withdraw(cx);
