@@ -28,7 +28,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -r "$BENCH_DIR/pipecat/requirements.txt"
 fi
-cargo build --release --example bench >&2
+features=()
+if [[ " ${WORKLOADS[*]} " == *" w6 "* ]]; then
+  # W6 runs the smart-turn model: the feature, and the model file (sha256-pinned, from PyPI).
+  features=(--features smart-turn)
+  bash "$ROOT/scripts/fetch-smart-turn.sh" >&2
+fi
+cargo build --release --example bench "${features[@]}" >&2
 VOX="$ROOT/target/release/examples/bench"
 AUDIO="$BENCH_DIR/audio/call_8k.ulaw"
 
@@ -45,7 +51,7 @@ for r in $(seq 1 "$RUNS"); do
       echo "run $r/$RUNS w6: pipecat" >&2
       taskset -c 0 "$VENV/bin/python" "$ROOT/benches/w6/pipecat_w6.py" "$W6_CORPUS" 2>>"$OUT/pipecat-w6.log" >> "$OUT/pipecat-w6.jsonl"
       echo "run $r/$RUNS w6: voxline" >&2
-      taskset -c 0 "$VOX" w6 --corpus "$W6_CORPUS" 2>>"$OUT/voxline-w6.log" >> "$OUT/voxline-w6.jsonl"
+      taskset -c 0 "$VOX" w6 --corpus "$W6_CORPUS" --text-guard 2>>"$OUT/voxline-w6.log" >> "$OUT/voxline-w6.jsonl"
       continue
     fi
     echo "run $r/$RUNS $w: pipecat" >&2

@@ -278,7 +278,7 @@ def table(manifest, paths):
         cats[c["category"]] = cats.get(c["category"], 0) + 1
     lines.append("")
     lines.append(f"Corpus: {len(manifest)} clips ({', '.join(f'{v} {k}' for k, v in cats.items())}); "
-                 "medians over runs; delays in stream time (decision compute not included).")
+                 "medians over runs; delays in stream time, a model verdict stamped when its inference returned.")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 //! W6: turn-taking on a labelled corpus (`benches/w6/make_corpus.py`): when does the caller's turn
 //! end, does a thinking pause end it early, does a backchannel or a tone count as barge-in.
 //!
-//! `w6 --corpus DIR [--stop-ms 200] [--fallback-ms 2000] [--min-barge-in-ms 300] [--no-model]
+//! `w6 --corpus DIR [--stop-ms 200 (400 without a model)] [--fallback-ms 2000] [--min-barge-in-ms 300] [--no-model]
 //!     [--model PATH] [--text-guard]`
 //!
 //! Runs the phone bot's front end exactly as `VadProcessor` does (analysis upsampler → earshot VAD
@@ -72,6 +72,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
         }
     }
     a.corpus = corpus.ok_or("--corpus DIR is required (make it with benches/w6/make_corpus.py)")?;
+    // Without a model the VAD stop is the turn end: the phone bot's 400 ms, unless told.
+    if !a.model && !args.iter().any(|x| x == "--stop-ms") {
+        a.stop_ms = 400;
+    }
     Ok(a)
 }
 
@@ -277,7 +281,7 @@ fn run_clip(args: &Args, model: Option<&Timed>, clip: &Value, ulaw: &[u8]) -> Re
 }
 
 /// Entry point of `bench w6`.
-pub fn main(args: &[String]) {
+pub(crate) fn main(args: &[String]) {
     let args = match parse(args) {
         Ok(a) => a,
         Err(e) => {

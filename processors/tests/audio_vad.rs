@@ -570,13 +570,15 @@ async fn several_voices_are_segmented_at_8k_ulaw() {
     }
 }
 
+type Reply = tokio::sync::oneshot::Sender<Result<f32, TurnError>>;
+
 /// A turn model that answers at once from a script of probabilities (then "complete"), keeping
 /// the length of audio it was shown; `hold` keeps the reply senders unanswered instead.
 #[derive(Clone, Default)]
 struct ScriptedTurn {
     script: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
     shown: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
-    held: std::sync::Arc<std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<Result<f32, TurnError>>>>>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<Reply>>>,
     hold: bool,
 }
 

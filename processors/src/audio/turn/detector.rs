@@ -305,11 +305,13 @@ mod tests {
 
     use super::*;
 
+    type Reply = oneshot::Sender<Result<f32, TurnError>>;
+
     /// A model whose answers the test hands out: `submit` records the audio length and parks
     /// the reply sender for the test to answer.
     #[derive(Clone, Default)]
     struct Manual {
-        sent: Arc<Mutex<Vec<(usize, oneshot::Sender<Result<f32, TurnError>>)>>>,
+        sent: Arc<Mutex<Vec<(usize, Reply)>>>,
         fail: bool,
     }
 
