@@ -30,7 +30,7 @@ use voxline_processors::audio::turn::{TurnDetector, TurnModel, TurnParams};
 use voxline_processors::codec::MulawDecoder;
 use voxline_processors::llm::{
     AnthropicLlm, AnthropicSettings, AssistantAggregator, AssistantSettings, ConversationContext, LlmService,
-    OpenAiLlm, OpenAiSettings, UserAggregator, UserAggregatorSettings,
+    OpenAiLlm, OpenAiSettings, SpeculationGate, UserAggregator, UserAggregatorSettings,
 };
 use voxline_processors::stt::{DeepgramSettings, DeepgramStt, Endpointing};
 use voxline_processors::text::{SentenceAggregator, SentenceSettings};
@@ -156,7 +156,12 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
     vad = vad.with_tentative_barge_in(cfg.interruptions.enabled && !false_interruption.is_zero());
     let user = UserAggregator::new(
         conversation.clone(),
-        UserAggregatorSettings { false_interruption_timeout: false_interruption, ..UserAggregatorSettings::default() },
+        UserAggregatorSettings {
+            false_interruption_timeout: false_interruption,
+            // Speculation pays when a turn model stands between the pause and the turn end.
+            speculative: cfg.turn.speculative && parts.turn_model.is_some(),
+            ..UserAggregatorSettings::default()
+        },
     );
     let llm = llm_service(cfg, &parts.secrets)?;
     let (assistant, playout_tap) = AssistantAggregator::new(conversation.clone(), AssistantSettings::default());
@@ -196,6 +201,7 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
         .with(parts.recorder.input_tap())
         .with(user)
         .with(llm)
+        .with(SpeculationGate::new())
         .with(assistant)
         .with(tool_log)
         .with(executor)

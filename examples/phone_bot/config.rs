@@ -254,11 +254,21 @@ pub struct TurnConfig {
     pub fallback_ms: u32,
     /// Inference threads shared by all calls.
     pub threads: usize,
+    /// Ask the LLM at the caller's pause with the transcript so far, before the model's verdict;
+    /// its answer is held until the turn is confirmed and dropped if the caller goes on.
+    pub speculative: bool,
 }
 
 impl Default for TurnConfig {
     fn default() -> Self {
-        Self { model: "none".into(), model_path: String::new(), threshold: 0.5, fallback_ms: 2000, threads: 1 }
+        Self {
+            model: "none".into(),
+            model_path: String::new(),
+            threshold: 0.5,
+            fallback_ms: 2000,
+            threads: 1,
+            speculative: true,
+        }
     }
 }
 

@@ -61,6 +61,8 @@ pub struct CallRecord {
     pub tool_calls: Vec<ToolCallLine>,
     pub turns: Vec<TurnLatency>,
     pub interruptions: u32,
+    /// Speculative LLM requests: `[started, used, cancelled]`.
+    pub speculations: [u32; 3],
     pub dtmf: String,
     pub errors: Vec<String>,
     pub greeting_first: bool,
@@ -249,6 +251,14 @@ impl Recorder {
                 }
                 drop(st);
                 self.bot_done();
+            }
+            Event::Speculation(s) => {
+                let i = match s {
+                    voxline_pipeline::Speculation::Started => 0,
+                    voxline_pipeline::Speculation::Confirmed => 1,
+                    voxline_pipeline::Speculation::Cancelled => 2,
+                };
+                st.rec.speculations[i] += 1;
             }
             Event::Metrics(MetricsEvent::Ttfb { processor, value }) => {
                 let v = value.as_secs_f64() * 1e3;

@@ -123,6 +123,18 @@ pub async fn start_server(
     live: Option<crate::recorder::LiveFn>,
     tweak: impl FnOnce(&mut Config),
 ) -> anyhow::Result<Server> {
+    start_server_with(emulated, storage_url, live, tweak, None).await
+}
+
+/// [`start_server`] with an end-of-turn model supplied by the caller (tests use a scripted one;
+/// `None` loads what `turn.model` names).
+pub async fn start_server_with(
+    emulated: &Emulated,
+    storage_url: &str,
+    live: Option<crate::recorder::LiveFn>,
+    tweak: impl FnOnce(&mut Config),
+    turn_model: Option<Arc<dyn voxline_processors::audio::turn::TurnModel>>,
+) -> anyhow::Result<Server> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let base = format!("http://{addr}");
@@ -131,6 +143,9 @@ pub async fn start_server(
     cfg.validate()?;
     let store = Store::connect(&cfg.storage.url, cfg.storage.seed_demo_data).await?;
     let mut app = App::new(cfg, Emulated::secrets(), store).with_turn_model()?;
+    if turn_model.is_some() {
+        app.turn_model = turn_model;
+    }
     app.live = live;
     let (tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
     app.on_call_done = Some(Arc::new(move |row: &CallRow| {

@@ -550,3 +550,103 @@ async fn a_backchannel_over_a_long_answer_pauses_the_bot_and_it_resumes() {
         .unwrap_or_default();
     assert!(bot_lines.iter().all(|l| l["interrupted"] != true), "the answer was not cut: {bot_lines:?}");
 }
+
+/// An end-of-turn model answering from a script (then "complete") after `delay`, like a worker.
+struct ScriptedTurn {
+    script: std::sync::Mutex<Vec<f32>>,
+    delay: Duration,
+}
+
+impl voxline_processors::audio::turn::TurnModel for ScriptedTurn {
+    fn submit(
+        &self,
+        _audio: Vec<f32>,
+    ) -> Result<voxline_processors::audio::turn::TurnAnswer, voxline_processors::audio::turn::TurnError> {
+        let p = {
+            let mut s = self.script.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if s.is_empty() { 0.9 } else { s.remove(0) }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let delay = self.delay;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Ok(p));
+        });
+        Ok(rx)
+    }
+}
+
+/// With a turn model: the LLM is asked at the caller's first pause; the model says "not done",
+/// the caller goes on, the speculation is cancelled (no audio of it ever plays), and the turn is
+/// answered once with all of it, from the second speculation, which the model confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speculation_at_a_thinking_pause_is_cancelled_and_the_whole_turn_answered() {
+    use std::sync::Arc;
+    init_tracing();
+    let (first, second) = ("I want to check my order.", "Can you tell me where it is now?");
+    let (Ok(a), Ok(b)) = (speech(first, 0), speech(second, 1)) else {
+        eprintln!("skipped: espeak-ng/sox not installed");
+        return;
+    };
+    let emulated = match Emulated::start(Emulated::script(&[first, second])).await {
+        Ok(e) => e,
+        Err(e) => panic!("emulators: {e:#}"),
+    };
+    let model = Arc::new(ScriptedTurn { script: std::sync::Mutex::new(vec![0.1]), delay: Duration::from_millis(150) });
+    let db = std::env::temp_dir().join(format!("voxline-spec-{}.db", crate::store::new_id("t")));
+    let mut server = match crate::simulate::start_server_with(
+        &emulated,
+        &format!("sqlite://{}", db.display()),
+        None,
+        |c| {
+            c.persona.greeting = "Hi.".into();
+            c.workflow.enabled = false;
+            c.vad.stop_ms = 200;
+        },
+        Some(model),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => panic!("server: {e:#}"),
+    };
+    let steps = vec![
+        quiet(),
+        Step::Say(a),
+        Step::Pause(Duration::from_millis(900)),
+        Step::Say(b),
+        Step::WaitQuiet(Duration::from_millis(1500)),
+        Step::HangUp,
+    ];
+    let log = match place_call(&server.base, "CA00000000000000000000000000008002", "+15550001111", steps).await {
+        Ok(l) => l,
+        Err(e) => panic!("call: {e:#}"),
+    };
+    let row = next_record(&mut server, 60).await;
+    let _ = std::fs::remove_file(&db);
+    // Started = used + cancelled; the thinking pause cancelled one. (A 200 ms stop may also
+    // split the second sentence, which cancels and re-asks; the count then grows.)
+    let spec: Vec<u64> =
+        row.record["speculations"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(Value::as_u64).collect());
+    assert!(spec.len() == 3 && spec[0] == spec[1] + spec[2] && spec[2] >= 1, "{}", row.record);
+    let (Some(&(first_onset, _)), Some(&(_, Some(second_end)))) = (log.said.first(), log.said.get(1)) else {
+        panic!("speech not logged: {log:?}")
+    };
+    let early = log.media_at.iter().filter(|t| **t > first_onset && **t < second_end).count();
+    assert_eq!(early, 0, "bot audio while the caller was mid-turn (a cancelled speculation played)");
+    let answered = log.media_at.iter().filter(|t| **t > second_end).count();
+    assert!(answered > 0, "the turn was answered");
+    let reqs = emulated.openai.requests();
+    let last_user: Vec<String> = reqs
+        .iter()
+        .filter_map(|r| {
+            r.body["messages"].as_array()?.iter().rev().find(|m| m["role"] == "user")?["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(last_user.first().map(String::as_str), Some(first), "asked at the first pause: {last_user:?}");
+    assert_eq!(last_user.last(), Some(&format!("{first} {second}")), "answered with the whole turn: {last_user:?}");
+    let users = row.record["transcript"].as_array().map_or(0, |t| t.iter().filter(|l| l["role"] == "user").count());
+    assert_eq!(users, 2, "both parts recorded: {}", row.record);
+}

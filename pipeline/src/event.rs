@@ -32,6 +32,8 @@ pub enum Event {
     InterruptPending,
     /// The pending barge-in was not one: resume the bot's utterance.
     InterruptWithdrawn,
+    /// A speculative LLM request for a turn not yet confirmed (see [`Speculation`]).
+    Speculation(Speculation),
     /// The bot's first audio of an utterance went out.
     BotStartedSpeaking,
     /// The bot's audio finished playing (or was cut off).
@@ -44,6 +46,19 @@ pub enum Event {
     IdleTimeout,
     /// A user-defined event.
     Custom(CustomFrame),
+}
+
+/// The life of a speculative LLM request: sent at the caller's pause with the transcript so far,
+/// its output held until the turn is confirmed, cancelled (through an interruption) if the caller
+/// goes on. No audio of a cancelled speculation is ever produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speculation {
+    /// The request is on its way; hold its output.
+    Started,
+    /// The turn ended as speculated: release the held output.
+    Confirmed,
+    /// The caller went on: drop the held output (an `Interrupt` follows and aborts the request).
+    Cancelled,
 }
 
 /// An error surfaced by a processor or by the runner on its behalf.

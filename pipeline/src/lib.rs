@@ -54,7 +54,7 @@ pub mod testing;
 
 pub use context::{Context, FrameSender, Push, Reserve};
 pub use error::{BoxError, FlowError, FlowResult};
-pub use event::{ErrorEvent, Event, MetricsEvent, ProcessorCounters};
+pub use event::{ErrorEvent, Event, MetricsEvent, ProcessorCounters, Speculation};
 pub use frame::*;
 pub use pipeline::{Node, Pipeline};
 pub use processor::{DynProcessor, FnProcessor, PassThrough, Processor, processor_fn};

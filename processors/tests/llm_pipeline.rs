@@ -307,3 +307,41 @@ async fn without_word_timings_nothing_is_trimmed() {
 fn played_out_any(frames: &[(Direction, Frame)]) -> bool {
     played_out(frames) >= 1
 }
+
+/// The gate holds a speculative response's frames until confirmed and drops them on a cancel.
+#[tokio::test]
+async fn the_speculation_gate_holds_until_confirmed_and_drops_on_cancel() {
+    use voxline_pipeline::Speculation;
+    use voxline_processors::llm::SpeculationGate;
+    let h = Harness::single(SpeculationGate::new());
+    h.emit(Event::Speculation(Speculation::Started));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(Frame::LlmResponseStart).await;
+    h.push(Frame::LlmText("Hello".into())).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let kinds = |h: &Harness| h.collected().iter().map(|(_, f)| f.kind()).collect::<Vec<_>>();
+    assert_eq!(kinds(&h), [FrameKind::Start], "held while speculative");
+    h.emit(Event::Speculation(Speculation::Confirmed));
+    let released = h.wait_for(Duration::from_secs(2), |f| f.len() == 3).await;
+    assert!(released, "released on confirmation: {:?}", kinds(&h));
+    assert_eq!(kinds(&h), [FrameKind::Start, FrameKind::LlmResponseStart, FrameKind::LlmText], "in order");
+    h.push(Frame::LlmResponseEnd).await;
+    assert!(h.wait_for(Duration::from_secs(2), |f| f.len() == 4).await);
+    h.emit(Event::Speculation(Speculation::Started));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(Frame::LlmText("guess".into())).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::Speculation(Speculation::Cancelled));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(Frame::LlmText("after".into())).await;
+    let out = h.finish().await;
+    let texts: Vec<String> = out
+        .downstream
+        .iter()
+        .filter_map(|f| match f {
+            Frame::LlmText(t) => Some(t.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["Hello", "after"], "the cancelled guess never went out");
+}

@@ -302,3 +302,79 @@ async fn a_run_committed_by_the_confirming_final_is_not_flushed_by_its_interrupt
     assert_eq!(count(&out, |e| matches!(e, Event::Interrupt)), 1);
     assert_eq!(runs_text(&ctx), "Wait, that's the wrong order.");
 }
+
+fn speculative_settings() -> UserAggregatorSettings {
+    UserAggregatorSettings { speculative: true, ..settings() }
+}
+
+fn speculation_events(out: &voxline_pipeline::testing::Output) -> Vec<voxline_pipeline::Speculation> {
+    out.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Speculation(s) => Some(*s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// At the pause, with the text final and complete, the LLM is asked before the end of turn; the
+/// end of turn confirms it without a second request and records the user message then.
+#[tokio::test]
+async fn a_speculation_is_sent_at_the_pause_and_confirmed_by_the_end_of_turn() {
+    use voxline_pipeline::Speculation;
+    let ctx = ConversationContext::new("", Vec::new());
+    let agg = UserAggregator::new(ctx.clone(), speculative_settings());
+    let stats = agg.speculation_stats();
+    let h = Harness::single(agg);
+    h.emit(Event::UserStartedSpeaking);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t0 = Instant::now();
+    h.push(transcript("Where is my order?", true)).await;
+    assert!(h.wait_for(Duration::from_secs(2), |f| f.iter().any(|(_, f)| f.kind() == FrameKind::LlmRun)).await);
+    assert!(t0.elapsed() < Duration::from_millis(100), "asked before the end of turn");
+    assert!(ctx.messages().is_empty(), "the context waits for the confirmation");
+    let r = runs(&h);
+    assert_eq!(r[0].messages.last().map(|m| m.content.as_str()), Some("Where is my order?"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.emit(Event::EndOfTurn);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = h.finish().await;
+    assert_eq!(speculation_events(&out), [Speculation::Started, Speculation::Confirmed]);
+    assert_eq!(out.downstream.iter().filter(|f| f.kind() == FrameKind::LlmRun).count(), 1, "no second request");
+    assert_eq!(runs_text(&ctx), "Where is my order?");
+    assert_eq!(stats.get(), (1, 1, 0));
+}
+
+/// The caller goes on after the pause: the speculation is cancelled through an interruption,
+/// and the turn is answered once, with all of it.
+#[tokio::test]
+async fn a_speculation_is_cancelled_when_the_caller_goes_on() {
+    use voxline_pipeline::Speculation;
+    let ctx = ConversationContext::new("", Vec::new());
+    let agg = UserAggregator::new(ctx.clone(), speculative_settings());
+    let stats = agg.speculation_stats();
+    let h = Harness::single(agg);
+    h.emit(Event::UserStartedSpeaking);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(transcript("I want to book a table.", true)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.emit(Event::UserStartedSpeaking);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.push(transcript("For two people tonight.", true)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::UserStoppedSpeaking);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.emit(Event::EndOfTurn);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = h.finish().await;
+    let ev = speculation_events(&out);
+    assert_eq!(&ev[..2], [Speculation::Started, Speculation::Cancelled], "{ev:?}");
+    assert!(out.events.iter().any(|e| matches!(e, Event::Interrupt)), "the request is aborted");
+    assert_eq!(runs_text(&ctx), "I want to book a table. For two people tonight.");
+    let (started, used, cancelled) = stats.get();
+    assert_eq!((used, cancelled), (started - 1, 1), "{:?}", stats.get());
+}

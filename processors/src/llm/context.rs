@@ -228,6 +228,17 @@ impl ConversationContext {
     /// each answer right after its call, in call order.
     #[must_use]
     pub fn snapshot(&self) -> Arc<LlmContext> {
+        self.snapshot_with(None)
+    }
+
+    /// A snapshot as if `user_text` had been appended as a user message, without appending it
+    /// (a speculative request: the turn may yet go on).
+    #[must_use]
+    pub fn snapshot_with_user(&self, user_text: &str) -> Arc<LlmContext> {
+        self.snapshot_with(Some(user_text))
+    }
+
+    fn snapshot_with(&self, user_text: Option<&str>) -> Arc<LlmContext> {
         let g = self.lock();
         let mut messages = Vec::with_capacity(g.entries.len() + 2);
         let mut i = 0;
@@ -258,6 +269,9 @@ impl ConversationContext {
                     },
                 });
             }
+        }
+        if let Some(text) = user_text {
+            messages.push(ChatMessage::text(Role::User, text.trim()));
         }
         Arc::new(LlmContext { messages, tools: g.tools.clone() })
     }

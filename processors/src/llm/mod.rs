@@ -40,6 +40,7 @@ mod assistant_aggregator;
 mod context;
 mod openai;
 mod service;
+mod speculation;
 pub mod sse;
 mod tool_calls;
 mod user_aggregator;
@@ -62,8 +63,9 @@ pub use service::{
     LlmProvider, LlmProviderSettings, LlmService, LlmServiceSettings, RetrySettings, StreamError, StreamItem,
     StreamParser, ToolChoice,
 };
+pub use speculation::SpeculationGate;
 pub use tool_calls::ToolCallAccumulator;
 pub use user_aggregator::{
-    DEFAULT_FALSE_INTERRUPTION_TIMEOUT, DEFAULT_FINAL_TRANSCRIPT_TIMEOUT, DEFAULT_INCOMPLETE_TIMEOUT, UserAggregator,
-    UserAggregatorSettings, is_backchannel, reads_unfinished,
+    DEFAULT_FALSE_INTERRUPTION_TIMEOUT, DEFAULT_FINAL_TRANSCRIPT_TIMEOUT, DEFAULT_INCOMPLETE_TIMEOUT, SpeculationStats,
+    UserAggregator, UserAggregatorSettings, is_backchannel, reads_unfinished,
 };

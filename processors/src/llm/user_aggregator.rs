@@ -33,15 +33,27 @@
 //! withdraws it (`InterruptWithdrawn`): the bot resumes where the caller stopped hearing it, and
 //! the backchannel is not taken as a turn.
 //!
+//! # Speculation
+//! With `speculative` set, the LLM is asked before the turn is confirmed: as soon as the caller
+//! has paused (`UserStoppedSpeaking`) and the turn's text is all final and reads complete, an
+//! `LlmRun` goes out with that text (the context itself is not touched) after
+//! `Event::Speculation(Started)`, and a [`SpeculationGate`](super::SpeculationGate) after the LLM
+//! holds its output. `EndOfTurn` with the same text confirms it (the user message is recorded,
+//! the gate releases the response); speech resuming cancels it (`Cancelled`, then an `Interrupt`
+//! that aborts the request). The LLM's time to first token then overlaps the end-of-turn model's
+//! inference and fallback. Counted in [`SpeculationStats`].
+//!
 //! The waits run on the engine's timer ([`Context::wake_at`]), so the commit is pushed from the
 //! aggregator's own call in the current epoch: nothing to refresh after an interruption.
 //! Optionally (`interrupt_on_transcript`) a transcript heard while the bot speaks emits
 //! `Interrupt`, for setups where the VAD does not.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use voxline_pipeline::{Context, Direction, Event, FlowResult, Frame, Processor};
+use voxline_pipeline::{Context, Direction, Event, FlowResult, Frame, Processor, Speculation};
 
 use super::context::ConversationContext;
 
@@ -92,6 +104,9 @@ pub struct UserAggregatorSettings {
     /// the caller stops, wait this long for words before resuming the bot. `Duration::ZERO`
     /// (the default) leaves barge-in to the VAD alone.
     pub false_interruption_timeout: Duration,
+    /// Ask the LLM at the pause, before the turn is confirmed (see the module docs; needs a
+    /// [`SpeculationGate`](super::SpeculationGate) right after the LLM).
+    pub speculative: bool,
 }
 
 impl Default for UserAggregatorSettings {
@@ -101,6 +116,7 @@ impl Default for UserAggregatorSettings {
             incomplete_timeout: DEFAULT_INCOMPLETE_TIMEOUT,
             interrupt_on_transcript: false,
             false_interruption_timeout: Duration::ZERO,
+            speculative: false,
         }
     }
 }
@@ -123,6 +139,29 @@ pub fn reads_unfinished(text: &str) -> bool {
     let Some(last) = t.split_whitespace().next_back() else { return false };
     let word: String = last.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>().to_lowercase();
     CONTINUATION_WORDS.binary_search(&word.as_str()).is_ok()
+}
+
+/// Speculative LLM requests of one aggregator: started, used (confirmed), cancelled.
+#[derive(Debug, Default)]
+pub struct SpeculationStats {
+    /// Requests sent before the turn was confirmed.
+    pub started: AtomicU64,
+    /// Speculations the end of turn confirmed: their response was the answer.
+    pub used: AtomicU64,
+    /// Speculations dropped because the caller went on (or was interrupted).
+    pub cancelled: AtomicU64,
+}
+
+impl SpeculationStats {
+    /// `(started, used, cancelled)`.
+    #[must_use]
+    pub fn get(&self) -> (u64, u64, u64) {
+        (
+            self.started.load(Ordering::Relaxed),
+            self.used.load(Ordering::Relaxed),
+            self.cancelled.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// What the aggregator's engine timer is armed for.
@@ -155,6 +194,9 @@ pub struct UserAggregator {
     /// This call emitted `Interrupt`: the runner applies it when the call returns, so a frame
     /// pushed in the same call would belong to the old epoch and be flushed with it.
     interrupted_now: bool,
+    /// The text of the speculative request in flight, if any.
+    speculation: Option<String>,
+    stats: Arc<SpeculationStats>,
     /// A turn committed in such a call: its run is pushed from the next timer call, in the new
     /// epoch, with a snapshot taken then (after the interruption cut the bot's unheard words).
     deferred: bool,
@@ -176,6 +218,8 @@ impl UserAggregator {
             armed: None,
             barge_pending: false,
             interrupted_now: false,
+            speculation: None,
+            stats: Arc::default(),
             deferred: false,
             bot_speaking: false,
         }
@@ -185,6 +229,49 @@ impl UserAggregator {
     #[must_use]
     pub fn context(&self) -> &ConversationContext {
         &self.ctx
+    }
+
+    /// Counters of speculative requests (shared; read them while the pipeline runs).
+    #[must_use]
+    pub fn speculation_stats(&self) -> Arc<SpeculationStats> {
+        self.stats.clone()
+    }
+
+    /// Ask the LLM now if the caller has paused and the text so far is final and complete.
+    fn maybe_speculate(&mut self) -> Option<Frame> {
+        let ready = self.settings.speculative
+            && self.awaiting_end
+            && !self.user_speaking
+            && self.stopped_at.is_some()
+            && !self.barge_pending
+            && !self.bot_speaking
+            && self.speculation.is_none()
+            && self.interim.is_none()
+            && self.finals.last().is_some_and(|t| !reads_unfinished(t));
+        if !ready {
+            return None;
+        }
+        let text = self.finals.join(" ");
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        tracing::debug!(chars = text.len(), "speculative LLM request");
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
+        let run = Frame::LlmRun(self.ctx.snapshot_with_user(text));
+        self.speculation = Some(text.to_string());
+        Some(run)
+    }
+
+    /// The caller went on (or the text changed): drop the speculation and abort its request.
+    fn cancel_speculation(&mut self, cx: &mut Context) {
+        if self.speculation.take().is_some() {
+            tracing::debug!("speculation cancelled");
+            self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            cx.emit(Event::Speculation(Speculation::Cancelled));
+            self.interrupted_now = true;
+            cx.interrupt();
+        }
     }
 
     fn arm(&mut self, at: Instant, use_interim: bool, cx: &mut Context) {
@@ -314,6 +401,13 @@ impl UserAggregator {
         if t.is_final {
             self.finals.push(text.to_string());
             self.interim = None;
+            if self.speculation.is_some() {
+                // More words than the speculation asked about: it is moot.
+                self.cancel_speculation(cx);
+            } else if let Some(run) = self.maybe_speculate() {
+                cx.emit(Event::Speculation(Speculation::Started));
+                return Some(run);
+            }
             self.evaluate(cx)
         } else {
             self.interim = Some(text.to_string());
@@ -381,6 +475,7 @@ impl Processor for UserAggregator {
     fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
         match event {
             Event::UserStartedSpeaking => {
+                self.cancel_speculation(cx);
                 self.user_speaking = true;
                 self.awaiting_end = true;
                 self.stopped_at = None;
@@ -395,6 +490,11 @@ impl Processor for UserAggregator {
                     self.armed = Some(Timer::Withdraw);
                     cx.wake_at(now + self.settings.false_interruption_timeout);
                 }
+                if let Some(run) = self.maybe_speculate() {
+                    cx.emit(Event::Speculation(Speculation::Started));
+                    // One frame from an event handler: a bounded overshoot of the LLM's inbox.
+                    cx.push_now(run, Direction::Downstream);
+                }
             }
             Event::InterruptPending if !self.settings.false_interruption_timeout.is_zero() => {
                 self.barge_pending = true;
@@ -403,11 +503,33 @@ impl Processor for UserAggregator {
                     self.confirm_if_words(&t, cx);
                 }
             }
-            Event::Interrupt | Event::InterruptWithdrawn => self.barge_pending = false,
+            Event::Interrupt | Event::InterruptWithdrawn => {
+                self.barge_pending = false;
+                if matches!(event, Event::Interrupt) && self.speculation.take().is_some() {
+                    // Someone else interrupted: the speculation's response is flushed with it.
+                    self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Event::EndOfTurn => {
                 self.user_speaking = false;
                 self.awaiting_end = false;
                 self.stopped_at.get_or_insert_with(Instant::now);
+                if self.speculation.is_some() && self.interim.is_some() {
+                    // Words the speculation did not ask about are still being recognised.
+                    self.cancel_speculation(cx);
+                }
+                if let Some(text) = self.speculation.take() {
+                    // The turn ended as speculated: record it; the response is already coming.
+                    tracing::debug!("speculation used");
+                    self.stats.used.fetch_add(1, Ordering::Relaxed);
+                    self.disarm(cx);
+                    self.finals.clear();
+                    self.interim = None;
+                    self.stopped_at = None;
+                    self.ctx.add_user_text(&text);
+                    cx.emit(Event::Speculation(Speculation::Confirmed));
+                    return Ok(());
+                }
                 if let Some(run) = self.evaluate(cx) {
                     // One frame from an event handler: a bounded overshoot of the LLM's inbox.
                     cx.push_now(run, Direction::Downstream);
