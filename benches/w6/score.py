@@ -111,6 +111,9 @@ def score(manifest, results):
     prem_clips = [0, 0]
     prem_complete = [0, 0]
     delays_complete, delays_all = [], []
+    # When the LLM is asked: the turn end, or earlier for an engine that speculates
+    # (`llm_requests`, one per turn end, same order); Pipecat asks at the turn end.
+    req_complete = []
     missed_complete = missed_all = 0
     bc = {"clips": 0, "barge": 0, "barge_ins": 0, "turn_end": 0}
     tone = {"started": 0, "stretched": 0, "false": 0, "barge_ins": 0, "only_turn_ends": 0, "clips": 0}
@@ -150,6 +153,13 @@ def score(manifest, results):
                 delays_all.append(d)
                 if cat == "complete":
                     delays_complete.append(d)
+                    reqs = r.get("llm_requests")
+                    raw_ends = r.get("turn_ends") or []
+                    if reqs and len(reqs) == len(raw_ends):
+                        req = reqs[raw_ends.index(after[0])]
+                        req_complete.append((req - te) * 1000.0)
+                    else:
+                        req_complete.append(d)
             else:
                 missed_all += 1
                 missed_complete += cat == "complete"
@@ -194,6 +204,7 @@ def score(manifest, results):
     }
     out.update(stats("delay_complete", delays_complete, missed_complete))
     out.update(stats("delay_all", delays_all, missed_all))
+    out.update(stats("request_complete", req_complete, missed_complete))
     out.update({
         "bc_barge_clips": rate(bc["barge"], bc["clips"]), "bc_clips": bc["clips"],
         "bc_barge_ins": bc["barge_ins"], "bc_turn_end_clips": rate(bc["turn_end"], bc["clips"]),
@@ -215,6 +226,8 @@ ROWS = [
     ("delay_complete_p50_ms", "end of speech → turn decision p50, complete (ms, target ≤ 250)", "ms"),
     ("delay_complete_p90_ms", "end of speech → turn decision p90, complete (ms, target ≤ 400)", "ms"),
     ("delay_complete_mean_ms", "end of speech → turn decision mean, complete (ms)", "ms"),
+    ("request_complete_p50_ms", "end of speech → LLM request sent p50, complete (ms, target ≤ 250)", "ms"),
+    ("request_complete_p90_ms", "end of speech → LLM request sent p90, complete (ms, target ≤ 400)", "ms"),
     ("delay_complete_missed", "complete clips with no turn decision", "int"),
     ("delay_all_p50_ms", "decision delay p50, complete+pause+filler (ms)", "ms"),
     ("delay_all_p90_ms", "decision delay p90, complete+pause+filler (ms)", "ms"),

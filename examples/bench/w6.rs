@@ -18,6 +18,10 @@
 //! is the corpus's own, split at the pauses: a perfect STT whose final is in by the decision. The
 //! phone bot has the rule on with a real STT, and waits for the final (~100 ms after a Finalize).
 //!
+//! `--speculate` (implies `--text-guard`) adds the user aggregator's speculation: at a VAD stop
+//! whose text reads complete the LLM is asked at once; speech resuming cancels it, the turn end
+//! uses it. Each turn end then has an `llm_requests` time (the speculation's, or the turn end's).
+//!
 //! Prints one JSON line per clip (`benches/w6/README.md` has the schema; `score.py` scores it)
 //! and a final summary line `{"workload":"w6","engine":"voxline",...}`.
 
@@ -41,6 +45,7 @@ struct Args {
     model: bool,
     model_path: Option<PathBuf>,
     text_guard: bool,
+    speculate: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -52,6 +57,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         model: cfg!(feature = "smart-turn"),
         model_path: None,
         text_guard: false,
+        speculate: false,
     };
     let mut corpus = None;
     let mut it = args.iter();
@@ -67,6 +73,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--min-barge-in-ms" => a.min_barge_in_ms = num(it.next(), "--min-barge-in-ms")?,
             "--no-model" => a.model = false,
             "--text-guard" => a.text_guard = true,
+            "--speculate" => {
+                a.speculate = true;
+                a.text_guard = true;
+            }
             "--model" => a.model_path = Some(PathBuf::from(it.next().ok_or("--model needs a path")?)),
             other => return Err(format!("unknown option {other}")),
         }
@@ -119,11 +129,35 @@ fn load_model(_path: Option<PathBuf>) -> Result<Timed, String> {
     Err("this binary was built without the smart-turn feature (cargo build --release --example bench --features smart-turn)".into())
 }
 
+/// A turn ends at `t`: the LLM was asked then, or earlier by a speculation still standing.
+fn end_turn(
+    t: f64,
+    ends: &mut Vec<Value>,
+    requests: &mut Vec<Value>,
+    spec_at: &mut Option<f64>,
+    counts: &mut [u32; 3],
+) {
+    ends.push(json!(t));
+    match spec_at.take() {
+        Some(at) => {
+            counts[1] += 1;
+            requests.push(json!(at.min(t)));
+        }
+        None => requests.push(json!(t)),
+    }
+}
+
 /// The engine column's name: which of Voxline's turn configurations ran.
 fn engine_name(args: &Args, model: bool) -> String {
     let how =
         if model { format!("smart-turn, stop {} ms", args.stop_ms) } else { format!("VAD stop {} ms", args.stop_ms) };
-    if args.text_guard { format!("voxline ({how} + text)") } else { format!("voxline ({how})") }
+    if args.speculate {
+        format!("voxline ({how} + text + speculation)")
+    } else if args.text_guard {
+        format!("voxline ({how} + text)")
+    } else {
+        format!("voxline ({how})")
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -176,14 +210,19 @@ fn run_clip(args: &Args, model: Option<&Timed>, clip: &Value, ulaw: &[u8]) -> Re
         .map(|v| v.iter().filter_map(|p| p.get(0).and_then(Value::as_f64)).collect())
         .unwrap_or_default();
     let (mut last_stop, mut guard_until) = (Duration::ZERO, None::<Duration>);
+    let (mut spec_at, mut llm_requests, mut spec_counts) = (None::<f64>, Vec::new(), [0u32; 3]);
     let incomplete = voxline::processors::llm::DEFAULT_INCOMPLETE_TIMEOUT;
+    // The words recognised by `t` (a perfect STT): the part of the text before the next pause.
+    let text_at = |t: f64| -> &str {
+        let heard = pause_starts.iter().filter(|&&p| p < t).count().min(parts.len().saturating_sub(1));
+        parts.get(heard).map_or("", String::as_str)
+    };
     // Where a turn end at `t` lands once the aggregator's text rule has looked at it.
     let guarded = |t: f64, last_stop: Duration| -> Option<Duration> {
         if !args.text_guard {
             return None;
         }
-        let heard = pause_starts.iter().filter(|&&p| p < t).count().min(parts.len().saturating_sub(1));
-        let text = parts.get(heard).map_or("", String::as_str);
+        let text = text_at(t);
         let until = last_stop + incomplete;
         (voxline::processors::llm::reads_unfinished(text) && t < until.as_secs_f64()).then_some(until)
     };
@@ -216,6 +255,9 @@ fn run_clip(args: &Args, model: Option<&Timed>, clip: &Value, ulaw: &[u8]) -> Re
             match c {
                 VadChange::Started { onset } => {
                     guard_until = None;
+                    if spec_at.take().is_some() {
+                        spec_counts[2] += 1;
+                    }
                     vad.push(json!([secs(onset), null]));
                     vad_decided.push(json!([secs(now), null]));
                     if let Some(d) = detector.as_mut() {
@@ -230,6 +272,13 @@ fn run_clip(args: &Args, model: Option<&Timed>, clip: &Value, ulaw: &[u8]) -> Re
                     }
                     if let Some(last) = vad_decided.last_mut() {
                         last[1] = json!(secs(now));
+                    }
+                    if args.speculate
+                        && spec_at.is_none()
+                        && !voxline::processors::llm::reads_unfinished(text_at(now.as_secs_f64()))
+                    {
+                        spec_at = Some(secs(now));
+                        spec_counts[0] += 1;
                     }
                     let ended = match detector.as_mut() {
                         None => true,
@@ -261,14 +310,14 @@ fn run_clip(args: &Args, model: Option<&Timed>, clip: &Value, ulaw: &[u8]) -> Re
         for t in raw_ends.drain(..) {
             match guarded(t, last_stop) {
                 Some(until) => guard_until = Some(until),
-                None => turn_ends.push(json!(t)),
+                None => end_turn(t, &mut turn_ends, &mut llm_requests, &mut spec_at, &mut spec_counts),
             }
         }
         if let Some(until) = guard_until
             && now >= until
         {
             guard_until = None;
-            turn_ends.push(json!(secs(until)));
+            end_turn(secs(until), &mut turn_ends, &mut llm_requests, &mut spec_at, &mut spec_counts);
         }
     }
     let id = clip.get("id").cloned().unwrap_or(Value::Null);
@@ -276,6 +325,7 @@ fn run_clip(args: &Args, model: Option<&Timed>, clip: &Value, ulaw: &[u8]) -> Re
     let line = json!({
         "id": id, "engine": engine, "vad": vad, "vad_decided": vad_decided,
         "turn_ends": turn_ends, "barge_ins": barge_ins, "inferences": inferences,
+        "llm_requests": llm_requests, "speculations": spec_counts,
     });
     Ok(ClipResult { line, inference_ms })
 }

@@ -77,6 +77,9 @@ struct State {
     turn_start: Option<Instant>,
     turn_first_audio: bool,
     bot_speaking_line: Option<usize>,
+    /// A speculation was just cancelled: the `Interrupt` that follows aborts its request; it is
+    /// not the caller barging in.
+    speculation_cancelled: bool,
     user_spoke: bool,
     live: Option<LiveFn>,
 }
@@ -102,6 +105,7 @@ impl Recorder {
                 turn_start: None,
                 turn_first_audio: false,
                 bot_speaking_line: None,
+                speculation_cancelled: false,
                 user_spoke: false,
                 live,
             })),
@@ -241,6 +245,7 @@ impl Recorder {
                     st.rec.turns.push(TurnLatency { turn, ..TurnLatency::default() });
                 }
             }
+            Event::Interrupt if std::mem::take(&mut st.speculation_cancelled) => {}
             Event::Interrupt => {
                 st.rec.interruptions += 1;
                 Self::say(&st, &format!("[{:>6.2}s] -- caller barged in --", ms(st.t0) as f64 / 1e3));
@@ -259,6 +264,7 @@ impl Recorder {
                     voxline_pipeline::Speculation::Cancelled => 2,
                 };
                 st.rec.speculations[i] += 1;
+                st.speculation_cancelled = i == 2;
             }
             Event::Metrics(MetricsEvent::Ttfb { processor, value }) => {
                 let v = value.as_secs_f64() * 1e3;

@@ -649,4 +649,5 @@ async fn a_speculation_at_a_thinking_pause_is_cancelled_and_the_whole_turn_answe
     assert_eq!(last_user.last(), Some(&format!("{first} {second}")), "answered with the whole turn: {last_user:?}");
     let users = row.record["transcript"].as_array().map_or(0, |t| t.iter().filter(|l| l["role"] == "user").count());
     assert_eq!(users, 2, "both parts recorded: {}", row.record);
+    assert_eq!(row.record["interruptions"].as_u64(), Some(0), "a cancelled speculation is no barge-in: {}", row.record);
 }
