@@ -51,7 +51,7 @@ for r in $(seq 1 "$RUNS"); do
       echo "run $r/$RUNS w6: pipecat" >&2
       taskset -c 0 "$VENV/bin/python" "$ROOT/benches/w6/pipecat_w6.py" "$W6_CORPUS" 2>>"$OUT/pipecat-w6.log" >> "$OUT/pipecat-w6.jsonl"
       echo "run $r/$RUNS w6: voxline" >&2
-      taskset -c 0 "$VOX" w6 --corpus "$W6_CORPUS" --text-guard 2>>"$OUT/voxline-w6.log" >> "$OUT/voxline-w6.jsonl"
+      taskset -c 0 "$VOX" w6 --corpus "$W6_CORPUS" --speculate 2>>"$OUT/voxline-w6.log" >> "$OUT/voxline-w6.jsonl"
       continue
     fi
     echo "run $r/$RUNS $w: pipecat" >&2
