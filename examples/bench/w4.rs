@@ -3,6 +3,10 @@
 //! K pipelines of source → μ-law decode → resample 8→16 kHz → VAD → 3 pass-throughs → sink,
 //! each fed 20 ms frames on its own real-time schedule (phase-spread over 1 s) through the lossy
 //! input-audio lane a socket reader uses, with delivery lateness ("jitter") measured at the sink.
+//! `--turn 1` puts the end-of-turn detector behind every VAD (200 ms stop) with a stand-in model
+//! that answers at once: the media path's share of the turn model (full-band 16 kHz window, a
+//! copy of the turn's audio per stop) is counted on this core; the inferences themselves run on
+//! the worker thread(s) of another core (see the README, W6, for their cost).
 //! Without `--pipelines`, searches for the largest K that passes, running each K in a fresh child
 //! process pinned to core 0.
 
@@ -36,7 +40,26 @@ pub(crate) fn load_audio(o: &Opts) -> Vec<u8> {
 }
 
 /// One W4/W5 pipeline; `on_frame(pts)` runs at the sink for every delivered frame.
+/// A stand-in end-of-turn model: "complete" at once (the inference's own cost is off this core).
+struct InstantTurn;
+
+impl voxline::processors::audio::turn::TurnModel for InstantTurn {
+    fn submit(
+        &self,
+        audio_16k: Vec<f32>,
+    ) -> Result<voxline::processors::audio::turn::TurnAnswer, voxline::processors::audio::turn::TurnError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Touch the audio as a worker would receive it (it crossed a queue), then answer.
+        let _ = tx.send(Ok(if audio_16k.is_empty() { 0.0 } else { 0.9 }));
+        Ok(rx)
+    }
+}
+
 pub(crate) fn build(vad: bool, on_frame: impl Fn(Duration) + Send + 'static) -> Pipeline {
+    build_with(vad, false, on_frame)
+}
+
+pub(crate) fn build_with(vad: bool, turn: bool, on_frame: impl Fn(Duration) + Send + 'static) -> Pipeline {
     let sink = processor_fn("sink", move |frame, _dir, _cx| {
         if let Frame::InputAudio(a) = &frame
             && let Some(pts) = a.pts
@@ -53,7 +76,22 @@ pub(crate) fn build(vad: bool, on_frame: impl Fn(Duration) + Send + 'static) -> 
             std::process::exit(1);
         }
     }
-    if vad {
+    if vad && turn {
+        use voxline::processors::audio::VadParams;
+        use voxline::processors::audio::turn::{TurnDetector, TurnParams};
+        let v = VadProcessor::with_params(VadParams { stop_secs: 0.2, ..VadParams::default() }).and_then(|v| {
+            let d = TurnDetector::new(Box::new(InstantTurn), TurnParams::default())
+                .map_err(voxline::pipeline::FlowError::fatal)?;
+            Ok(v.with_turn_detector(d))
+        });
+        match v {
+            Ok(v) => p = p.with(v),
+            Err(e) => {
+                eprintln!("vad: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else if vad {
         p = p.with(VadProcessor::new());
     }
     p.with(PassThrough).with(PassThrough).with(PassThrough).with(sink)
@@ -76,7 +114,7 @@ fn lock(s: &Mutex<Stats>) -> std::sync::MutexGuard<'_, Stats> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn single(k: usize, seconds: usize, warmup: usize, audio: Arc<Vec<u8>>) -> Value {
+fn single(k: usize, seconds: usize, warmup: usize, audio: Arc<Vec<u8>>, turn: bool) -> Value {
     let rt = runtime();
     rt.block_on(async move {
         let rss0 = rss_mb();
@@ -92,7 +130,7 @@ fn single(k: usize, seconds: usize, warmup: usize, audio: Arc<Vec<u8>>) -> Value
             let stats = Arc::new(Mutex::new(Stats { last_index: -1, ..Default::default() }));
             let phase = Duration::from_secs(1) * idx as u32 / k as u32;
             let (st, cell) = (stats.clone(), base_cell.clone());
-            let p = build(true, move |pts| {
+            let p = build_with(true, turn, move |pts| {
                 let now = Instant::now();
                 let Some(base) = cell.get() else { return };
                 let i = (pts.saturating_sub(phase).as_micros() / 20_000) as i64;
@@ -172,6 +210,7 @@ fn single(k: usize, seconds: usize, warmup: usize, audio: Arc<Vec<u8>>) -> Value
             "workload": "w4",
             "engine": "voxline",
             "pipelines": k,
+            "turn_detector": turn,
             "seconds": seconds,
             "setup_s": setup_s,
             "frames_fed": fed,
@@ -192,7 +231,7 @@ fn child(k: usize, o: &Opts) -> Option<Value> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = std::process::Command::new("taskset");
     cmd.arg("-c").arg("0").arg(exe).arg("w4").arg("--pipelines").arg(k.to_string());
-    for key in ["seconds", "warmup", "audio"] {
+    for key in ["seconds", "warmup", "audio", "turn"] {
         if let Some(v) = o.string(key) {
             cmd.arg(format!("--{key}")).arg(v);
         }
@@ -209,7 +248,7 @@ pub(crate) fn main(args: &[String]) {
     if o.has("pipelines") {
         let k: usize = o.get("pipelines", 1).max(1);
         let audio = Arc::new(load_audio(&o));
-        println!("{}", single(k, seconds, warmup, audio));
+        println!("{}", single(k, seconds, warmup, audio, o.has("turn")));
         return;
     }
     let mut tried: Vec<Value> = Vec::new();

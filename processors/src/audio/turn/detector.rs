@@ -164,7 +164,9 @@ impl TurnDetector {
         Ok(Self {
             model,
             params,
-            audio: VecDeque::with_capacity(max_cap),
+            // Grown on demand: a call holds the 8 s window (512 KB) only while a long turn
+            // is open, not for its whole life.
+            audio: VecDeque::with_capacity(pre_cap),
             pre_cap,
             max_cap,
             in_turn: false,
@@ -292,9 +294,10 @@ impl TurnDetector {
     fn end(&mut self, how: TurnEnd) -> TurnEnd {
         self.in_turn = false;
         self.waiting = Waiting::No;
-        // The next turn starts from a fresh pre-speech window.
+        // The next turn starts from a fresh pre-speech window; the turn's memory is returned.
         let keep = self.audio.len().min(self.pre_cap);
         self.audio.drain(..self.audio.len() - keep);
+        self.audio.shrink_to(self.pre_cap);
         how
     }
 }
