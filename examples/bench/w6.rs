@@ -204,17 +204,18 @@ fn run_clip(args: &Args, model: Option<&Timed>, clip: &Value, ulaw: &[u8]) -> Re
     // The text guard: the caller's words up to each pause (the corpus marks pauses with "...").
     let parts: Vec<String> =
         clip.get("text").and_then(Value::as_str).unwrap_or("").split("...").map(|p| p.trim().to_string()).collect();
-    let pause_starts: Vec<f64> = clip
+    let pause_ends: Vec<f64> = clip
         .get("pauses")
         .and_then(Value::as_array)
-        .map(|v| v.iter().filter_map(|p| p.get(0).and_then(Value::as_f64)).collect())
+        .map(|v| v.iter().filter_map(|p| p.get(1).and_then(Value::as_f64)).collect())
         .unwrap_or_default();
     let (mut last_stop, mut guard_until) = (Duration::ZERO, None::<Duration>);
     let (mut spec_at, mut llm_requests, mut spec_counts) = (None::<f64>, Vec::new(), [0u32; 3]);
     let incomplete = voxline::processors::llm::DEFAULT_INCOMPLETE_TIMEOUT;
-    // The words recognised by `t` (a perfect STT): the part of the text before the next pause.
+    // The words recognised by `t` (a perfect STT): how the turn so far ends is how its latest
+    // part ends, the one after the last pause the caller has resumed from.
     let text_at = |t: f64| -> &str {
-        let heard = pause_starts.iter().filter(|&&p| p < t).count().min(parts.len().saturating_sub(1));
+        let heard = pause_ends.iter().filter(|&&p| p < t).count().min(parts.len().saturating_sub(1));
         parts.get(heard).map_or("", String::as_str)
     };
     // Where a turn end at `t` lands once the aggregator's text rule has looked at it.

@@ -121,12 +121,12 @@ impl Default for UserAggregatorSettings {
     }
 }
 
-/// Words a complete sentence rarely ends on: fillers, conjunctions, articles, prepositions,
-/// copulas and possessives. A turn ending on one is probably a caller thinking mid-sentence.
+/// Words a complete sentence rarely ends on: fillers, conjunctions (subordinating ones too:
+/// "the problem started when…"), articles, prepositions, copulas and possessives. A turn ending on one is probably a caller thinking mid-sentence.
 const CONTINUATION_WORDS: &[&str] = &[
-    "a", "about", "an", "and", "are", "as", "at", "because", "but", "by", "er", "erm", "for", "from", "hmm", "if",
-    "in", "into", "is", "like", "my", "of", "on", "or", "our", "so", "than", "that", "the", "then", "to", "uh", "um",
-    "umm", "was", "were", "which", "with", "your",
+    "a", "about", "although", "an", "and", "are", "as", "at", "because", "but", "by", "er", "erm", "for", "from",
+    "hmm", "if", "in", "into", "is", "like", "my", "of", "on", "or", "our", "so", "than", "that", "the", "then", "to",
+    "uh", "um", "umm", "unless", "until", "was", "were", "when", "whether", "which", "while", "with", "your",
 ];
 
 /// Whether `text` reads as an unfinished sentence (see [`CONTINUATION_WORDS`]).
