@@ -129,8 +129,9 @@ pub trait AudioSink: Send + 'static {
         let _ = context_id;
     }
 
-    /// `true` if the sink reports play-out itself (e.g. Twilio marks); the output then leaves
-    /// `BotStoppedSpeaking` and the final `PlayedUpTo` of a complete utterance to the transport.
+    /// `true` if the sink reports play-out itself (e.g. Twilio marks): the transport then pushes
+    /// the final `PlayedUpTo { complete: true }` of each utterance upstream into the output stage,
+    /// which ends "bot speaking" on the one for the last utterance written.
     fn reports_playout(&self) -> bool {
         false
     }
@@ -218,6 +219,9 @@ pub struct AudioOutput<S> {
     paused: bool,
     /// An `InterruptPending` holds the release until `Interrupt` or `InterruptWithdrawn`.
     barge_pending: bool,
+    /// The last utterance fully written to a sink that reports play-out itself: its
+    /// confirmation, with nothing written since, ends "bot speaking".
+    last_done: Option<Arc<str>>,
     /// The last chunks written of the current utterance (the send-ahead and then some): what a
     /// pending barge-in's `clear` discards at the far end, released again on a withdrawal.
     history: std::collections::VecDeque<(Bytes, AudioFormat)>,
@@ -243,6 +247,7 @@ impl<S: AudioSink> AudioOutput<S> {
             pause_on_user_speech: params.pause_on_user_speech,
             paused: false,
             barge_pending: false,
+            last_done: None,
             history: std::collections::VecDeque::new(),
             // Every chunk the far end may hold unplayed: the send-ahead, the chunk playing, and
             // one for a late release.
@@ -386,9 +391,9 @@ impl<S: AudioSink> AudioOutput<S> {
         self.sink.utterance_done(&id);
         let written = self.utterance.take().map_or(Duration::ZERO, |u| u.written);
         if self.sink.reports_playout() {
-            // The transport announces the stop (from the far end's echo); this stage only
-            // re-arms so the next utterance announces its start again.
-            self.speaking = false;
+            // The far end confirms play-out (a `PlayedUpTo` coming back upstream, see
+            // `process`): speaking lasts until it confirms this utterance, the last written.
+            self.last_done = Some(id.clone());
         } else {
             // "Stopped speaking" means the caller heard the last chunk, not that it was sent.
             let at = self.clock.play_end().unwrap_or_else(Instant::now);
@@ -475,6 +480,17 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
 
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
         if direction == Direction::Upstream {
+            if let Frame::PlayedUpTo { context_id, complete: true, .. } = &frame
+                && self.speaking
+                && self.utterance.is_none()
+                && self.last_done.as_ref() == Some(context_id)
+                && !self.queue.iter().any(|i| matches!(i, Item::Chunk(..)))
+            {
+                // The far end played the last utterance written, and nothing follows it.
+                self.last_done = None;
+                self.speaking = false;
+                cx.emit(Event::BotStoppedSpeaking);
+            }
             cx.push(frame, direction).await;
             return Ok(());
         }
@@ -566,6 +582,7 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
         if matches!(event, Event::Interrupt | Event::Cancel) {
             self.paused = false;
             self.barge_pending = false;
+            self.last_done = None;
             self.history.clear();
             let heard = self.heard();
             self.buf.clear();

@@ -135,17 +135,40 @@ impl AudioSink for EchoSink {
     }
 }
 
+/// With a sink that reports play-out itself (Twilio marks), the output is still the one owner of
+/// "bot speaking": one start for back-to-back utterances, and the stop only when the far end
+/// confirms the last utterance written (a confirmation of an earlier one ends nothing).
 #[tokio::test(start_paused = true)]
-async fn every_utterance_announces_its_start_when_the_sink_reports_playout() {
+async fn with_playout_reports_the_output_announces_one_turn_of_speech() {
     let h = Harness::new(Pipeline::new().with(AudioOutput::new(EchoSink, OutputParams::default())));
     for u in ["u1", "u2", "u3"] {
         h.push(tts(u, 640 * 3)).await;
         h.push(Frame::TtsStopped { context_id: u.into() }).await;
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let confirm =
+        |u: &str| Frame::PlayedUpTo { context_id: u.into(), position: Duration::from_millis(60), complete: true };
+    h.push_upstream(confirm("u2")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.push_upstream(confirm("u3")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.push(tts("u4", 640 * 3)).await;
+    h.push(Frame::TtsStopped { context_id: "u4".into() }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.push_upstream(confirm("u4")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let out = h.finish().await;
-    let starts = out.events.iter().filter(|e| matches!(e, Event::BotStartedSpeaking)).count();
-    assert_eq!(starts, 3);
-    assert!(!out.events.iter().any(|e| matches!(e, Event::BotStoppedSpeaking)), "the transport reports stops");
+    let seq: Vec<&str> = out
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BotStartedSpeaking => Some("start"),
+            Event::BotStoppedSpeaking => Some("stop"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seq, ["start", "stop", "start", "stop"], "one start per turn of speech, stop on the last confirmation");
+    assert_eq!(out.upstream.iter().filter(|f| matches!(f, Frame::PlayedUpTo { complete: true, .. })).count(), 3);
 }
 
 /// A sink that records each chunk's first byte (its index in the utterance) and the clears.

@@ -8,17 +8,18 @@
 //! Output: the engine's paced [`AudioOutput`] writing into a [`TwilioSink`]: 20 ms μ-law chunks
 //! as `media` messages, a `mark` after each utterance, `clear` on interruption. The sink reports
 //! play-out itself (`reports_playout() == true`): when Twilio echoes a mark, everything before it
-//! was heard, so the transport pushes `PlayedUpTo { complete: true }` upstream and, when no mark is
-//! left pending, emits `BotStoppedSpeaking`. Marks pending at a `clear` are forgotten first, since
-//! Twilio echoes them at once with no "interrupted" flag.
+//! was heard, so the transport pushes `PlayedUpTo { complete: true }` upstream into the output
+//! stage, which announces `BotStoppedSpeaking` when it confirms the last utterance written (the
+//! output clock is the one owner of "bot speaking"; this transport emits no speaking events).
+//! Marks pending at a `clear` are forgotten first, since Twilio echoes them at once with no
+//! "interrupted" flag.
 //!
 //! Outbound messages go through an unbounded channel to a writer task; see [`TwilioSink`] for why
 //! that is bounded in practice.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -26,7 +27,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use voxline_pipeline::clock::{AudioOutput, AudioSink, OutputParams};
-use voxline_pipeline::{AudioEncoding, AudioFormat, CancellationToken, Event, FlowResult, Frame, PipelineHandle};
+use voxline_pipeline::{AudioEncoding, AudioFormat, CancellationToken, FlowResult, Frame, PipelineHandle};
 
 use super::rest::TwilioRest;
 use super::serializer::{self, Inbound, StreamStart};
@@ -146,10 +147,6 @@ struct Shared {
     playout: Mutex<Playout>,
     media_out: AtomicU64,
     clears: AtomicU64,
-    /// The pipeline, once running: the sink reports speaking state through it.
-    handle: OnceLock<PipelineHandle>,
-    /// Audio queued at Twilio and not yet confirmed played by a mark echo.
-    speaking: AtomicBool,
 }
 
 impl Shared {
@@ -201,14 +198,6 @@ impl AudioSink for TwilioSink {
         };
         let dur = AudioFormat::mulaw_8k().duration_of(mulaw.len()).unwrap_or_default();
         self.shared.playout().written += dur;
-        // The output stage announces only the first utterance when play-out is reported by the
-        // sink, so each utterance after a mark-confirmed silence is announced here (the VAD needs
-        // it to allow barge-in).
-        if !self.shared.speaking.swap(true, Ordering::AcqRel)
-            && let Some(h) = self.shared.handle.get()
-        {
-            let _ = h.emit(Event::BotStartedSpeaking);
-        }
         // A closed writer means the socket is gone; the session is ending, so the chunk is moot.
         if self.shared.out.send(Out::Text(serializer::encode_media(&self.shared.stream_sid, &mulaw))).is_ok() {
             self.shared.media_out.fetch_add(1, Ordering::Relaxed);
@@ -222,7 +211,6 @@ impl AudioSink for TwilioSink {
             p.pending.clear();
             p.written = Duration::ZERO;
         }
-        self.shared.speaking.store(false, Ordering::Release);
         self.shared.clears.fetch_add(1, Ordering::Relaxed);
         let _ = self.shared.out.send(Out::Text(serializer::encode_clear(&self.shared.stream_sid)));
     }
@@ -284,8 +272,6 @@ pub async fn accept(mut socket: WebSocket, params: TwilioParams) -> Result<Twili
         playout: Mutex::new(Playout::default()),
         media_out: AtomicU64::new(0),
         clears: AtomicU64::new(0),
-        handle: OnceLock::new(),
-        speaking: AtomicBool::new(false),
     });
     Ok(TwilioSession { socket, start, params, shared, out_rx })
 }
@@ -357,7 +343,6 @@ impl TwilioSession {
     pub async fn run(self, handle: PipelineHandle, pipeline_done: CancellationToken) -> SessionReport {
         let TwilioSession { socket, start, params, shared, mut out_rx } = self;
         let call_sid = start.call_sid.clone();
-        let _ = shared.handle.set(handle.clone());
         let (mut ws_tx, mut ws_rx) = socket.split();
 
         let writer = tokio::spawn(async move {
@@ -428,7 +413,7 @@ impl TwilioSession {
                     }
                     Ok(Inbound::Mark { name }) => {
                         consecutive_bad = 0;
-                        on_mark(&shared, &name, &handle, &ctl_tx);
+                        on_mark(&shared, &name, &ctl_tx);
                     }
                     Ok(Inbound::Stop { .. }) => break EndReason::Stopped,
                     Ok(Inbound::Ignored { event }) => {
@@ -466,7 +451,7 @@ impl TwilioSession {
                 match msg {
                     Some(Ok(Message::Text(t))) => {
                         if let Ok(Inbound::Mark { name }) = serializer::decode(t.as_str(), params.max_message_bytes) {
-                            on_mark(&shared, &name, &handle, &ctl_tx);
+                            on_mark(&shared, &name, &ctl_tx);
                         } else if let Ok(Inbound::Stop { .. }) =
                             serializer::decode(t.as_str(), params.max_message_bytes)
                         {
@@ -507,7 +492,7 @@ impl TwilioSession {
     }
 }
 
-fn on_mark(shared: &Shared, name: &str, handle: &PipelineHandle, ctl: &mpsc::Sender<Frame>) {
+fn on_mark(shared: &Shared, name: &str, ctl: &mpsc::Sender<Frame>) {
     let (done, now_idle) = {
         let mut p = shared.playout();
         // Marks are echoed in order; anything before this one has been played too.
@@ -527,7 +512,5 @@ fn on_mark(shared: &Shared, name: &str, handle: &PipelineHandle, ctl: &mpsc::Sen
             tracing::warn!("play-out report dropped: control lane full");
         }
     }
-    if !done.is_empty() && now_idle && shared.speaking.swap(false, Ordering::AcqRel) {
-        let _ = handle.emit(Event::BotStoppedSpeaking);
-    }
+    // "Bot speaking" is the output clock's to announce: the reports above tell it what played.
 }
