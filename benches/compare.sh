@@ -35,7 +35,7 @@ if [[ " ${WORKLOADS[*]} " == *" w6 "* ]]; then
   bash "$ROOT/scripts/fetch-smart-turn.sh" >&2
 fi
 cargo build --release --example bench "${features[@]}" >&2
-VOX="$ROOT/target/release/examples/bench"
+VOX="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench"
 AUDIO="$BENCH_DIR/audio/call_8k.ulaw"
 
 declare -A SCRIPT=([w1]=w1_per_frame [w2]=w2_front_end [w3]=w3_interruption [w4]=w4_concurrency [w5]=w5_memory)
