@@ -1,7 +1,7 @@
 //! W6: turn-taking on a labelled corpus (`benches/w6/make_corpus.py`): when does the caller's turn
 //! end, does a thinking pause end it early, does a backchannel or a tone count as barge-in.
 //!
-//! `w6 --corpus DIR [--stop-ms 200 (400 without a model)] [--fallback-ms 2000] [--min-barge-in-ms 300] [--no-model]
+//! `w6 --corpus DIR [--start-ms 200] [--stop-ms 200 (400 without a model)] [--fallback-ms 2000] [--min-barge-in-ms 300] [--no-model]
 //!     [--model PATH] [--text-guard]`
 //!
 //! Runs the phone bot's front end exactly as `VadProcessor` does (analysis upsampler → earshot VAD
@@ -39,6 +39,7 @@ use voxline::processors::codec::g711;
 
 struct Args {
     corpus: PathBuf,
+    start_ms: u64,
     stop_ms: u64,
     fallback_ms: u64,
     min_barge_in_ms: u64,
@@ -51,6 +52,7 @@ struct Args {
 fn parse(args: &[String]) -> Result<Args, String> {
     let mut a = Args {
         corpus: PathBuf::new(),
+        start_ms: 200,
         stop_ms: 200,
         fallback_ms: 2000,
         min_barge_in_ms: 300,
@@ -68,6 +70,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
     while let Some(x) = it.next() {
         match x.as_str() {
             "--corpus" => corpus = Some(PathBuf::from(it.next().ok_or("--corpus needs a directory")?)),
+            "--start-ms" => a.start_ms = num(it.next(), "--start-ms")?,
             "--stop-ms" => a.stop_ms = num(it.next(), "--stop-ms")?,
             "--fallback-ms" => a.fallback_ms = num(it.next(), "--fallback-ms")?,
             "--min-barge-in-ms" => a.min_barge_in_ms = num(it.next(), "--min-barge-in-ms")?,
@@ -181,6 +184,7 @@ struct ClipResult {
 
 fn run_clip(args: &Args, model: Option<&Timed>, clip: &Value, ulaw: &[u8]) -> Result<ClipResult, String> {
     let vad_params = VadParams {
+        start_secs: args.start_ms as f32 / 1000.0,
         stop_secs: args.stop_ms as f32 / 1000.0,
         min_barge_in_secs: args.min_barge_in_ms as f32 / 1000.0,
         ..VadParams::default()
@@ -376,7 +380,7 @@ fn run(args: &Args) -> Result<(), String> {
         json!({
             "workload": "w6", "engine": engine_name(args, model.is_some()), "text_guard": args.text_guard,
             "model": if model.is_some() { "smart-turn-v3.2 (tract)" } else { "none (VAD stop ends the turn)" },
-            "stop_ms": args.stop_ms, "fallback_ms": args.fallback_ms, "min_barge_in_ms": args.min_barge_in_ms,
+            "start_ms": args.start_ms, "stop_ms": args.stop_ms, "fallback_ms": args.fallback_ms, "min_barge_in_ms": args.min_barge_in_ms,
             "clips": clips, "audio_s": audio_s, "wall_s": wall,
             "inferences": all_ms.len(), "cpu_ms_per_decision_mean": mean,
             "cpu_ms_per_decision_p50": pct(0.5), "cpu_ms_per_decision_p90": pct(0.9),

@@ -235,7 +235,7 @@ pub struct VadConfig {
 
 impl Default for VadConfig {
     fn default() -> Self {
-        Self { start_ms: 60, stop_ms: 400, threshold: 0.5, min_barge_in_ms: 300 }
+        Self { start_ms: 200, stop_ms: 400, threshold: 0.5, min_barge_in_ms: 300 }
     }
 }
 
