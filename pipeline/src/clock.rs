@@ -484,7 +484,7 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
                 && self.speaking
                 && self.utterance.is_none()
                 && self.last_done.as_ref() == Some(context_id)
-                && !self.queue.iter().any(|i| matches!(i, Item::Chunk(..)))
+                && self.queued.is_zero()
             {
                 // The far end played the last utterance written, and nothing follows it.
                 self.last_done = None;
@@ -558,18 +558,13 @@ impl<S: AudioSink> Processor for AudioOutput<S> {
                 // Mid-utterance: silence the far end now and keep the place. With the whole
                 // utterance already written, only its tail (at most the send-ahead) is left to
                 // play and there is nothing to come back to: let it finish.
-                if self.utterance.is_some() {
+                if let Some(context_id) = self.utterance.as_ref().map(|u| u.context_id.clone()) {
                     self.rewind_unplayed();
                     self.sink.clear();
                     // Report the heard position now: if words confirm the barge-in, the record
                     // of the bot's turn is cut to it before the caller's turn is answered.
-                    let heard = self.heard();
-                    if let Some(u) = &self.utterance {
-                        cx.push_now(
-                            Frame::PlayedUpTo { context_id: u.context_id.clone(), position: heard, complete: false },
-                            Direction::Upstream,
-                        );
-                    }
+                    let position = self.heard();
+                    cx.push_now(Frame::PlayedUpTo { context_id, position, complete: false }, Direction::Upstream);
                 }
             }
             Event::InterruptWithdrawn if self.barge_pending => {

@@ -172,7 +172,14 @@ impl Context {
     }
 
     /// Emit `Event::Interrupt`: the runner interrupts the whole pipeline centrally.
+    ///
+    /// The epoch moves on at once, as a handle's interruption does: what this call pushes after
+    /// `interrupt()` belongs to the new turn and survives the flush (a user aggregator that
+    /// interrupts on the words that also complete the caller's turn pushes that turn's run next);
+    /// what it pushed before is of the old turn and is dropped with everything else in flight.
     pub fn interrupt(&mut self) {
+        let next = self.shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        with_stage(|s| s.epoch = next);
         self.emit(Event::Interrupt);
     }
 

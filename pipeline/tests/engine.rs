@@ -501,3 +501,27 @@ async fn frames_handed_on_between_stages_keep_order_and_events_still_overtake_th
     let frame = log.iter().position(|l| l == "frame 7").expect("frame delivered");
     assert!(event < frame, "the frame emitted with the event overtook it: {log:?}");
 }
+
+/// A stage that interrupts and then pushes in the same call (a user aggregator whose confirming
+/// words also complete the caller's turn): what it pushed before the interruption is of the old
+/// turn and dropped, what it pushed after belongs to the new one and arrives.
+#[tokio::test]
+async fn a_push_after_interrupt_in_the_same_call_belongs_to_the_new_turn() {
+    let interrupter = processor_fn("interrupter", |frame, dir, cx| {
+        if matches!(&frame, Frame::Text(t) if &**t == "turn") {
+            cx.push_now(text("before"), dir);
+            cx.interrupt();
+            cx.push_now(text("after"), dir);
+            return Ok(());
+        }
+        cx.push_now(frame, dir);
+        Ok(())
+    });
+    let mut h = Harness::new(Pipeline::new().with(interrupter).with(PassThrough).with(PassThrough));
+    h.push(text("turn")).await;
+    // A frame pushed from outside before the interruption is of the old turn too: wait for it.
+    assert!(h.wait_event(Duration::from_secs(5), |e| matches!(e, Event::Interrupt)).await.is_some());
+    h.push(text("next")).await;
+    let out = h.finish().await;
+    assert_eq!(texts(&out.downstream), ["after", "next"]);
+}

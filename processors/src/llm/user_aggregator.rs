@@ -171,7 +171,7 @@ enum Timer {
     Commit(bool),
     /// Withdraw a pending barge-in no words confirmed.
     Withdraw,
-    /// Push the run committed in the call that also interrupted (see `deferred`).
+    /// Push the run of a turn committed in the call that also interrupted (see `interrupted_now`).
     Deferred,
 }
 
@@ -191,15 +191,14 @@ pub struct UserAggregator {
     armed: Option<Timer>,
     /// A tentative barge-in awaits its confirmation or withdrawal.
     barge_pending: bool,
-    /// This call emitted `Interrupt`: the runner applies it when the call returns, so a frame
-    /// pushed in the same call would belong to the old epoch and be flushed with it.
+    /// This call emitted `Interrupt`: the bot's record is cut to its heard words only when the
+    /// runner delivers it, after this call, so a run committed now is sent from the next timer
+    /// call with a snapshot taken then (`Timer::Deferred`).
     interrupted_now: bool,
     /// The text of the speculative request in flight, if any.
     speculation: Option<String>,
     stats: Arc<SpeculationStats>,
-    /// A turn committed in such a call: its run is pushed from the next timer call, in the new
-    /// epoch, with a snapshot taken then (after the interruption cut the bot's unheard words).
-    deferred: bool,
+
     bot_speaking: bool,
 }
 
@@ -220,7 +219,6 @@ impl UserAggregator {
             interrupted_now: false,
             speculation: None,
             stats: Arc::default(),
-            deferred: false,
             bot_speaking: false,
         }
     }
@@ -428,10 +426,8 @@ impl Processor for UserAggregator {
                 let run = self.on_transcript(&t, cx);
                 if let Some(run) = run {
                     if std::mem::take(&mut self.interrupted_now) {
-                        // Pushed now, the run would be flushed by the interruption it follows,
-                        // and its snapshot would still hold the bot's unheard words.
+                        // Its snapshot would still hold the bot's unheard words.
                         drop(run);
-                        self.deferred = true;
                         self.armed = Some(Timer::Deferred);
                         cx.wake_at(Instant::now());
                     } else {
@@ -446,28 +442,17 @@ impl Processor for UserAggregator {
 
     async fn on_timer(&mut self, cx: &mut Context) -> FlowResult {
         let Some(timer) = self.armed.take() else { return Ok(()) };
-        if timer == Timer::Deferred {
-            if std::mem::take(&mut self.deferred) {
-                cx.push(Frame::LlmRun(self.ctx.snapshot()), Direction::Downstream).await;
-            }
-            return Ok(());
-        }
-        if self.user_speaking {
-            return Ok(());
-        }
-        let use_interim = match timer {
-            Timer::Deferred => return Ok(()),
-            Timer::Withdraw => {
-                if self.barge_pending {
-                    self.withdraw(cx);
+        let silent = !self.user_speaking;
+        match timer {
+            // The turn is in the context already; the snapshot now has the bot's turn cut.
+            Timer::Deferred => cx.push(Frame::LlmRun(self.ctx.snapshot()), Direction::Downstream).await,
+            Timer::Withdraw if silent && self.barge_pending => self.withdraw(cx),
+            Timer::Commit(use_interim) if silent && !self.awaiting_end && !self.barge_pending => {
+                if let Some(run) = self.commit(use_interim, cx) {
+                    cx.push(run, Direction::Downstream).await;
                 }
-                return Ok(());
             }
-            Timer::Commit(_) if self.awaiting_end || self.barge_pending => return Ok(()),
-            Timer::Commit(use_interim) => use_interim,
-        };
-        if let Some(run) = self.commit(use_interim, cx) {
-            cx.push(run, Direction::Downstream).await;
+            Timer::Withdraw | Timer::Commit(_) => {}
         }
         Ok(())
     }
