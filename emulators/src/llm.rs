@@ -470,7 +470,7 @@ fn scalar_text(v: &Value) -> String {
 }
 
 /// The system prompt of the phone bot's post-call summary request starts like this (see
-/// `examples/phone_bot/workflow.rs`); both spellings are accepted.
+/// `examples/phone-bot/src/fleet/workflow.rs`); both spellings are accepted.
 const SUMMARY_MARKERS: [&str; 2] = ["summarise customer-service phone calls", "summarize customer-service phone calls"];
 
 /// Answers the phone bot's post-call summary request (recognised by its system prompt) with the

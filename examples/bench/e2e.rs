@@ -5,13 +5,13 @@
 //! confirmation (reported separately, not engine latency), the providers (STT, LLM TTFB, TTS
 //! TTFB: here the emulators plus loopback) and what is left: the engine.
 //!
-//! Design: the phone bot's code lives in the `phone_bot` example, which this binary cannot link,
-//! so it runs as a subprocess, `phone_bot --simulate --bench-turns T --bench-calls C`: the real
+//! Design: the phone bot is its own application crate (`examples/phone-bot`), which this binary
+//! does not link, so it runs as a subprocess, `phone-bot simulate --bench-turns T --bench-calls C`: the real
 //! server, emulators and simulated Twilio callers in one process (one clock for both ends of a
 //! turn), printing one JSON line per turn (see `simulate::bench_turns`). This module aggregates
 //! those lines into p50/p99. The phone bot binary is looked up next to this one
-//! (`target/release/examples/phone_bot`; build it with `cargo build --release --example
-//! phone_bot`) or given with `--phone-bot PATH`.
+//! (`target/release/phone-bot`; build it with `cargo build --release -p
+//! voxline-phone-bot`) or given with `--phone-bot PATH`.
 //!
 //! `bench e2e [--calls 4] [--turns 10] [--phone-bot PATH]` prints one JSON line.
 
@@ -31,7 +31,8 @@ fn phone_bot(o: &Opts) -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.join("phone_bot");
+    // target/<profile>/examples/bench → target/<profile>/phone-bot
+    let p = exe.parent()?.parent()?.join("phone-bot");
     p.exists().then_some(p)
 }
 
@@ -50,11 +51,11 @@ pub(crate) fn main(args: &[String]) {
     let calls: usize = o.get("calls", 4);
     let turns: usize = o.get("turns", 10);
     let Some(bin) = phone_bot(&o) else {
-        eprintln!("phone_bot binary not found next to the bench: cargo build --release --example phone_bot");
+        eprintln!("phone-bot binary not found beside the bench: cargo build --release -p voxline-phone-bot");
         std::process::exit(2);
     };
     let out = Command::new(&bin)
-        .args(["--simulate", "--bench-turns", &turns.to_string(), "--bench-calls", &calls.to_string()])
+        .args(["simulate", "--bench-turns", &turns.to_string(), "--bench-calls", &calls.to_string()])
         .env("RUST_LOG", "error")
         .stderr(Stdio::inherit())
         .output();

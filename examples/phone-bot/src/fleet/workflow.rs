@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use tracing::Instrument as _;
 
 use crate::config::Config;
-use crate::jobs::{self, Effect};
-use crate::recorder::CallRecord;
-use crate::store::Store;
+use crate::fleet::jobs::{self, Effect};
+use crate::call::recorder::CallRecord;
+use crate::fleet::store::Store;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepResult {
@@ -261,7 +261,7 @@ async fn run_step(
     input: &WorkflowInput<'_>,
     job: &JobRef<'_>,
     step: &str,
-    customer: Option<&crate::store::Customer>,
+    customer: Option<&crate::fleet::store::Customer>,
     out: &mut WorkflowOutcome,
 ) -> anyhow::Result<(&'static str, Value)> {
     let r = input.record;
@@ -379,7 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn failing_step_does_not_stop_others() {
-        let path = std::env::temp_dir().join(format!("voxline-wf-{}.db", crate::store::new_id("t")));
+        let path = std::env::temp_dir().join(format!("voxline-wf-{}.db", crate::fleet::store::new_id("t")));
         let store = match Store::connect(&format!("sqlite://{}", path.display()), true).await {
             Ok(s) => s,
             Err(e) => panic!("{e:#}"),
@@ -394,7 +394,7 @@ mod tests {
             api_key: None,
         };
         let mut rec = CallRecord { call_sid: "CAwf".into(), from: "+15550001111".into(), ..CallRecord::default() };
-        rec.transcript.push(crate::recorder::TranscriptLine {
+        rec.transcript.push(crate::call::recorder::TranscriptLine {
             role: "user".into(),
             text: "this is terrible".into(),
             t_ms: 0,

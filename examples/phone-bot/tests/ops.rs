@@ -1,43 +1,31 @@
 //! Production-operations tests: two instances on shared Redis/PostgreSQL, SIGKILL mid-job,
 //! SIGTERM drain, shared rate limits, PII at rest, audit, retention, secrets in logs.
 //!
-//! Instances that must be killed or signalled run as child processes: this test binary
-//! re-executes itself with the ignored test `ops_child_instance`, which runs the production
-//! `run_instance` from a config passed in the environment. Tests needing Postgres/Redis read
+//! Instances that must be killed or signalled run as child processes: the `phone-bot` binary's
+//! `serve`, with a config file written by the test. Tests needing Postgres/Redis read
 //! `DATABASE_URL`/`REDIS_URL` and skip (saying so) when unset; each run uses its own Postgres
 //! schema and Redis key prefix.
 
 use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Row as _;
 
-use crate::config::{Config, Secrets};
-use crate::security::Crypto;
-use crate::server::App;
-use crate::shared_state::Shared;
-use crate::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
-use crate::soak::{Instance, fleet_config, free_port, soak_call, spawn_instance};
-use crate::store::{CallRow, Store, new_id};
+use voxline_phone_bot::config::{Config, Secrets};
+use voxline_phone_bot::server::security::Crypto;
+use voxline_phone_bot::server::App;
+use voxline_phone_bot::fleet::shared_state::Shared;
+use voxline_phone_bot::sim::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
+use voxline_phone_bot::sim::socket_bench::{BenchParams, bench_one};
+use voxline_phone_bot::sim::soak::{Instance, fleet_config, free_port, soak_call, spawn_instance};
+use voxline_phone_bot::fleet::store::{CallRow, Store, new_id};
+
+/// The binary under test; child instances run its `serve`.
+const PHONE_BOT: &str = env!("CARGO_BIN_EXE_phone-bot");
 
 const PII_KEY_ENV: &str = "VOXLINE_TEST_PII_KEY";
-
-/// The child side: a production instance configured by the parent. Not a test on its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run by the other ops tests as a child process"]
-async fn ops_child_instance() {
-    let Ok(json) = std::env::var(crate::INSTANCE_CONFIG_ENV) else { return };
-    let cfg: Config = match serde_json::from_str(&json) {
-        Ok(c) => c,
-        Err(e) => panic!("child config: {e}"),
-    };
-    let _guard = crate::observability::init(&cfg.observability, "info");
-    let secrets = Secrets::resolve(&cfg, |k| std::env::var(k).ok());
-    if let Err(e) = crate::run_instance(cfg, secrets, crate::shutdown::signal()).await {
-        panic!("instance: {e:#}");
-    }
-}
 
 fn services(test: &str) -> Option<(String, String)> {
     match (std::env::var("DATABASE_URL"), std::env::var("REDIS_URL")) {
@@ -59,17 +47,9 @@ async fn drop_schema(store: &Store, schema: &str) {
     let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(store.pool()).await;
 }
 
-fn child_args() -> [&'static str; 5] {
-    ["ops_tests::ops_child_instance", "--exact", "--ignored", "--nocapture", "--test-threads=1"]
-}
-
 async fn spawn_child(cfg: &Config, env: &[(String, String)], log: Arc<Mutex<Vec<String>>>) -> Instance {
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => panic!("exe: {e}"),
-    };
-    let sink: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| crate::skills::lock(&log).push(l.to_string()));
-    match spawn_instance(&exe, &child_args(), cfg, env, sink).await {
+    let sink: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| voxline_phone_bot::call::skills::lock(&log).push(l.to_string()));
+    match spawn_instance(Path::new(PHONE_BOT), None, cfg, env, sink).await {
         Ok(i) => i,
         Err(e) => panic!("child instance: {e:#}"),
     }
@@ -86,7 +66,7 @@ async fn start_in_process(
         Err(e) => panic!("bind: {e}"),
     };
     let secrets =
-        Secrets::resolve(&cfg, |k| crate::soak::secret_env(&cfg).into_iter().find(|(n, _)| n == k).map(|(_, v)| v));
+        Secrets::resolve(&cfg, |k| voxline_phone_bot::sim::soak::secret_env(&cfg).into_iter().find(|(n, _)| n == k).map(|(_, v)| v));
     let mut app = App::new(cfg, secrets, store).with_shared(shared);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     app.on_call_done = Some(Arc::new(move |r: &CallRow| {
@@ -164,7 +144,7 @@ async fn two_instances_registry_and_sigkill_mid_workflow() {
     assert!(
         sids.iter().all(|s| on_a.contains(&s.as_str())),
         "B lists {listed}; A logged:\n{}",
-        crate::skills::lock(&log).join("\n")
+        voxline_phone_bot::call::skills::lock(&log).join("\n")
     );
     for c in calls {
         let r = c.await.unwrap_or_default();
@@ -276,7 +256,7 @@ async fn sigterm_drains_five_live_calls() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let params = vec![("CallSid".to_string(), "CA_new".to_string()), ("From".to_string(), "+1".to_string())];
     let url = format!("{base}/voice/twilio");
-    let sig = voxline_transports::twilio::signature::compute(SIM_AUTH_TOKEN, &url, &params);
+    let sig = voxline::transports::twilio::signature::compute(SIM_AUTH_TOKEN, &url, &params);
     let refused = reqwest::Client::new().post(&url).header("X-Twilio-Signature", sig).form(&params).send().await;
     assert_eq!(refused.map(|r| r.status().as_u16()).ok(), Some(503));
     for c in calls {
@@ -298,9 +278,9 @@ async fn sigterm_drains_five_live_calls() {
             row.record["transcript"].as_array().into_iter().flatten().rev().find(|l| l["role"] == "bot").cloned();
         assert!(last_bot.is_some_and(|l| l["text"].as_str().is_some_and(|t| t.contains("Goodbye"))), "{sid}");
     }
-    assert_eq!(crate::skills::lock(&emulated.hangups).len(), 5, "each call hung up through REST");
+    assert_eq!(voxline_phone_bot::call::skills::lock(&emulated.hangups).len(), 5, "each call hung up through REST");
 
-    let lines = crate::skills::lock(&log).clone();
+    let lines = voxline_phone_bot::call::skills::lock(&log).clone();
     let json_lines: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(json_lines.len() > 20, "too few log lines: {}", lines.len());
     for sid in &sids {
@@ -314,7 +294,7 @@ async fn sigterm_drains_five_live_calls() {
         assert!(l["spans"][0].get("turn").is_some(), "{l}");
     }
     let all = lines.join("\n");
-    for (name, value) in crate::soak::secret_env(&cfg).into_iter().chain([(PII_KEY_ENV.to_string(), pii_key)]) {
+    for (name, value) in voxline_phone_bot::sim::soak::secret_env(&cfg).into_iter().chain([(PII_KEY_ENV.to_string(), pii_key)]) {
         if value.starts_with("AC000") {
             continue; // The account SID is an identifier, not a secret (it is in every REST URL).
         }
@@ -460,13 +440,13 @@ async fn audit_retention_and_cache_invalidation() {
     // Cache: a read fills it, a workflow write invalidates it.
     let before = app.store.customer("C-1001").await.ok().flatten().and_then(|c| c.last_call_summary);
     assert_eq!(before, None);
-    let effect = crate::jobs::Effect::Crm { customer_id: "C-1001", call_sid: "CAold", note: "new note" };
-    let wrote = crate::jobs::step_once(&app.store, "JOB-CAold", "crm_update", "t", "ok", &json!({}), effect).await;
+    let effect = voxline_phone_bot::fleet::jobs::Effect::Crm { customer_id: "C-1001", call_sid: "CAold", note: "new note" };
+    let wrote = voxline_phone_bot::fleet::jobs::step_once(&app.store, "JOB-CAold", "crm_update", "t", "ok", &json!({}), effect).await;
     assert!(matches!(wrote, Ok(true)));
     let after = app.store.customer("C-1001").await.ok().flatten().and_then(|c| c.last_call_summary);
     assert_eq!(after.as_deref(), Some("new note"));
 
-    let n = app.store.apply_retention(crate::store::now_ms() - 1000, true).await.unwrap_or_default();
+    let n = app.store.apply_retention(voxline_phone_bot::fleet::store::now_ms() - 1000, true).await.unwrap_or_default();
     assert_eq!(n, 1);
     let red = app.store.get_call("CAold").await.ok().flatten();
     assert!(red.is_some_and(|r| r.from_number == "[redacted]" && r.summary.is_none() && r.record["redacted"] == true));
@@ -477,10 +457,45 @@ async fn audit_retention_and_cache_invalidation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_small_n_with_kill() {
     let Some((db, redis)) = services("soak_small_n_with_kill") else { return };
-    let report = crate::soak::soak(4, 4, None, Some(3.0), &db, &redis, &child_args()).await;
+    let report = voxline_phone_bot::sim::soak::soak(4, 4, None, Some(3.0), &db, &redis, Path::new(PHONE_BOT)).await;
     let r = report.unwrap_or_else(|e| panic!("soak: {e:#}"));
     assert_eq!(r["calls_placed"], 4, "{r}");
     assert_eq!(r["records_equal_placed"], true, "{r}");
     assert!(r["calls_completed"].as_u64().unwrap_or(0) >= 2, "B's calls complete: {r}");
     assert!(r["jitter_ms"]["samples"].as_u64().unwrap_or(0) > 0, "{r}");
 }
+
+/// Unpinned: the test binary runs other tests beside it.
+fn test_params(callers: usize) -> BenchParams {
+    let mut p = BenchParams::new(callers, PHONE_BOT.into());
+    p.ramp = Duration::from_secs(1);
+    p.hold = Duration::from_secs(1);
+    p
+}
+
+    /// Three callers, all overlapping, against a child instance: every call completes, the
+    /// instance saw them live together, and jitter, latency, CPU and RSS are finite and plausible.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn socket_bench_three_callers() {
+        let r = match bench_one(&test_params(3)).await {
+            Ok(r) => r,
+            Err(e) => panic!("bench: {e:#}"),
+        };
+        eprintln!("{r}");
+        assert_eq!(r["completed"], 3, "{r}");
+        assert_eq!(r["failed"], 0, "{r}");
+        assert!(r["peak_live_calls"].as_u64().is_some_and(|n| (2..=3).contains(&n)), "{r}");
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        // The bot paces 20 ms chunks and three calls are no load: chunks two behind at p99 would
+        // mean broken pacing (the margin is for CI running other real-time tests beside this).
+        assert!(f("outbound_jitter_p50_ms") >= 0.0 && f("outbound_jitter_p50_ms") < 10.0, "{r}");
+        assert!(f("outbound_jitter_p99_ms") >= 0.0 && f("outbound_jitter_p99_ms") < 40.0, "{r}");
+        assert!(r["jitter_samples"].as_u64().is_some_and(|n| n > 100), "{r}");
+        // Two answered lines per call; the VAD alone waits a few hundred ms before the bot can.
+        assert!(r["turns"].as_u64().is_some_and(|n| n >= 6), "{r}");
+        assert!(f("turn_latency_p50_ms") > 100.0 && f("turn_latency_p99_ms") < 5000.0, "{r}");
+        assert!(f("rss_idle_mb") > 1.0 && f("rss_peak_mb") >= f("rss_idle_mb") && f("rss_peak_mb") < 2000.0, "{r}");
+        assert!(f("rss_per_call_mb").is_finite() && f("rss_per_call_mb") >= 0.0, "{r}");
+        assert!(f("cpu_s_per_call") > 0.0 && f("cpu_s_per_call") < 30.0, "{r}");
+        assert!(f("cpu_pct") > 0.0 && f("driver_cpu_pct") > 0.0, "{r}");
+    }

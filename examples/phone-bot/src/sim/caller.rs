@@ -13,10 +13,10 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use voxline_transports::twilio::serializer::client;
-use voxline_transports::twilio::signature;
+use voxline::transports::twilio::serializer::client;
+use voxline::transports::twilio::signature;
 
-use crate::simulate::{SIM_AUTH_TOKEN, last_voiced};
+use crate::sim::simulate::{SIM_AUTH_TOKEN, last_voiced};
 
 /// What the voice webhook answered: where to open the media stream, and the `<Parameter>`s to
 /// send back in `start` (the stream token among them), as Twilio does.

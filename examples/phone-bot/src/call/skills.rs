@@ -1,5 +1,5 @@
 //! The call-center skills the LLM may call, as a [`ToolRegistry`] for the engine's
-//! [`ToolExecutor`](voxline_processors::tools::ToolExecutor).
+//! [`ToolExecutor`](voxline::processors::tools::ToolExecutor).
 //!
 //! Arguments are typed structs (schemas generated with `schemars` by the registry, so the schema
 //! the model sees and the parser can never disagree). A successful skill answers
@@ -15,10 +15,10 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use voxline_processors::tools::{Tool, ToolRegistry, parameters_schema};
-use voxline_transports::twilio::TwilioRest;
+use voxline::processors::tools::{Tool, ToolRegistry, parameters_schema};
+use voxline::transports::twilio::TwilioRest;
 
-use crate::store::Store;
+use crate::fleet::store::Store;
 
 /// What a skill knows about the call it runs in.
 pub struct CallCtx {
@@ -279,7 +279,7 @@ mod tests {
     use super::*;
 
     async fn store() -> Store {
-        let path = std::env::temp_dir().join(format!("voxline-skills-{}.db", crate::store::new_id("t")));
+        let path = std::env::temp_dir().join(format!("voxline-skills-{}.db", crate::fleet::store::new_id("t")));
         match Store::connect(&format!("sqlite://{}", path.display()), true).await {
             Ok(s) => s,
             Err(e) => panic!("{e:#}"),

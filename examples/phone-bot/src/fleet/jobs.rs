@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::store::{Store, new_id, now_ms};
+use crate::fleet::store::{Store, new_id, now_ms};
 
 /// A job this instance holds.
 #[derive(Debug, Clone)]

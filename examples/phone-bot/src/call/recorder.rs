@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use voxline_pipeline::{Direction, Event, Frame, MetricsEvent, Processor, processor_fn};
+use voxline::pipeline::{Direction, Event, Frame, MetricsEvent, Processor, processor_fn};
 
 /// A line printer for live output (the simulation prints the transcript as it happens).
 pub type LiveFn = Arc<dyn Fn(&str) + Send + Sync>;
@@ -95,7 +95,7 @@ impl Recorder {
         let rec = CallRecord {
             call_sid: call_sid.to_string(),
             from: from.to_string(),
-            started_ms: crate::store::now_ms(),
+            started_ms: crate::fleet::store::now_ms(),
             ..CallRecord::default()
         };
         Self {
@@ -113,7 +113,7 @@ impl Recorder {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        crate::skills::lock(&self.st)
+        crate::call::skills::lock(&self.st)
     }
 
     /// User turns so far (the turn number of log lines and spans).
@@ -259,9 +259,9 @@ impl Recorder {
             }
             Event::Speculation(s) => {
                 let i = match s {
-                    voxline_pipeline::Speculation::Started => 0,
-                    voxline_pipeline::Speculation::Confirmed => 1,
-                    voxline_pipeline::Speculation::Cancelled => 2,
+                    voxline::pipeline::Speculation::Started => 0,
+                    voxline::pipeline::Speculation::Confirmed => 1,
+                    voxline::pipeline::Speculation::Cancelled => 2,
                 };
                 st.rec.speculations[i] += 1;
                 st.speculation_cancelled = i == 2;

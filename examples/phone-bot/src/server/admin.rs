@@ -23,12 +23,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use voxline_transports::twilio::signature::constant_time_eq;
+use voxline::transports::twilio::signature::constant_time_eq;
 
-use crate::jobs::Jobs;
-use crate::shared_state::Shared;
-use crate::shutdown::Lifecycle;
-use crate::store::{CallRow, Store};
+use crate::fleet::jobs::Jobs;
+use crate::fleet::shared_state::Shared;
+use crate::server::shutdown::Lifecycle;
+use crate::fleet::store::{CallRow, Store};
 
 /// Live counters.
 #[derive(Default)]

@@ -21,8 +21,8 @@ use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use crate::skills::lock;
-use crate::store::now_ms;
+use crate::call::skills::lock;
+use crate::fleet::store::now_ms;
 
 /// A call in progress somewhere in the fleet.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,11 +78,11 @@ impl Shared {
     pub async fn connect(url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
         let Some(url) = url else { return Ok(Self::default()) };
         let client =
-            redis::Client::open(url).with_context(|| format!("redis: bad url {}", crate::store::redact(url)))?;
+            redis::Client::open(url).with_context(|| format!("redis: bad url {}", crate::fleet::store::redact(url)))?;
         let conn = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
             .await
             .map_err(|_| anyhow::anyhow!("redis: connect timed out"))?
-            .with_context(|| format!("redis: cannot connect to {}", crate::store::redact(url)))?;
+            .with_context(|| format!("redis: cannot connect to {}", crate::fleet::store::redact(url)))?;
         let me = Self::Redis(Arc::new(RedisState(Remote { conn, prefix: prefix.to_string() })));
         me.ping().await?;
         Ok(me)
@@ -332,7 +332,7 @@ pub(crate) mod tests {
             eprintln!("{test}: skipped (REDIS_URL is not set)");
             return None;
         };
-        let prefix = format!("voxline-test-{}", crate::store::new_id("r"));
+        let prefix = format!("voxline-test-{}", crate::fleet::store::new_id("r"));
         match Shared::connect(Some(&url), &prefix).await {
             Ok(s) => Some((s, prefix)),
             Err(e) => panic!("{test}: REDIS_URL is set but Redis is unusable: {e:#}"),

@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Notify;
 
-use crate::skills::lock;
+use crate::call::skills::lock;
 
 /// Calls of this instance and whether it is draining.
 #[derive(Default)]

@@ -2,14 +2,14 @@
 //!
 //! Each test starts its own emulators, server and SQLite file, then places simulated Twilio calls
 //! in real time (the output is paced like a phone line), so run them in release for speed:
-//! `cargo test --release --example phone_bot`.
+//! `cargo test --release -p voxline-phone-bot`.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, Server, Step, place_call, speech, start_server};
-use crate::store::CallRow;
+use voxline_phone_bot::sim::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, Server, Step, place_call, speech, start_server};
+use voxline_phone_bot::fleet::store::CallRow;
 
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -21,13 +21,13 @@ fn init_tracing() {
         .try_init();
 }
 
-async fn setup(lines: &[&str], tweak: impl FnOnce(&mut crate::config::Config)) -> (Emulated, Server) {
+async fn setup(lines: &[&str], tweak: impl FnOnce(&mut voxline_phone_bot::config::Config)) -> (Emulated, Server) {
     init_tracing();
     let emulated = match Emulated::start(Emulated::script(lines)).await {
         Ok(e) => e,
         Err(e) => panic!("emulators: {e:#}"),
     };
-    let db = std::env::temp_dir().join(format!("voxline-e2e-{}.db", crate::store::new_id("t")));
+    let db = std::env::temp_dir().join(format!("voxline-e2e-{}.db", voxline_phone_bot::fleet::store::new_id("t")));
     let server = match start_server(&emulated, &format!("sqlite://{}", db.display()), None, tweak).await {
         Ok(s) => s,
         Err(e) => panic!("server: {e:#}"),
@@ -85,7 +85,7 @@ async fn greets_first_answers_order_status_and_hangs_up() {
     assert!(t.iter().any(|(r, text)| r == "bot" && text.contains("12345")), "{t:?}");
     assert_eq!(row.end_reason, "bot_ended");
     assert!(log.closed_by_server && log.marks.len() >= 3, "{log:?}");
-    assert!(!crate::skills::lock(&emulated.hangups).is_empty(), "REST hang-up expected");
+    assert!(!voxline_phone_bot::call::skills::lock(&emulated.hangups).is_empty(), "REST hang-up expected");
     // stt.* turn-taking keys reach Deepgram's query string.
     let dg = emulated.deepgram.received();
     let conn = dg.connections.first();
@@ -151,7 +151,7 @@ async fn bad_signature_is_rejected_with_403() {
     let ws = tokio_tungstenite::connect_async(format!("{}/voice/stream", server.base.replacen("http", "ws", 1))).await;
     if let Ok((mut ws, _)) = ws {
         use futures::{SinkExt, StreamExt};
-        use voxline_transports::twilio::serializer::client;
+        use voxline::transports::twilio::serializer::client;
         let _ = ws.send(tokio_tungstenite::tungstenite::Message::text(client::connected())).await;
         let _ = ws
             .send(tokio_tungstenite::tungstenite::Message::text(client::start("MZ1", "CA1", &[("token", "forged")])))
@@ -175,7 +175,7 @@ async fn barge_in_clears_fast() {
     // the measurement starts at the first voiced sample.
     let Step::Say(bytes) = say(0) else { return };
     let voiced =
-        bytes.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+        bytes.iter().position(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
     let steps = vec![
         Step::WaitBotTalking(Duration::from_millis(1000)),
         Step::Pause(Duration::from_millis(300)),
@@ -191,7 +191,7 @@ async fn barge_in_clears_fast() {
     assert!(log.clears >= 1, "{log:?}");
     let first = log.clear_after_speech.first().copied().unwrap_or(Duration::MAX);
     // VAD start confirmation + at most one 20 ms frame of lateness + 100 ms engine budget.
-    let start = u64::from(crate::config::VadConfig::default().start_ms);
+    let start = u64::from(voxline_phone_bot::config::VadConfig::default().start_ms);
     assert!(first <= Duration::from_millis(start + 20 + 100), "clear {first:?} after speech start");
     assert!(row.record["interruptions"].as_u64().unwrap_or(0) >= 1);
 }
@@ -205,7 +205,7 @@ async fn barge_in_context_keeps_heard_words() {
     let (emulated, server) = setup(CALLER_LINES, |c| c.vad.min_barge_in_ms = 0).await;
     let Step::Say(bytes) = say(0) else { return };
     let voiced =
-        bytes.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+        bytes.iter().position(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
     let steps = vec![
         Step::WaitBotTalking(Duration::from_millis(1000)),
         Step::Pause(Duration::from_millis(300)),
@@ -232,7 +232,7 @@ async fn barge_in_context_keeps_heard_words() {
         .flat_map(str::split_whitespace)
         .map(str::to_string)
         .collect();
-    let greeting = crate::config::PersonaConfig::default().greeting;
+    let greeting = voxline_phone_bot::config::PersonaConfig::default().greeting;
     let spoken: Vec<&str> = greeting.split_whitespace().collect();
     assert!(!heard.is_empty(), "no heard greeting words in the context: {messages:?}");
     assert!(heard.len() < spoken.len(), "context kept unheard words: {heard:?}");
@@ -377,7 +377,7 @@ async fn barge_in_trial(trial: usize, after: Duration) -> Option<String> {
         Ok(e) => e,
         Err(e) => return Some(format!("emulators: {e:#}")),
     };
-    let db = std::env::temp_dir().join(format!("voxline-barge-{}.db", crate::store::new_id("t")));
+    let db = std::env::temp_dir().join(format!("voxline-barge-{}.db", voxline_phone_bot::fleet::store::new_id("t")));
     let mut server = match start_server(&emulated, &format!("sqlite://{}", db.display()), None, |c| {
         c.persona.greeting = "Hi.".into();
         c.workflow.enabled = false;
@@ -389,7 +389,7 @@ async fn barge_in_trial(trial: usize, after: Duration) -> Option<String> {
     };
     let (Step::Say(ask), Step::Say(over)) = (say(0), say(1)) else { return Some("speech".into()) };
     let voiced =
-        over.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+        over.iter().position(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
     let steps = vec![
         quiet(),
         Step::Say(ask),
@@ -405,7 +405,7 @@ async fn barge_in_trial(trial: usize, after: Duration) -> Option<String> {
     };
     let row = next_record(&mut server, 30).await;
     let _ = std::fs::remove_file(&db);
-    let cfg = crate::config::VadConfig::default();
+    let cfg = voxline_phone_bot::config::VadConfig::default();
     let budget = Duration::from_millis(u64::from(cfg.start_ms + cfg.min_barge_in_ms) + 60);
     let Some(&(onset, Some(voice_end))) = log.said.get(1) else { return Some(format!("no barge-in said: {log:?}")) };
     let Some(&clear) = log.clear_at.iter().find(|t| **t >= onset) else {
@@ -507,7 +507,7 @@ async fn a_backchannel_over_a_long_answer_pauses_the_bot_and_it_resumes() {
             Ok(e) => e,
             Err(e) => panic!("emulators: {e:#}"),
         };
-    let db = std::env::temp_dir().join(format!("voxline-bc-{}.db", crate::store::new_id("t")));
+    let db = std::env::temp_dir().join(format!("voxline-bc-{}.db", voxline_phone_bot::fleet::store::new_id("t")));
     let mut server = match start_server(&emulated, &format!("sqlite://{}", db.display()), None, |c| {
         c.persona.greeting = "Hi.".into();
         c.workflow.enabled = false;
@@ -558,11 +558,11 @@ struct ScriptedTurn {
     delay: Duration,
 }
 
-impl voxline_processors::audio::turn::TurnModel for ScriptedTurn {
+impl voxline::processors::audio::turn::TurnModel for ScriptedTurn {
     fn submit(
         &self,
         _audio: Vec<f32>,
-    ) -> Result<voxline_processors::audio::turn::TurnAnswer, voxline_processors::audio::turn::TurnError> {
+    ) -> Result<voxline::processors::audio::turn::TurnAnswer, voxline::processors::audio::turn::TurnError> {
         let p = {
             let mut s = self.script.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if s.is_empty() { 0.9 } else { s.remove(0) }
@@ -594,8 +594,8 @@ async fn a_speculation_at_a_thinking_pause_is_cancelled_and_the_whole_turn_answe
         Err(e) => panic!("emulators: {e:#}"),
     };
     let model = Arc::new(ScriptedTurn { script: std::sync::Mutex::new(vec![0.1]), delay: Duration::from_millis(150) });
-    let db = std::env::temp_dir().join(format!("voxline-spec-{}.db", crate::store::new_id("t")));
-    let mut server = match crate::simulate::start_server_with(
+    let db = std::env::temp_dir().join(format!("voxline-spec-{}.db", voxline_phone_bot::fleet::store::new_id("t")));
+    let mut server = match voxline_phone_bot::sim::simulate::start_server_with(
         &emulated,
         &format!("sqlite://{}", db.display()),
         None,

@@ -1,10 +1,10 @@
 //! Concurrency at the socket: N simulated Twilio callers over loopback websockets against one
 //! phone-bot instance with emulated providers.
 //!
-//! `phone_bot --bench-socket [--callers 100,500,1000] [--ramp-secs S] [--hold-secs H]`
+//! `phone-bot bench-socket [--callers 100,500,1000] [--ramp-secs S] [--hold-secs H]`
 //!
 //! Needs nothing external: the bot stores into a temporary SQLite file and keeps its shared state
-//! in process. For each N a FRESH instance runs as a child process (`--instance`), pinned to core 0
+//! in process. For each N a FRESH instance runs as a child process (`phone-bot serve`), pinned to core 0
 //! with `taskset -c 0`; this process (the callers and the Deepgram/OpenAI/ElevenLabs/Twilio REST
 //! emulators) pins itself to core 1 with `taskset -a -p`, so the load generator never takes the
 //! bot's core, and its own CPU figure shows whether it, rather than the bot, was the limit. Without
@@ -33,12 +33,12 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::admin::percentile;
-use crate::caller::{CallOutcome, Script, caller};
-use crate::simulate::{CALLER_LINES, Emulated, speech};
-use crate::skills::lock;
-use crate::soak::{free_port, proc_usage, spawn_instance};
-use crate::store::new_id;
+use crate::server::admin::percentile;
+use crate::sim::caller::{CallOutcome, Script, caller};
+use crate::sim::simulate::{CALLER_LINES, Emulated, speech};
+use crate::call::skills::lock;
+use crate::sim::soak::{free_port, proc_usage, spawn_instance};
+use crate::fleet::store::new_id;
 
 /// The core the bot instance is pinned to; the driver takes [`DRIVER_CORE`].
 const BOT_CORE: usize = 0;
@@ -53,19 +53,17 @@ pub struct BenchParams {
     pub ramp: Duration,
     /// Silence each caller holds after the greeting before speaking.
     pub hold: Duration,
-    /// The instance's executable and arguments (`--instance` for the binary; the test binary
-    /// re-executes its child-instance test instead).
+    /// The `phone-bot` executable; the instance is its `serve`.
     pub exe: PathBuf,
-    pub args: Vec<String>,
     /// Run the instance under `taskset -c CORE`.
     pub pin_core: Option<usize>,
 }
 
 impl BenchParams {
-    /// The defaults of `--bench-socket` for `callers`: ramp N/100 s (at least 1 s), hold ramp + 2 s.
-    pub fn new(callers: usize, exe: PathBuf, args: Vec<String>) -> Self {
+    /// The defaults of `bench-socket` for `callers`: ramp N/100 s (at least 1 s), hold ramp + 2 s.
+    pub fn new(callers: usize, exe: PathBuf) -> Self {
         let ramp = Duration::from_secs_f64((callers as f64 / 100.0).max(1.0));
-        Self { callers, ramp, hold: ramp + Duration::from_secs(2), exe, args, pin_core: None }
+        Self { callers, ramp, hold: ramp + Duration::from_secs(2), exe, pin_core: None }
     }
 }
 
@@ -130,15 +128,6 @@ pub async fn bench_one(p: &BenchParams) -> anyhow::Result<Value> {
     cfg.storage.redis_url = None;
     cfg.validate()?;
 
-    let (exe, args): (PathBuf, Vec<String>) = match p.pin_core {
-        Some(core) => {
-            let mut a = vec!["-c".to_string(), core.to_string(), p.exe.display().to_string()];
-            a.extend(p.args.iter().cloned());
-            (PathBuf::from("taskset"), a)
-        }
-        None => (p.exe.clone(), p.args.clone()),
-    };
-    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
     // The instance logs at warn: count what it says, keep the first lines for the report.
     let log: Arc<Mutex<(usize, Vec<String>)>> = Arc::default();
     let sink = {
@@ -152,7 +141,7 @@ pub async fn bench_one(p: &BenchParams) -> anyhow::Result<Value> {
         }) as Arc<dyn Fn(&str) + Send + Sync>
     };
     let env = vec![("RUST_LOG".to_string(), "warn".to_string())];
-    let instance = spawn_instance(&exe, &args_ref, &cfg, &env, sink).await?;
+    let instance = spawn_instance(&p.exe, p.pin_core, &cfg, &env, sink).await?;
     let result = drive(p, n, &instance.base, instance.pid, &cfg.storage.url, script).await;
     drop(instance);
     drop(emulated);
@@ -347,7 +336,7 @@ async fn drive(
 /// From the bot's call records: calls recorded, end reasons, and p50/p99 of each turn stage
 /// (`total_ms`: the VAD's end of speech → first bot audio; STT, LLM and TTS first byte).
 async fn server_breakdown(db_url: &str) -> anyhow::Result<Value> {
-    let store = crate::store::Store::connect(db_url, false).await?;
+    let store = crate::fleet::store::Store::connect(db_url, false).await?;
     let calls = store.list_calls(1_000_000).await?;
     let mut reasons = std::collections::BTreeMap::<String, usize>::new();
     for c in &calls {
@@ -399,27 +388,8 @@ fn machine() -> Value {
     json!({"nproc": nproc, "model": model})
 }
 
-/// `--bench-socket`: see the module docs.
-pub async fn run(args: &[String]) -> anyhow::Result<()> {
-    let value = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
-    let callers: Vec<usize> = match value("--callers") {
-        Some(list) => list
-            .split(',')
-            .map(|s| s.trim().parse::<usize>().with_context(|| format!("--callers: bad count {s:?}")))
-            .collect::<anyhow::Result<_>>()?,
-        None => vec![100, 500, 1000],
-    };
-    let secs = |name: &str| -> anyhow::Result<Option<Duration>> {
-        value(name)
-            .map(|s| {
-                s.parse::<f64>()
-                    .ok()
-                    .and_then(|v| Duration::try_from_secs_f64(v).ok())
-                    .with_context(|| format!("{name}: bad seconds {s:?}"))
-            })
-            .transpose()
-    };
-    let (ramp, hold) = (secs("--ramp-secs")?, secs("--hold-secs")?);
+/// `phone-bot bench-socket`: see the module docs. `ramp`/`hold` override the defaults.
+pub async fn run(callers: &[usize], ramp: Option<Duration>, hold: Option<Duration>) -> anyhow::Result<()> {
     let machine = machine();
     let pinned = machine["nproc"].as_u64().unwrap_or(0) >= 2 && taskset_available();
     let driver_pinned = pinned && pin_self(DRIVER_CORE);
@@ -428,8 +398,8 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe()?;
     let mut results = Vec::new();
-    for n in callers {
-        let mut p = BenchParams::new(n, exe.clone(), vec!["--instance".into()]);
+    for &n in callers {
+        let mut p = BenchParams::new(n, exe.clone());
         if let Some(r) = ramp {
             p.ramp = r;
         }
@@ -452,48 +422,4 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
     });
     println!("{report}");
     Ok(())
-}
-
-/// Unpinned (the test binary runs other tests beside it), and the instance is the test binary
-/// re-executing its child-instance test rather than `--instance`.
-#[cfg(test)]
-fn test_params(callers: usize) -> BenchParams {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("exe: {e}"));
-    let args = ["ops_tests::ops_child_instance", "--exact", "--ignored", "--nocapture", "--test-threads=1"];
-    let mut p = BenchParams::new(callers, exe, args.iter().map(|s| (*s).to_string()).collect());
-    p.ramp = Duration::from_secs(1);
-    p.hold = Duration::from_secs(1);
-    p
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Three callers, all overlapping, against a child instance: every call completes, the
-    /// instance saw them live together, and jitter, latency, CPU and RSS are finite and plausible.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn socket_bench_three_callers() {
-        let r = match bench_one(&test_params(3)).await {
-            Ok(r) => r,
-            Err(e) => panic!("bench: {e:#}"),
-        };
-        eprintln!("{r}");
-        assert_eq!(r["completed"], 3, "{r}");
-        assert_eq!(r["failed"], 0, "{r}");
-        assert!(r["peak_live_calls"].as_u64().is_some_and(|n| (2..=3).contains(&n)), "{r}");
-        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        // The bot paces 20 ms chunks and three calls are no load: chunks two behind at p99 would
-        // mean broken pacing (the margin is for CI running other real-time tests beside this).
-        assert!(f("outbound_jitter_p50_ms") >= 0.0 && f("outbound_jitter_p50_ms") < 10.0, "{r}");
-        assert!(f("outbound_jitter_p99_ms") >= 0.0 && f("outbound_jitter_p99_ms") < 40.0, "{r}");
-        assert!(r["jitter_samples"].as_u64().is_some_and(|n| n > 100), "{r}");
-        // Two answered lines per call; the VAD alone waits a few hundred ms before the bot can.
-        assert!(r["turns"].as_u64().is_some_and(|n| n >= 6), "{r}");
-        assert!(f("turn_latency_p50_ms") > 100.0 && f("turn_latency_p99_ms") < 5000.0, "{r}");
-        assert!(f("rss_idle_mb") > 1.0 && f("rss_peak_mb") >= f("rss_idle_mb") && f("rss_peak_mb") < 2000.0, "{r}");
-        assert!(f("rss_per_call_mb").is_finite() && f("rss_per_call_mb") >= 0.0, "{r}");
-        assert!(f("cpu_s_per_call") > 0.0 && f("cpu_s_per_call") < 30.0, "{r}");
-        assert!(f("cpu_pct") > 0.0 && f("driver_cpu_pct") > 0.0, "{r}");
-    }
 }

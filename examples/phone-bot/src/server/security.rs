@@ -24,7 +24,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::shared_state::Shared;
+use crate::fleet::shared_state::Shared;
 
 const SEALED: &str = "enc:v1:";
 

@@ -11,6 +11,11 @@
 //! takes the job over when the lease expires. `serve` adds the background work (heartbeat,
 //! job workers, retention) and the SIGTERM drain of shutdown.rs.
 
+
+pub mod admin;
+pub mod security;
+pub mod shutdown;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,24 +26,24 @@ use axum::middleware::from_fn_with_state;
 use serde_json::json;
 use tokio::sync::Notify;
 use tracing::Instrument as _;
-use voxline_pipeline::{CancellationToken, Event, PipelineParams, PipelineTask, TaskOutcome};
-use voxline_transports::twilio::routes::BoxFuture;
-use voxline_transports::twilio::{
+use voxline::pipeline::{CancellationToken, Event, PipelineParams, PipelineTask, TaskOutcome};
+use voxline::transports::twilio::routes::BoxFuture;
+use voxline::transports::twilio::{
     CallHandler, EndReason, RoutesConfig, StatusUpdate, TwilioParams, TwilioRest, TwilioSession, router,
 };
 
-use crate::admin::{self, AdminState, Counters};
-use crate::bot::{self, CallParts};
+use crate::server::admin::{AdminState, Counters};
+use crate::call::bot::{self, CallParts};
 use crate::config::{Config, Secrets};
-use crate::jobs::{Claimed, Jobs};
+use crate::fleet::jobs::{Claimed, Jobs};
 use crate::observability::metrics;
-use crate::recorder::{CallRecord, LiveFn, Recorder};
-use crate::security::{self, RateLimit};
-use crate::shared_state::{HEARTBEAT_TTL, LiveCall, Shared};
-use crate::shutdown::{DrainGuard, Lifecycle};
-use crate::skills::{self, CallCtx};
-use crate::store::{CallRow, Store, now_ms};
-use crate::workflow::{self, JobRef, SummaryLlm, WorkflowInput, WorkflowOutcome};
+use crate::call::recorder::{CallRecord, LiveFn, Recorder};
+use crate::server::security::RateLimit;
+use crate::fleet::shared_state::{HEARTBEAT_TTL, LiveCall, Shared};
+use crate::server::shutdown::{DrainGuard, Lifecycle};
+use crate::call::skills::{self, CallCtx};
+use crate::fleet::store::{CallRow, Store, now_ms};
+use crate::fleet::workflow::{self, JobRef, SummaryLlm, WorkflowInput, WorkflowOutcome};
 
 /// Observer of finished calls.
 pub type CallDoneFn = Arc<dyn Fn(&CallRow) + Send + Sync>;
@@ -64,7 +69,7 @@ pub struct App {
     /// Stops the background work.
     pub stop: CancellationToken,
     /// The end-of-turn model shared by every call (see [`bot::turn_model`]).
-    pub turn_model: Option<Arc<dyn voxline_processors::audio::turn::TurnModel>>,
+    pub turn_model: Option<Arc<dyn voxline::processors::audio::turn::TurnModel>>,
 }
 
 /// `hostname-pid`: unique per process, readable in the registry.
@@ -161,7 +166,7 @@ impl App {
         };
         let drain = DrainGuard { lifecycle: self.lifecycle.clone(), voice_path };
         let twilio = router(routes, Arc::new(Handler(self.clone())))
-            .layer(from_fn_with_state(drain, crate::shutdown::refuse_new_calls))
+            .layer(from_fn_with_state(drain, crate::server::shutdown::refuse_new_calls))
             .layer(from_fn_with_state(limit("webhook", sec.webhook_rate_per_minute), security::rate_limit));
         let mut admin = admin::router(admin)
             .layer(from_fn_with_state(limit("admin", sec.admin_rate_per_minute), security::rate_limit));

@@ -22,12 +22,12 @@ use tokio_tungstenite::tungstenite::Message;
 use voxline_emulators::deepgram::{DeepgramConfig, DeepgramEmulator, TranscriptScript, Trigger};
 use voxline_emulators::elevenlabs::{ElevenLabsConfig, ElevenLabsEmulator};
 use voxline_emulators::openai::{OpenAiConfig, OpenAiEmulator, Responder, Scripted, call_center_responder};
-use voxline_transports::twilio::serializer::{Outbound, client, decode_outbound};
+use voxline::transports::twilio::serializer::{Outbound, client, decode_outbound};
 
-use crate::caller::{Answered, ring};
+use crate::sim::caller::{Answered, ring};
 use crate::config::{Config, Secrets};
 use crate::server::App;
-use crate::store::{CallRow, Store};
+use crate::fleet::store::{CallRow, Store};
 
 /// What the simulated caller says, in order.
 pub const CALLER_LINES: &[&str] =
@@ -64,7 +64,7 @@ impl Emulated {
             post(move |axum::extract::Path((_a, call)): axum::extract::Path<(String, String)>, body: String| {
                 let h = h.clone();
                 async move {
-                    crate::skills::lock(&h).push(format!("{call} {body}"));
+                    crate::call::skills::lock(&h).push(format!("{call} {body}"));
                     axum::Json(serde_json::json!({"sid": call.trim_end_matches(".json"), "status": "completed"}))
                 }
             }),
@@ -120,7 +120,7 @@ pub struct Server {
 pub async fn start_server(
     emulated: &Emulated,
     storage_url: &str,
-    live: Option<crate::recorder::LiveFn>,
+    live: Option<crate::call::recorder::LiveFn>,
     tweak: impl FnOnce(&mut Config),
 ) -> anyhow::Result<Server> {
     start_server_with(emulated, storage_url, live, tweak, None).await
@@ -131,9 +131,9 @@ pub async fn start_server(
 pub async fn start_server_with(
     emulated: &Emulated,
     storage_url: &str,
-    live: Option<crate::recorder::LiveFn>,
+    live: Option<crate::call::recorder::LiveFn>,
     tweak: impl FnOnce(&mut Config),
-    turn_model: Option<Arc<dyn voxline_processors::audio::turn::TurnModel>>,
+    turn_model: Option<Arc<dyn voxline::processors::audio::turn::TurnModel>>,
 ) -> anyhow::Result<Server> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -184,7 +184,7 @@ pub fn speech(text: &str, index: usize) -> anyhow::Result<Vec<u8>> {
     let cache = CACHE.get_or_init(Mutex::default);
     // Held across synthesis on purpose: concurrent first calls for one text wait for a single
     // synthesis instead of racing their own.
-    let mut cache = crate::skills::lock(cache);
+    let mut cache = crate::call::skills::lock(cache);
     if let Some(bytes) = cache.get(text) {
         return Ok(bytes.as_ref().clone());
     }
@@ -193,8 +193,6 @@ pub fn speech(text: &str, index: usize) -> anyhow::Result<Vec<u8>> {
         None => {
             let fixture: PathBuf = [
                 env!("CARGO_MANIFEST_DIR"),
-                "examples",
-                "phone_bot",
                 "fixtures",
                 &format!("caller_{}.ulaw", index + 1),
             ]
@@ -327,40 +325,40 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
                 };
                 let Ok((_, out)) = decode_outbound(&text) else { continue };
                 let now = Instant::now();
-                let mut p = crate::skills::lock(&pb);
+                let mut p = crate::call::skills::lock(&pb);
                 match out {
                     Outbound::Media { payload } => {
-                        if let Some(t) = crate::skills::lock(&awaiting_answer).take() {
-                            crate::skills::lock(&log).answer_after_voice.push(Some(now.duration_since(t)));
+                        if let Some(t) = crate::call::skills::lock(&awaiting_answer).take() {
+                            crate::call::skills::lock(&log).answer_after_voice.push(Some(now.duration_since(t)));
                         }
                         let ms = payload.len() as u64 / 8;
                         p.play_end = p.play_end.max(now) + Duration::from_millis(ms);
                         p.bot_audio_ms += ms;
                         p.last_audio = Some(now);
-                        let mut l = crate::skills::lock(&log);
+                        let mut l = crate::call::skills::lock(&log);
                         l.media_frames += 1;
                         l.media_at.push(now);
                     }
                     Outbound::Mark { name } => {
                         let at = p.play_end.max(now);
                         p.marks.push_back((name.clone(), at));
-                        crate::skills::lock(&log).marks.push(name);
+                        crate::call::skills::lock(&log).marks.push(name);
                     }
                     Outbound::Clear => {
                         p.play_end = now;
                         for (name, _) in p.marks.drain(..) {
                             let _ = echo_tx.send(name);
                         }
-                        let mut l = crate::skills::lock(&log);
+                        let mut l = crate::call::skills::lock(&log);
                         l.clears += 1;
                         l.clear_at.push(now);
-                        if let Some(t) = crate::skills::lock(&speech_started).take() {
+                        if let Some(t) = crate::call::skills::lock(&speech_started).take() {
                             l.clear_after_speech.push(now.duration_since(t));
                         }
                     }
                 }
             }
-            crate::skills::lock(&log).closed_by_server = true;
+            crate::call::skills::lock(&log).closed_by_server = true;
         })
     };
 
@@ -388,7 +386,7 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
         }
         // Echo marks whose audio has played.
         {
-            let mut p = crate::skills::lock(&pb);
+            let mut p = crate::call::skills::lock(&pb);
             while p.marks.front().is_some_and(|(_, at)| *at <= now) {
                 if let Some((name, _)) = p.marks.pop_front() {
                     let _ = echo_tx.send(name);
@@ -410,23 +408,23 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
                     Step::WaitQuiet(d) => {
                         // The bot must have answered (audio after this step began), finished
                         // playing, and stayed quiet for `d`.
-                        let p = crate::skills::lock(&pb);
+                        let p = crate::call::skills::lock(&pb);
                         p.marks.is_empty()
                             && p.play_end + d <= now
                             && p.last_audio.is_some_and(|t| t >= since && t + d <= now)
                     }
                     Step::WaitBotTalking(d) => {
-                        let p = crate::skills::lock(&pb);
+                        let p = crate::call::skills::lock(&pb);
                         p.last_audio.is_some() && p.bot_audio_ms >= u64::try_from(d.as_millis()).unwrap_or(0)
                     }
                     Step::Say(bytes) => {
-                        if crate::skills::lock(&awaiting_answer).take().is_some() {
-                            crate::skills::lock(&log).answer_after_voice.push(None);
+                        if crate::call::skills::lock(&awaiting_answer).take().is_some() {
+                            crate::call::skills::lock(&log).answer_after_voice.push(None);
                         }
                         voiced_left = Some(last_voiced(&bytes));
-                        crate::skills::lock(&log).said.push((now, None));
+                        crate::call::skills::lock(&log).said.push((now, None));
                         speaking.extend(bytes);
-                        *crate::skills::lock(&speech_started) = Some(now);
+                        *crate::call::skills::lock(&speech_started) = Some(now);
                         true
                     }
                     Step::Dtmf(c) => {
@@ -486,10 +484,10 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
         if voice_ends_here {
             voiced_left = None;
             let sent = Instant::now();
-            if let Some(last) = crate::skills::lock(&log).said.last_mut() {
+            if let Some(last) = crate::call::skills::lock(&log).said.last_mut() {
                 last.1 = Some(sent);
             }
-            *crate::skills::lock(&awaiting_answer) = Some(sent);
+            *crate::call::skills::lock(&awaiting_answer) = Some(sent);
         }
         seq += 1;
     }
@@ -500,32 +498,27 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
     } else {
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     }
-    let mut out = crate::skills::lock(&log).clone();
-    out.bot_audio_ms = crate::skills::lock(&pb).bot_audio_ms;
+    let mut out = crate::call::skills::lock(&log).clone();
+    out.bot_audio_ms = crate::call::skills::lock(&pb).bot_audio_ms;
     Ok(out)
 }
 
 /// Bytes up to and including the last voiced sample (louder than the near-silence espeak and sox
 /// leave around speech).
 pub(crate) fn last_voiced(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
+    bytes.iter().rposition(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
 }
 
-/// `--simulate`: one full call, printed live. With `--bench-turns T [--bench-calls C]`: the
-/// end-to-end latency measurement instead (see [`bench_turns`]).
+/// `phone-bot simulate`: one full call, printed live (`--bench-turns` runs [`bench_turns`]
+/// instead).
 pub async fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let opt = |k: &str| args.windows(2).find(|w| w[0] == k).and_then(|w| w[1].parse::<usize>().ok());
-    if let Some(turns) = opt("--bench-turns") {
-        return bench_turns(opt("--bench-calls").unwrap_or(4), turns).await;
-    }
     println!("=== Voxline phone bot: KEYLESS SIMULATION ===");
     println!("Providers are EMULATED in-process (voxline-emulators): Deepgram STT (scripted recognition),");
     println!("OpenAI chat (scripted call-center responder), ElevenLabs TTS (tone voice), Twilio REST (fake).");
     println!("The server, pipeline, Twilio websocket protocol, skills, storage and workflow are real.\n");
     let emulated = Emulated::start(Emulated::script(CALLER_LINES)).await?;
     let db = std::env::temp_dir().join(format!("voxline-sim-{}.db", std::process::id()));
-    let live: crate::recorder::LiveFn = Arc::new(|line: &str| println!("{line}"));
+    let live: crate::call::recorder::LiveFn = Arc::new(|line: &str| println!("{line}"));
     let mut server = start_server(&emulated, &format!("sqlite://{}", db.display()), Some(live), |_| {}).await?;
     println!("server listening on {} (sqlite {})\n", server.base, db.display());
     let mut steps = vec![Step::WaitQuiet(Duration::from_millis(400))];
@@ -549,7 +542,7 @@ pub async fn run() -> anyhow::Result<()> {
         log.clears,
         log.closed_by_server
     );
-    println!("REST hang-ups seen by the fake Twilio API: {:?}", crate::skills::lock(&emulated.hangups));
+    println!("REST hang-ups seen by the fake Twilio API: {:?}", crate::call::skills::lock(&emulated.hangups));
     print_post_call(&row);
     let stats = reqwest::Client::new()
         .get(format!("{}/admin/stats", server.base))
@@ -605,7 +598,7 @@ pub fn print_post_call(row: &CallRow) {
 const BENCH_LINE: &str = "Hi, I'm calling about my order.";
 const BENCH_ANSWER: &str = "Okay, got it.";
 
-/// `--simulate --bench-turns T --bench-calls C`: `C` concurrent calls of `T` caller turns each
+/// `phone-bot simulate --bench-turns T --bench-calls C`: `C` concurrent calls of `T` caller turns each
 /// against the in-process emulators (zero configured provider delay), one JSON line per turn on
 /// stdout (used by `bench e2e`):
 ///
@@ -629,7 +622,7 @@ pub async fn bench_turns(calls: usize, turns: usize) -> anyhow::Result<()> {
     })
     .await?;
     let line = speech(BENCH_LINE, 0)?;
-    let voiced = line.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000);
+    let voiced = line.iter().position(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000);
     let line = line[voiced.unwrap_or(0)..].to_vec();
     let mut joins = Vec::new();
     for c in 0..calls {

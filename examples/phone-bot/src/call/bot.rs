@@ -6,7 +6,7 @@
 //!   → ElevenLabs (ulaw_8000) → PlayoutTap → record_output → AudioOutput(TwilioSink)
 //! ```
 //!
-//! The LLM chain is the one documented in `voxline_processors::llm` (user aggregator, LLM,
+//! The LLM chain is the one documented in `voxline::processors::llm` (user aggregator, LLM,
 //! assistant aggregator, tool executor, sentence aggregator, TTS, playout tap). The two thin
 //! stages around the executor are the bot's: [`ToolLog`] notes each call's arguments and start
 //! time and holds back the follow-up LLM run once the call is ending or transferred;
@@ -22,25 +22,25 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::Notify;
-use voxline_pipeline::{
+use voxline::pipeline::{
     AudioFormat, Context, Direction, FlowResult, Frame, Pipeline, Processor, StartInfo, ToolOutcome,
 };
-use voxline_processors::audio::VadProcessor;
-use voxline_processors::audio::turn::{TurnDetector, TurnModel, TurnParams};
-use voxline_processors::codec::MulawDecoder;
-use voxline_processors::llm::{
+use voxline::processors::audio::VadProcessor;
+use voxline::processors::audio::turn::{TurnDetector, TurnModel, TurnParams};
+use voxline::processors::codec::MulawDecoder;
+use voxline::processors::llm::{
     AnthropicLlm, AnthropicSettings, AssistantAggregator, AssistantSettings, ConversationContext, LlmService,
     OpenAiLlm, OpenAiSettings, SpeculationGate, UserAggregator, UserAggregatorSettings,
 };
-use voxline_processors::stt::{DeepgramSettings, DeepgramStt, Endpointing};
-use voxline_processors::text::{SentenceAggregator, SentenceSettings};
-use voxline_processors::tools::{ToolExecutor, ToolExecutorSettings};
-use voxline_processors::tts::{ElevenLabsSettings, ElevenLabsTts};
+use voxline::processors::stt::{DeepgramSettings, DeepgramStt, Endpointing};
+use voxline::processors::text::{SentenceAggregator, SentenceSettings};
+use voxline::processors::tools::{ToolExecutor, ToolExecutorSettings};
+use voxline::processors::tts::{ElevenLabsSettings, ElevenLabsTts};
 
 use crate::config::{Config, Secrets};
-use crate::recorder::Recorder;
-use crate::skills::{self, CallCtx};
-use crate::store::Store;
+use crate::call::recorder::Recorder;
+use crate::call::skills::{self, CallCtx};
+use crate::fleet::store::Store;
 
 /// What one call's pipeline needs.
 pub struct CallParts {
@@ -62,7 +62,7 @@ pub fn turn_model(cfg: &Config) -> anyhow::Result<Option<Arc<dyn TurnModel>>> {
     match cfg.turn.model.as_str() {
         #[cfg(feature = "smart-turn")]
         "smart-turn" => {
-            use voxline_processors::audio::turn::{SmartTurn, SmartTurnWorker, WorkerConfig, default_model_path};
+            use voxline::processors::audio::turn::{SmartTurn, SmartTurnWorker, WorkerConfig, default_model_path};
             let path = if cfg.turn.model_path.is_empty() {
                 default_model_path().ok_or_else(|| anyhow::anyhow!("turn: no model path (set turn.model_path)"))?
             } else {
@@ -132,12 +132,12 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
     let registry = skills::registry(&cfg.skills.enabled, &parts.store, &parts.ctx, timeout);
     let conversation = ConversationContext::new(cfg.persona.system_prompt.clone(), registry.specs());
 
-    let vad_params = voxline_processors::audio::VadParams {
+    let vad_params = voxline::processors::audio::VadParams {
         start_secs: cfg.vad.start_ms as f32 / 1000.0,
         stop_secs: cfg.vad.stop_ms as f32 / 1000.0,
         confidence: cfg.vad.threshold,
         min_barge_in_secs: cfg.vad.min_barge_in_ms as f32 / 1000.0,
-        ..voxline_processors::audio::VadParams::default()
+        ..voxline::processors::audio::VadParams::default()
     };
     let mut vad = VadProcessor::with_params(vad_params).map_err(|e| anyhow::anyhow!("vad: {e}"))?;
     if let Some(model) = &parts.turn_model {

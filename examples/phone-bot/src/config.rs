@@ -594,7 +594,7 @@ impl Config {
             "smart-turn" if cfg!(feature = "smart-turn") => {}
             "smart-turn" => bail!(
                 "config: turn.model smart-turn needs a build with the smart-turn feature \
-                 (cargo build --release --example phone_bot --features smart-turn)"
+                 (cargo build --release -p voxline-phone-bot --features smart-turn)"
             ),
             other => bail!("config: turn.model {other:?} is not supported (none, smart-turn)"),
         }

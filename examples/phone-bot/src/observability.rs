@@ -22,7 +22,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::ObservabilityConfig;
-use crate::skills::lock;
+use crate::call::skills::lock;
 
 const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
 const DURATION_BUCKETS: &[f64] = &[5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
@@ -304,37 +304,37 @@ mod tests {
         let subscriber =
             tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         let _guard = tracing::subscriber::set_default(subscriber);
-        let store = crate::store::tests::temp_store().await;
+        let store = crate::fleet::store::tests::temp_store().await;
         let cfg = crate::config::Config::default();
-        let llm = crate::workflow::SummaryLlm {
+        let llm = crate::fleet::workflow::SummaryLlm {
             http: reqwest::Client::new(),
             provider: "openai".into(),
             base_url: "http://127.0.0.1:9/v1".into(),
             model: "m".into(),
             api_key: None,
         };
-        let mut rec = crate::recorder::CallRecord {
+        let mut rec = crate::call::recorder::CallRecord {
             call_sid: "CAotel".into(),
             from: "+15550001111".into(),
             ..Default::default()
         };
-        rec.transcript.push(crate::recorder::TranscriptLine {
+        rec.transcript.push(crate::call::recorder::TranscriptLine {
             role: "user".into(),
             text: "hi".into(),
             ..Default::default()
         });
-        let input = crate::workflow::WorkflowInput {
+        let input = crate::fleet::workflow::WorkflowInput {
             record: &rec,
             customer_id: None,
             end_reason: "x",
             transferred: false,
             ended_by_bot: false,
         };
-        let job = crate::workflow::JobRef { id: "JOB-CAotel", owner: "t", stall_after: None };
+        let job = crate::fleet::workflow::JobRef { id: "JOB-CAotel", owner: "t", stall_after: None };
         {
             use tracing::Instrument as _;
             let span = tracing::info_span!("post_call_job", call_sid = "CAotel");
-            crate::workflow::run(&cfg, &store, &llm, input, &job).instrument(span).await;
+            crate::fleet::workflow::run(&cfg, &store, &llm, input, &job).instrument(span).await;
         }
         let _ = provider.force_flush();
         let spans = exporter.get_finished_spans().unwrap_or_default();

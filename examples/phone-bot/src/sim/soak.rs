@@ -1,9 +1,9 @@
 //! Load and soak: N simulated Twilio calls over loopback against two instances sharing Redis
 //! and PostgreSQL, one of which is SIGKILLed mid-run.
 //!
-//! `phone_bot --soak [--calls N] [--concurrency C] [--minutes M] [--kill-after-secs S]`
+//! `phone-bot soak [--calls N] [--concurrency C] [--minutes M] [--kill-after-secs S]`
 //! (`DATABASE_URL`, `REDIS_URL` required). The providers are the in-process emulators; the two
-//! instances are child processes of this binary (`--instance`), so the kill is a real SIGKILL and
+//! instances are child processes of this binary (`serve`), so the kill is a real SIGKILL and
 //! each instance's RSS/CPU is read from `/proc`. With `--minutes`, calls keep being placed (up to
 //! N in flight) until the time is up. The report (JSON on stdout): calls placed, completed
 //! (server ended the call with the goodbye), lost (cut by the kill or failed), post-call records
@@ -20,16 +20,12 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::time::Instant;
 
-use crate::admin::percentile;
-use crate::caller::{CallOutcome, Script, caller};
+use crate::server::admin::percentile;
+use crate::sim::caller::{CallOutcome, Script, caller};
 use crate::config::Config;
-use crate::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
-use crate::skills::lock;
-use crate::store::{Store, new_id};
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok())
-}
+use crate::sim::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
+use crate::call::skills::lock;
+use crate::fleet::store::{Store, new_id};
 
 /// A child instance process.
 pub struct Instance {
@@ -55,17 +51,30 @@ pub fn secret_env(cfg: &Config) -> Vec<(String, String)> {
     ]
 }
 
-/// Start `exe args…` as an instance with `cfg`; `on_line` sees every stdout line (logs).
+/// Start `exe serve` as an instance with `cfg` (written to a temporary config file), under
+/// `taskset -c CORE` when `pin_core` is set; `on_line` sees every stdout line (logs).
 pub async fn spawn_instance(
     exe: &std::path::Path,
-    args: &[&str],
+    pin_core: Option<usize>,
     cfg: &Config,
     extra_env: &[(String, String)],
     on_line: Arc<dyn Fn(&str) + Send + Sync>,
 ) -> anyhow::Result<Instance> {
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(args)
-        .env(crate::INSTANCE_CONFIG_ENV, serde_json::to_string(cfg)?)
+    // JSON is YAML, so the instance loads it as any config file (with its env overrides).
+    let file = std::env::temp_dir().join(format!("voxline-instance-{}.json", new_id("cfg")));
+    std::fs::write(&file, serde_json::to_vec_pretty(cfg)?).with_context(|| format!("write {}", file.display()))?;
+    let _remove = RemoveOnDrop(file.clone());
+    let mut cmd = match pin_core {
+        Some(core) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.arg("-c").arg(core.to_string()).arg(exe);
+            c
+        }
+        None => tokio::process::Command::new(exe),
+    };
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&file)
         .envs(secret_env(cfg))
         .envs(extra_env.iter().cloned())
         .stdin(Stdio::null())
@@ -99,6 +108,15 @@ pub async fn spawn_instance(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(Instance { child, base, pid })
+}
+
+/// Deletes the instance's config file once it is up (or failed to start).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// A config for an instance of the fleet: emulated providers, shared stores, fast leases.
@@ -146,17 +164,19 @@ pub fn proc_usage(pid: u32) -> Option<(u64, f64)> {
     Some((rss_kb * 1024, ticks / 100.0))
 }
 
-/// `--soak`: see the module docs.
-pub async fn run(args: &[String]) -> anyhow::Result<()> {
-    let calls: usize = arg(args, "--calls").unwrap_or(20);
-    let concurrency: usize = arg(args, "--concurrency").unwrap_or(calls.min(20)).max(1);
-    let minutes: Option<f64> = arg(args, "--minutes");
+/// `phone-bot soak`: see the module docs. The instances are this executable's `serve`.
+pub async fn run(
+    calls: usize,
+    concurrency: usize,
+    minutes: Option<f64>,
+    kill_after_secs: Option<f64>,
+) -> anyhow::Result<()> {
     let (db, redis) = match (std::env::var("DATABASE_URL"), std::env::var("REDIS_URL")) {
         (Ok(d), Ok(r)) => (d, r),
-        _ => bail!("--soak needs DATABASE_URL (postgres://…) and REDIS_URL"),
+        _ => bail!("soak needs DATABASE_URL (postgres://…) and REDIS_URL"),
     };
-    let report =
-        soak(calls, concurrency, minutes, arg(args, "--kill-after-secs"), &db, &redis, &["--instance"]).await?;
+    let exe = std::env::current_exe()?;
+    let report = soak(calls, concurrency.max(1), minutes, kill_after_secs, &db, &redis, &exe).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
@@ -169,21 +189,20 @@ pub async fn soak(
     kill_after_secs: Option<f64>,
     db: &str,
     redis: &str,
-    child_args: &[&str],
+    exe: &std::path::Path,
 ) -> anyhow::Result<Value> {
     let emulated = Emulated::start(Emulated::script(&[CALLER_LINES[1], CALLER_LINES[2]])).await?;
     let run = new_id("soak").to_lowercase().replace('-', "_");
     let sep = if db.contains('?') { '&' } else { '?' };
     let db_url = format!("{db}{sep}voxline_schema={run}");
-    let exe = std::env::current_exe()?;
     let quiet: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(|_| {});
     let env = vec![("RUST_LOG".to_string(), "warn".to_string())];
     let mut a_cfg = fleet_config(&emulated, &db_url, redis, &run, "A")?;
     // A soak instance leaves its jobs to the run-once path: the kill hits calls, not job loops.
     a_cfg.jobs.workers = 1;
     let b_cfg = fleet_config(&emulated, &db_url, redis, &run, "B")?;
-    let mut a = spawn_instance(&exe, child_args, &a_cfg, &env, quiet.clone()).await?;
-    let b = spawn_instance(&exe, child_args, &b_cfg, &env, quiet).await?;
+    let mut a = spawn_instance(exe, None, &a_cfg, &env, quiet.clone()).await?;
+    let b = spawn_instance(exe, None, &b_cfg, &env, quiet).await?;
     let lines = vec![speech(CALLER_LINES[1], 1)?, speech(CALLER_LINES[2], 2)?];
     let started = Instant::now();
     let until = minutes.map(|m| started + Duration::from_secs_f64(m * 60.0));
