@@ -4,7 +4,7 @@
 //! the (not yet running) [`PipelineTask`] over; everything a Twilio call needs is done here:
 //!
 //! - **Caller → pipeline.** A reader decodes each text frame with the
-//!   [`serializer`](super::serializer). Caller audio goes through
+//!   [`serializer`] module. Caller audio goes through
 //!   [`PipelineHandle::push_input_audio`] (lossy, never waits: Twilio discards audio and warns when
 //!   the reader stalls). DTMF and play-out reports go through a small bounded forwarder so the
 //!   reader never awaits the pipeline either.
@@ -30,6 +30,7 @@
 //! handle), so no caller has to wire one by hand, and the application can still take
 //! [`PipelineTask::handle`] first to subscribe to events or queue the greeting.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -43,7 +44,6 @@ use voxline_pipeline::{Frame, PipelineHandle, PipelineTask, TaskReport};
 
 use super::serializer::{self, Inbound, SerializerError};
 use super::transport::{Out, PendingMark, Shared, TwilioParams, TwilioSession};
-use std::sync::atomic::Ordering;
 
 /// DTMF and play-out reports waiting for the pipeline: keys are human-paced and marks come one
 /// per utterance, so a short lane absorbs any burst while the pipeline is busy.
