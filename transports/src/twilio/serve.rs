@@ -323,8 +323,11 @@ async fn drain(reader: &mut Reader<'_>, ws_rx: &mut SplitStream<WebSocket>, time
             m = ws_rx.next() => m,
         };
         // Caller audio and keys still arrive; the pipeline is gone, so they go nowhere.
-        if reader.on_socket(msg).is_some() {
-            return (false, true);
+        match reader.on_socket(msg) {
+            None => {}
+            Some(EndReason::Stopped | EndReason::Disconnected) => return (false, true),
+            // A broken stream: stop waiting, but the call itself still has to be hung up.
+            Some(_) => return (false, false),
         }
     }
     (true, false)
