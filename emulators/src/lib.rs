@@ -11,6 +11,7 @@
 //! | [`openai`] | OpenAI Chat Completions streaming | HTTP + SSE |
 //! | [`anthropic`] | Anthropic Messages streaming | HTTP + SSE |
 //! | [`elevenlabs`] | ElevenLabs TTS (multi-context / single-context WS, HTTP stream) | WebSocket + HTTP |
+//! | [`twilio`] | a Twilio *caller*: voice webhook, then a Media Streams client (the far side of the transport) | HTTP + WebSocket client |
 //!
 //! `start` is synchronous: inside a Tokio runtime the server runs on that runtime, outside
 //! of one it gets a dedicated thread with its own runtime. Every emulator stops when dropped
@@ -22,5 +23,6 @@ pub mod deepgram;
 pub mod elevenlabs;
 pub mod llm;
 pub mod openai;
+pub mod twilio;
 
 mod common;

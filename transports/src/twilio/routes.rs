@@ -76,7 +76,8 @@ pub trait CallHandler: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Run one media-stream session to completion (build the pipeline, `session.run(…)`).
+    /// Run one media-stream session to completion: build the pipeline around
+    /// [`TwilioSession::output`], then [`serve_call`](super::serve_call).
     fn handle_stream(&self, session: TwilioSession) -> BoxFuture;
 
     /// A status callback arrived.

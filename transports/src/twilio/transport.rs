@@ -1,14 +1,14 @@
-//! The Twilio Media Streams transport: one websocket, one pipeline.
+//! The Twilio Media Streams session: the accepted socket and the output stage that writes to it.
 //!
-//! Input: a reader loop decodes each text frame with the [`serializer`](super::serializer) and
-//! pushes caller audio through [`PipelineHandle::push_input_audio`] (lossy, never waits: Twilio
-//! discards audio and warns when the reader stalls). DTMF and play-out reports go through a small
-//! bounded forwarder so the reader never awaits the pipeline either.
+//! [`accept`] reads `connected` and `start` from a freshly upgraded socket (checking the media
+//! format and the per-call stream token) and gives a [`TwilioSession`]. The application builds its
+//! pipeline around [`TwilioSession::output`], then hands both to
+//! [`serve_call`](super::serve::serve_call), which serves the call to its end.
 //!
 //! Output: the engine's paced [`AudioOutput`] writing into a [`TwilioSink`]: 20 ms μ-law chunks
 //! as `media` messages, a `mark` after each utterance, `clear` on interruption. The sink reports
 //! play-out itself (`reports_playout() == true`): when Twilio echoes a mark, everything before it
-//! was heard, so the transport pushes `PlayedUpTo { complete: true }` upstream into the output
+//! was heard, so `serve_call` pushes `PlayedUpTo { complete: true }` upstream into the output
 //! stage, which announces `BotStoppedSpeaking` when it confirms the last utterance written (the
 //! output clock is the one owner of "bot speaking"; this transport emits no speaking events).
 //! Marks pending at a `clear` are forgotten first, since Twilio echoes them at once with no
@@ -24,10 +24,9 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use voxline_pipeline::clock::{AudioOutput, AudioSink, OutputParams};
-use voxline_pipeline::{AudioEncoding, AudioFormat, CancellationToken, FlowResult, Frame, PipelineHandle};
+use voxline_pipeline::{AudioEncoding, AudioFormat, FlowResult};
 
 use super::rest::TwilioRest;
 use super::serializer::{self, Inbound, StreamStart};
@@ -48,6 +47,9 @@ pub struct TwilioParams {
     /// When the pipeline ends, how long to wait for pending marks (the goodbye being heard)
     /// before hanging up.
     pub drain_timeout: Duration,
+    /// When the caller leaves, how long the pipeline may take to drain `End` through every stage
+    /// (a provider finishing a request, a recorder flushing) before it is cancelled.
+    pub end_timeout: Duration,
     /// If set, `start.customParameters.token` must be the [`signature::stream_token`] for the
     /// call, derived with this auth token.
     pub stream_token_secret: Option<String>,
@@ -63,6 +65,7 @@ impl Default for TwilioParams {
             max_consecutive_errors: 20,
             output: OutputParams::default(),
             drain_timeout: Duration::from_secs(15),
+            end_timeout: Duration::from_secs(5),
             stream_token_secret: None,
             rest: None,
         }
@@ -78,7 +81,7 @@ pub enum TwilioError {
     /// The socket closed before `start`.
     #[error("socket closed before start")]
     ClosedBeforeStart,
-    /// A message before `start` could not be decoded.
+    /// An oversized message before `start`, or too many undecodable ones in a row.
     #[error("bad message before start: {0}")]
     Protocol(#[from] serializer::SerializerError),
     /// The stream token did not match the call.
@@ -92,65 +95,55 @@ pub enum TwilioError {
     Socket(String),
 }
 
-/// How a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndReason {
-    /// Twilio sent `stop` (caller hung up, or the call was redirected).
-    Stopped,
-    /// The socket closed or failed without `stop`.
-    Disconnected,
-    /// The pipeline finished first (e.g. the bot ended the call).
-    PipelineEnded,
-    /// Too many undecodable messages, or an oversized one.
-    ProtocolViolation(String),
-}
-
-/// What a finished session reports.
-#[derive(Debug, Clone)]
-pub struct SessionReport {
-    /// Why it ended.
-    pub reason: EndReason,
-    /// Media messages received.
-    pub media_in: u64,
-    /// Media messages sent.
-    pub media_out: u64,
-    /// Messages that could not be decoded (and were skipped).
-    pub bad_messages: u64,
-    /// Inbound frames dropped by the pipeline's lossy input lane.
-    pub input_audio_dropped: u64,
-    /// Whether a REST hang-up was sent.
-    pub hung_up: bool,
-}
-
-enum Out {
+/// A message for the socket writer.
+pub(super) enum Out {
     Text(String),
     Close(u16, String),
 }
 
-struct PendingMark {
-    name: String,
-    context_id: Arc<str>,
-    position: Duration,
+/// A mark sent and not yet echoed.
+pub(super) struct PendingMark {
+    pub(super) name: String,
+    /// The utterance it closes; `None` for the transport's own drain mark (audio written outside
+    /// any utterance, e.g. plain `OutputAudio`).
+    pub(super) context_id: Option<Arc<str>>,
+    /// Length of the audio it closes.
+    pub(super) position: Duration,
 }
 
 #[derive(Default)]
-struct Playout {
-    pending: VecDeque<PendingMark>,
+pub(super) struct Playout {
+    pub(super) pending: VecDeque<PendingMark>,
     /// Audio written since the last mark or clear: the length of the utterance being sent.
-    written: Duration,
-    marks_sent: u64,
+    pub(super) written: Duration,
+    pub(super) marks_sent: u64,
 }
 
-struct Shared {
-    stream_sid: Arc<str>,
-    out: mpsc::UnboundedSender<Out>,
-    playout: Mutex<Playout>,
-    media_out: AtomicU64,
-    clears: AtomicU64,
+impl Playout {
+    /// Queue a mark for everything written since the last one; returns its name.
+    pub(super) fn mark(&mut self, context_id: Option<Arc<str>>) -> String {
+        self.marks_sent += 1;
+        let name = match &context_id {
+            Some(id) => format!("{id}#{}", self.marks_sent),
+            None => format!("drain#{}", self.marks_sent),
+        };
+        let position = std::mem::take(&mut self.written);
+        self.pending.push_back(PendingMark { name: name.clone(), context_id, position });
+        name
+    }
+}
+
+/// State shared by the sink (written from the pipeline) and `serve_call` (the socket side).
+pub(super) struct Shared {
+    pub(super) stream_sid: Arc<str>,
+    pub(super) out: mpsc::UnboundedSender<Out>,
+    pub(super) playout: Mutex<Playout>,
+    pub(super) media_out: AtomicU64,
+    pub(super) clears: AtomicU64,
 }
 
 impl Shared {
-    fn playout(&self) -> std::sync::MutexGuard<'_, Playout> {
+    pub(super) fn playout(&self) -> std::sync::MutexGuard<'_, Playout> {
         match self.playout.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -216,15 +209,8 @@ impl AudioSink for TwilioSink {
     }
 
     fn utterance_done(&mut self, context_id: &Arc<str>) {
-        let name = {
-            let mut p = self.shared.playout();
-            p.marks_sent += 1;
-            let name = format!("{}#{}", context_id, p.marks_sent);
-            let position = std::mem::take(&mut p.written);
-            p.pending.push_back(PendingMark { name: name.clone(), context_id: context_id.clone(), position });
-            tracing::debug!(mark = %name, ?position, "utterance sent, mark queued");
-            name
-        };
+        let name = self.shared.playout().mark(Some(context_id.clone()));
+        tracing::debug!(mark = %name, "utterance sent, mark queued");
         let _ = self.shared.out.send(Out::Text(serializer::encode_mark(&self.shared.stream_sid, &name)));
     }
 
@@ -234,13 +220,13 @@ impl AudioSink for TwilioSink {
 }
 
 /// A media stream whose `start` has arrived: build the pipeline around [`output`](Self::output),
-/// then [`run`](Self::run) it.
+/// then hand both to [`serve_call`](super::serve::serve_call).
 pub struct TwilioSession {
-    socket: WebSocket,
-    start: StreamStart,
-    params: TwilioParams,
-    shared: Arc<Shared>,
-    out_rx: mpsc::UnboundedReceiver<Out>,
+    pub(super) socket: WebSocket,
+    pub(super) start: StreamStart,
+    pub(super) params: TwilioParams,
+    pub(super) shared: Arc<Shared>,
+    pub(super) out_rx: mpsc::UnboundedReceiver<Out>,
 }
 
 impl std::fmt::Debug for TwilioSession {
@@ -281,7 +267,11 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
+/// Wait for `start`, skipping what may precede it. A bad message before `start` is logged and
+/// skipped like one after it (Twilio may retry, and the start timeout bounds the wait); only an
+/// oversized message or `max_consecutive_errors` bad ones in a row refuse the stream.
 async fn read_start(socket: &mut WebSocket, params: &TwilioParams) -> Result<StreamStart, TwilioError> {
+    let mut consecutive_bad = 0u32;
     loop {
         let msg = match socket.recv().await {
             Some(Ok(m)) => m,
@@ -293,7 +283,20 @@ async fn read_start(socket: &mut WebSocket, params: &TwilioParams) -> Result<Str
             Message::Close(_) => return Err(TwilioError::ClosedBeforeStart),
             _ => continue,
         };
-        match serializer::decode(text.as_str(), params.max_message_bytes)? {
+        let inbound = match serializer::decode(text.as_str(), params.max_message_bytes) {
+            Ok(m) => m,
+            Err(e @ serializer::SerializerError::Oversized { .. }) => return Err(e.into()),
+            Err(e) => {
+                consecutive_bad += 1;
+                tracing::warn!(error = %e, "undecodable twilio message before start skipped");
+                if consecutive_bad >= params.max_consecutive_errors {
+                    return Err(e.into());
+                }
+                continue;
+            }
+        };
+        consecutive_bad = 0;
+        match inbound {
             Inbound::Start(s) => {
                 if s.encoding != "audio/x-mulaw" || s.sample_rate != 8000 || s.channels != 1 {
                     return Err(TwilioError::UnsupportedFormat(format!(
@@ -310,7 +313,11 @@ async fn read_start(socket: &mut WebSocket, params: &TwilioParams) -> Result<Str
                 return Ok(*s);
             }
             Inbound::Stop { .. } => return Err(TwilioError::ClosedBeforeStart),
-            _ => {}
+            Inbound::Connected { .. } => {}
+            Inbound::Media { .. } | Inbound::Dtmf(_) | Inbound::Mark { .. } => {
+                tracing::warn!("twilio message before start dropped: no stream to route it to yet");
+            }
+            Inbound::Ignored { event } => tracing::debug!(event, "ignored twilio event"),
         }
     }
 }
@@ -333,184 +340,4 @@ impl TwilioSession {
     pub fn output(&self) -> AudioOutput<TwilioSink> {
         AudioOutput::new(self.sink(), self.params.output.clone())
     }
-
-    /// Pump the socket until the call or the pipeline ends.
-    ///
-    /// `pipeline_done` is cancelled by the owner when the pipeline task has finished; the session
-    /// then waits (up to `drain_timeout`) for the last marks so the final words are heard, hangs
-    /// up through REST if configured, and closes the socket. When the caller side ends first the
-    /// pipeline is cancelled through `handle`.
-    pub async fn run(self, handle: PipelineHandle, pipeline_done: CancellationToken) -> SessionReport {
-        let TwilioSession { socket, start, params, shared, mut out_rx } = self;
-        let call_sid = start.call_sid.clone();
-        let (mut ws_tx, mut ws_rx) = socket.split();
-
-        let writer = tokio::spawn(async move {
-            while let Some(out) = out_rx.recv().await {
-                let res = match out {
-                    Out::Text(t) => ws_tx.send(Message::Text(t.into())).await,
-                    Out::Close(code, reason) => {
-                        let _ = ws_tx.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                        break;
-                    }
-                };
-                if res.is_err() {
-                    break;
-                }
-            }
-            let _ = ws_tx.close().await;
-        });
-
-        // DTMF and play-out reports must reach the pipeline in order, but the reader must not
-        // wait on it: a small bounded forwarder absorbs bursts (keys are human-paced, marks one
-        // per utterance).
-        let (ctl_tx, mut ctl_rx) = mpsc::channel::<Frame>(64);
-        let fwd_handle = handle.clone();
-        let forwarder = tokio::spawn(async move {
-            while let Some(frame) = ctl_rx.recv().await {
-                let res = match frame {
-                    f @ Frame::PlayedUpTo { .. } => fwd_handle.push_upstream(f).await,
-                    f => fwd_handle.push(f).await,
-                };
-                if res.is_err() {
-                    break;
-                }
-            }
-        });
-
-        let mut media_in = 0u64;
-        let mut bad = 0u64;
-        let mut consecutive_bad = 0u32;
-        let reason = {
-            loop {
-                let msg = tokio::select! {
-                    biased;
-                    () = pipeline_done.cancelled() => break EndReason::PipelineEnded,
-                    m = ws_rx.next() => m,
-                };
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None => break EndReason::Disconnected,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        // axum reports an over-limit frame as an error: the socket is unusable.
-                        tracing::warn!(call_sid = %call_sid, error = %e, "twilio socket error");
-                        break EndReason::Disconnected;
-                    }
-                };
-                match serializer::decode(text.as_str(), params.max_message_bytes) {
-                    Ok(Inbound::Media { frame, .. }) => {
-                        consecutive_bad = 0;
-                        media_in += 1;
-                        handle.push_input_audio(frame);
-                    }
-                    Ok(Inbound::Dtmf(frame)) => {
-                        consecutive_bad = 0;
-                        tracing::info!(call_sid = %call_sid, ?frame, "dtmf");
-                        if ctl_tx.try_send(frame).is_err() {
-                            tracing::warn!(call_sid = %call_sid, "dtmf dropped: control lane full");
-                        }
-                    }
-                    Ok(Inbound::Mark { name }) => {
-                        consecutive_bad = 0;
-                        on_mark(&shared, &name, &ctl_tx);
-                    }
-                    Ok(Inbound::Stop { .. }) => break EndReason::Stopped,
-                    Ok(Inbound::Ignored { event }) => {
-                        tracing::debug!(call_sid = %call_sid, event, "ignored twilio event");
-                    }
-                    Ok(Inbound::Connected { .. } | Inbound::Start(_)) => {}
-                    Err(e @ serializer::SerializerError::Oversized { .. }) => {
-                        bad += 1;
-                        tracing::warn!(call_sid = %call_sid, error = %e, "dropping call");
-                        let _ = shared.out.send(Out::Close(1009, "message too big".into()));
-                        break EndReason::ProtocolViolation(e.to_string());
-                    }
-                    Err(e) => {
-                        bad += 1;
-                        consecutive_bad += 1;
-                        tracing::warn!(call_sid = %call_sid, error = %e, "undecodable twilio message skipped");
-                        if consecutive_bad >= params.max_consecutive_errors {
-                            let _ = shared.out.send(Out::Close(1002, "too many bad messages".into()));
-                            break EndReason::ProtocolViolation(format!("{consecutive_bad} bad messages in a row"));
-                        }
-                    }
-                }
-            }
-        };
-
-        let mut hung_up = false;
-        if reason == EndReason::PipelineEnded {
-            // Let the goodbye finish: keep reading marks until none is pending.
-            let deadline = tokio::time::Instant::now() + params.drain_timeout;
-            while !shared.playout().pending.is_empty() {
-                let msg = tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => break,
-                    m = ws_rx.next() => m,
-                };
-                match msg {
-                    Some(Ok(Message::Text(t))) => {
-                        if let Ok(Inbound::Mark { name }) = serializer::decode(t.as_str(), params.max_message_bytes) {
-                            on_mark(&shared, &name, &ctl_tx);
-                        } else if let Ok(Inbound::Stop { .. }) =
-                            serializer::decode(t.as_str(), params.max_message_bytes)
-                        {
-                            break;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => break,
-                }
-            }
-            if let Some(rest) = &params.rest {
-                match rest.hang_up(&call_sid).await {
-                    Ok(outcome) => {
-                        hung_up = true;
-                        tracing::info!(call_sid = %call_sid, ?outcome, "hung up");
-                    }
-                    Err(e) => tracing::warn!(call_sid = %call_sid, error = %e, "hang-up failed"),
-                }
-            }
-            let _ = shared.out.send(Out::Close(1000, "bye".into()));
-        } else {
-            // The caller side is gone: stop the pipeline now, nothing more can be heard.
-            let _ = handle.cancel();
-            let _ = shared.out.send(Out::Close(1000, String::new()));
-        }
-        drop(ctl_tx);
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-        forwarder.abort();
-        tracing::info!(call_sid = %call_sid, ?reason, media_in, bad, "twilio session ended");
-        SessionReport {
-            reason,
-            media_in,
-            media_out: shared.media_out.load(Ordering::Relaxed),
-            bad_messages: bad,
-            input_audio_dropped: handle.input_audio_dropped(),
-            hung_up,
-        }
-    }
-}
-
-fn on_mark(shared: &Shared, name: &str, ctl: &mpsc::Sender<Frame>) {
-    let (done, now_idle) = {
-        let mut p = shared.playout();
-        // Marks are echoed in order; anything before this one has been played too.
-        match p.pending.iter().position(|m| m.name == name) {
-            Some(i) => {
-                let done: Vec<PendingMark> = p.pending.drain(..=i).collect();
-                // Idle only if nothing was written after the last mark either.
-                (done, p.pending.is_empty() && p.written.is_zero())
-            }
-            None => (Vec::new(), false),
-        }
-    };
-    tracing::debug!(mark = name, matched = done.len(), now_idle, "mark echoed");
-    for m in &done {
-        let frame = Frame::PlayedUpTo { context_id: m.context_id.clone(), position: m.position, complete: true };
-        if ctl.try_send(frame).is_err() {
-            tracing::warn!("play-out report dropped: control lane full");
-        }
-    }
-    // "Bot speaking" is the output clock's to announce: the reports above tell it what played.
 }
