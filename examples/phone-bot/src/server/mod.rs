@@ -26,10 +26,10 @@ use axum::middleware::from_fn_with_state;
 use serde_json::json;
 use tokio::sync::Notify;
 use tracing::Instrument as _;
-use voxline::pipeline::{CancellationToken, Event, PipelineParams, PipelineTask, TaskOutcome};
+use voxline::pipeline::{CancellationToken, Event, PipelineHandle, PipelineParams, PipelineTask, TaskOutcome};
 use voxline::transports::twilio::routes::BoxFuture;
 use voxline::transports::twilio::{
-    CallHandler, EndReason, RoutesConfig, StatusUpdate, TwilioParams, TwilioRest, TwilioSession, router,
+    CallHandler, EndReason, RoutesConfig, StatusUpdate, TwilioParams, TwilioRest, TwilioSession, router, serve_call,
 };
 
 use crate::server::admin::{AdminState, Counters};
@@ -332,87 +332,27 @@ impl App {
                 };
                 let task = PipelineTask::new(pipeline, params);
                 let handle = task.handle();
-                let mut events = handle.subscribe();
-                let rec = recorder.clone();
-                let ev_ctx = ctx.clone();
-                let span = call_span.clone();
-                let ev_task = tokio::spawn(
-                    async move {
-                        let mut turn_span: Option<tracing::Span> = None;
-                        let mut customer_known = false;
-                        loop {
-                            match events.recv().await {
-                                Ok(ev) => {
-                                    if let Event::Error(e) = &ev {
-                                        metrics().provider_error(&e.processor);
-                                        tracing::warn!(processor = %e.processor, fatal = e.fatal, "{}", e.message);
-                                    }
-                                    rec.event(&ev);
-                                    if matches!(ev, Event::UserStoppedSpeaking) {
-                                        let turn = rec.turns();
-                                        span.record("turn", turn);
-                                        // One span per turn: from the end of the caller's speech
-                                        // to the end of the next one (or of the call).
-                                        turn_span = Some(tracing::info_span!(parent: &span, "turn", turn));
-                                    }
-                                    if !customer_known && let Some(id) = ev_ctx.customer_id() {
-                                        span.record("customer_id", id.as_str());
-                                        customer_known = true;
-                                    }
-                                }
-                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                                Err(_) => break,
-                            }
-                        }
-                        drop(turn_span);
-                    }
-                    .instrument(call_span.clone()),
+                let recording = tokio::spawn(
+                    record_events(handle.subscribe(), recorder.clone(), ctx.clone(), call_span.clone())
+                        .instrument(call_span.clone()),
                 );
-                // The bot speaks first.
+                // The bot speaks first: queued before the pipeline runs, so it is said first.
                 for f in bot::spoken_line(&self.cfg.persona.greeting) {
                     let _ = handle.push(f).await;
                 }
-                let done = CancellationToken::new();
-                let end_handle = handle.clone();
                 let goodbye = self.cfg.persona.goodbye.clone();
-                let for_shutdown = ended_for_shutdown.clone();
                 let ender = tokio::spawn(
-                    async move {
-                        tokio::select! {
-                            _ = end_call.notified() => {}
-                            _ = polite_end.notified() => {
-                                // Shutdown: the same ending the bot gives a finished call.
-                                for_shutdown.store(true, Ordering::SeqCst);
-                                tracing::info!("instance shutting down: saying goodbye");
-                                for f in bot::spoken_line(&goodbye) {
-                                    let _ = end_handle.push(f).await;
-                                }
-                            }
-                        }
-                        // `End` queues behind the goodbye: it drains through TTS and the output.
-                        let _ = end_handle.end().await;
-                    }
-                    .instrument(call_span.clone()),
-                );
-                let pipeline_run = {
-                    let done = done.clone();
-                    tokio::spawn(
-                        async move {
-                            let report = task.run().await;
-                            done.cancel();
-                            report
-                        }
+                    end_when_asked(handle, end_call, polite_end, goodbye, ended_for_shutdown.clone())
                         .instrument(call_span.clone()),
-                    )
-                };
-                let report = session.run(handle.clone(), done).await;
-                let task_report = pipeline_run.await.ok();
+                );
+                let report = serve_call(session, task).await;
                 ender.abort();
-                ev_task.abort();
-                if report.bad_messages > 0 {
-                    c.stream_errors.fetch_add(report.bad_messages, Ordering::Relaxed);
-                }
+                recording.abort();
+                c.stream_errors.fetch_add(report.bad_messages, Ordering::Relaxed);
                 metrics().frames_dropped(report.input_audio_dropped);
+                if let Some(TaskOutcome::Failed(why)) = report.pipeline.as_ref().map(|r| &r.outcome) {
+                    recorder.error(format!("pipeline failed: {why}"));
+                }
                 let reason = match &report.reason {
                     EndReason::Stopped => "caller_hung_up".to_string(),
                     EndReason::Disconnected => "disconnected".to_string(),
@@ -420,14 +360,11 @@ impl App {
                     EndReason::PipelineEnded => "bot_ended".to_string(),
                     EndReason::ProtocolViolation(why) => format!("protocol_violation: {why}"),
                 };
-                if let Some(TaskOutcome::Failed(why)) = task_report.as_ref().map(|r| &r.outcome) {
-                    recorder.error(format!("pipeline failed: {why}"));
-                }
                 (
                     reason,
                     json!({"media_in": report.media_in, "media_out": report.media_out,
-                                "bad_messages": report.bad_messages, "hung_up": report.hung_up,
-                                "input_audio_dropped": report.input_audio_dropped}),
+                           "bad_messages": report.bad_messages, "hung_up": report.hung_up,
+                           "drained": report.drained, "input_audio_dropped": report.input_audio_dropped}),
                 )
             }
             Err(e) => {
@@ -667,4 +604,62 @@ impl CallHandler for Handler {
             }
         })
     }
+}
+
+/// The call's events into its record, its span fields and the error metrics, until the pipeline
+/// is gone: one span per turn, from the end of the caller's speech to the end of the next one.
+async fn record_events(
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    rec: Recorder,
+    ctx: Arc<CallCtx>,
+    span: tracing::Span,
+) {
+    let mut turn_span: Option<tracing::Span> = None;
+    let mut customer_known = false;
+    loop {
+        match events.recv().await {
+            Ok(ev) => {
+                if let Event::Error(e) = &ev {
+                    metrics().provider_error(&e.processor);
+                    tracing::warn!(processor = %e.processor, fatal = e.fatal, "{}", e.message);
+                }
+                rec.event(&ev);
+                if matches!(ev, Event::UserStoppedSpeaking) {
+                    let turn = rec.turns();
+                    span.record("turn", turn);
+                    turn_span = Some(tracing::info_span!(parent: &span, "turn", turn));
+                }
+                if !customer_known && let Some(id) = ctx.customer_id() {
+                    span.record("customer_id", id.as_str());
+                    customer_known = true;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
+    drop(turn_span);
+}
+
+/// End the pipeline when the bot asks (`end_call`: the goodbye is already queued) or the
+/// instance shuts down (say the goodbye first). `End` queues behind the goodbye, so it drains
+/// through TTS and the output before the transport hangs up.
+async fn end_when_asked(
+    handle: PipelineHandle,
+    end_call: Arc<Notify>,
+    polite_end: Arc<Notify>,
+    goodbye: String,
+    for_shutdown: Arc<AtomicBool>,
+) {
+    tokio::select! {
+        _ = end_call.notified() => {}
+        _ = polite_end.notified() => {
+            for_shutdown.store(true, Ordering::SeqCst);
+            tracing::info!("instance shutting down: saying goodbye");
+            for f in bot::spoken_line(&goodbye) {
+                let _ = handle.push(f).await;
+            }
+        }
+    }
+    let _ = handle.end().await;
 }

@@ -20,13 +20,13 @@ use crate::sim::simulate::{SIM_AUTH_TOKEN, last_voiced};
 
 /// What the voice webhook answered: where to open the media stream, and the `<Parameter>`s to
 /// send back in `start` (the stream token among them), as Twilio does.
-pub(crate) struct Answered {
-    pub(crate) stream_url: String,
-    pub(crate) custom: Vec<(String, String)>,
+pub struct Answered {
+    pub stream_url: String,
+    pub custom: Vec<(String, String)>,
 }
 
 /// POST the signed voice webhook for an incoming call and read the TwiML.
-pub(crate) async fn ring(http: &reqwest::Client, base: &str, call_sid: &str, from: &str) -> anyhow::Result<Answered> {
+pub async fn ring(http: &reqwest::Client, base: &str, call_sid: &str, from: &str) -> anyhow::Result<Answered> {
     let params = vec![
         ("AccountSid".to_string(), "AC00000000000000000000000000000000".to_string()),
         ("CallSid".to_string(), call_sid.to_string()),
@@ -55,12 +55,12 @@ pub(crate) async fn ring(http: &reqwest::Client, base: &str, call_sid: &str, fro
 }
 
 /// TwiML attribute text back to plain text.
-pub(crate) fn unescape(s: &str) -> String {
+pub fn unescape(s: &str) -> String {
     s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
 
 /// The text between the first `start` and the next `end`.
-pub(crate) fn between(s: &str, start: &str, end: &str) -> Option<String> {
+pub fn between(s: &str, start: &str, end: &str) -> Option<String> {
     let i = s.find(start)? + start.len();
     let j = s[i..].find(end)? + i;
     Some(s[i..j].to_string())
@@ -69,7 +69,7 @@ pub(crate) fn between(s: &str, start: &str, end: &str) -> Option<String> {
 /// The caller's speech, pre-encoded once for every caller: at N = 1000 the driver sends 50,000
 /// media messages a second, and base64 plus a `serde_json::Value` per message would be a large
 /// share of the load generator's one core.
-pub(crate) struct Script {
+pub struct Script {
     lines: Vec<Line>,
     silence: String,
 }
@@ -82,7 +82,7 @@ struct Line {
 }
 
 impl Script {
-    pub(crate) fn new(lines: &[Vec<u8>]) -> Self {
+    pub fn new(lines: &[Vec<u8>]) -> Self {
         let b64 = base64::engine::general_purpose::STANDARD;
         let lines = lines
             .iter()
@@ -146,21 +146,21 @@ fn b64_len(s: &str) -> usize {
 
 /// What one caller saw.
 #[derive(Debug, Default)]
-pub(crate) struct CallOutcome {
-    pub(crate) completed: bool,
-    pub(crate) error: Option<String>,
+pub struct CallOutcome {
+    pub completed: bool,
+    pub error: Option<String>,
     /// Outbound jitter samples: |media inter-arrival − 20 ms|, after each utterance's send-ahead
     /// burst.
-    pub(crate) jitter_ms: Vec<f64>,
+    pub jitter_ms: Vec<f64>,
     /// Per turn: caller's last voiced frame sent → first bot media after it.
-    pub(crate) turn_ms: Vec<f64>,
+    pub turn_ms: Vec<f64>,
 }
 
 /// One simulated Twilio caller: greeting, then (after `hold` of silence) each line of `script`
 /// once the bot has answered the previous one, marks echoed as Twilio's playback buffer plays
 /// them; completed when the bot ends the call after the last line. Never panics, failures come
 /// back in `error`.
-pub(crate) async fn caller(
+pub async fn caller(
     http: &reqwest::Client,
     base: &str,
     call_sid: &str,
