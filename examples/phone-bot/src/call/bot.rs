@@ -37,9 +37,9 @@ use voxline::processors::text::{SentenceAggregator, SentenceSettings};
 use voxline::processors::tools::{ToolExecutor, ToolExecutorSettings};
 use voxline::processors::tts::{ElevenLabsSettings, ElevenLabsTts};
 
-use crate::config::{Config, Secrets};
 use crate::call::recorder::Recorder;
 use crate::call::skills::{self, CallCtx};
+use crate::config::{Config, Secrets};
 use crate::fleet::store::Store;
 
 /// What one call's pipeline needs.

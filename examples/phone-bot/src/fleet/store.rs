@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
-use crate::server::security::{Crypto, open_opt, seal_opt};
 use crate::fleet::shared_state::Shared;
+use crate::server::security::{Crypto, open_opt, seal_opt};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

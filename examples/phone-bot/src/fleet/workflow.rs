@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 
+use crate::call::recorder::CallRecord;
 use crate::config::Config;
 use crate::fleet::jobs::{self, Effect};
-use crate::call::recorder::CallRecord;
 use crate::fleet::store::Store;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -27,8 +27,8 @@ use voxline::transports::twilio::signature::constant_time_eq;
 
 use crate::fleet::jobs::Jobs;
 use crate::fleet::shared_state::Shared;
-use crate::server::shutdown::Lifecycle;
 use crate::fleet::store::{CallRow, Store};
+use crate::server::shutdown::Lifecycle;
 
 /// Live counters.
 #[derive(Default)]

@@ -11,7 +11,6 @@
 //! takes the job over when the lease expires. `serve` adds the background work (heartbeat,
 //! job workers, retention) and the SIGTERM drain of shutdown.rs.
 
-
 pub mod admin;
 pub mod security;
 pub mod shutdown;
@@ -32,18 +31,18 @@ use voxline::transports::twilio::{
     CallHandler, EndReason, RoutesConfig, StatusUpdate, TwilioParams, TwilioRest, TwilioSession, router, serve_call,
 };
 
-use crate::server::admin::{AdminState, Counters};
 use crate::call::bot::{self, CallParts};
+use crate::call::recorder::{CallRecord, LiveFn, Recorder};
+use crate::call::skills::{self, CallCtx};
 use crate::config::{Config, Secrets};
 use crate::fleet::jobs::{Claimed, Jobs};
-use crate::observability::metrics;
-use crate::call::recorder::{CallRecord, LiveFn, Recorder};
-use crate::server::security::RateLimit;
 use crate::fleet::shared_state::{HEARTBEAT_TTL, LiveCall, Shared};
-use crate::server::shutdown::{DrainGuard, Lifecycle};
-use crate::call::skills::{self, CallCtx};
 use crate::fleet::store::{CallRow, Store, now_ms};
 use crate::fleet::workflow::{self, JobRef, SummaryLlm, WorkflowInput, WorkflowOutcome};
+use crate::observability::metrics;
+use crate::server::admin::{AdminState, Counters};
+use crate::server::security::RateLimit;
+use crate::server::shutdown::{DrainGuard, Lifecycle};
 
 /// Observer of finished calls.
 pub type CallDoneFn = Arc<dyn Fn(&CallRow) + Send + Sync>;

@@ -19,15 +19,15 @@ use axum::routing::post;
 use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use voxline::transports::twilio::serializer::{Outbound, client, decode_outbound};
 use voxline_emulators::deepgram::{DeepgramConfig, DeepgramEmulator, TranscriptScript, Trigger};
 use voxline_emulators::elevenlabs::{ElevenLabsConfig, ElevenLabsEmulator};
 use voxline_emulators::openai::{OpenAiConfig, OpenAiEmulator, Responder, Scripted, call_center_responder};
-use voxline::transports::twilio::serializer::{Outbound, client, decode_outbound};
 
-use crate::sim::caller::{Answered, ring};
 use crate::config::{Config, Secrets};
-use crate::server::App;
 use crate::fleet::store::{CallRow, Store};
+use crate::server::App;
+use crate::sim::caller::{Answered, ring};
 
 /// What the simulated caller says, in order.
 pub const CALLER_LINES: &[&str] =
@@ -191,13 +191,8 @@ pub fn speech(text: &str, index: usize) -> anyhow::Result<Vec<u8>> {
     let bytes = match synthesize(text) {
         Some(b) => b,
         None => {
-            let fixture: PathBuf = [
-                env!("CARGO_MANIFEST_DIR"),
-                "fixtures",
-                &format!("caller_{}.ulaw", index + 1),
-            ]
-            .iter()
-            .collect();
+            let fixture: PathBuf =
+                [env!("CARGO_MANIFEST_DIR"), "fixtures", &format!("caller_{}.ulaw", index + 1)].iter().collect();
             std::fs::read(&fixture).with_context(|| format!("no espeak-ng/sox and no fixture {}", fixture.display()))?
         }
     };
