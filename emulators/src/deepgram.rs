@@ -545,6 +545,12 @@ struct Conn {
     fault: DeepgramFault,
     total_bytes: u64,
     window_start: u64,
+    /// `total_bytes` at the end of the last frame that was not digital silence: `CloseStream`
+    /// flushes words only from audio that had sound in it, as Deepgram transcribes nothing from
+    /// a caller who never spoke.
+    sound_until: u64,
+    /// The stream's `encoding` query value (`linear16` when absent), to tell sound from silence.
+    encoding: String,
     last_result_at: u64,
     interims_sent: usize,
     speech_started_sent: bool,
@@ -583,6 +589,8 @@ impl Conn {
             fault,
             total_bytes: 0,
             window_start: 0,
+            sound_until: 0,
+            encoding: query_get(query, "encoding").unwrap_or("linear16").to_string(),
             last_result_at: 0,
             interims_sent: 0,
             speech_started_sent: false,
@@ -778,11 +786,23 @@ impl Conn {
         }
     }
 
+    /// Whether an audio frame is louder than digital silence: |sample| above ~1% of full scale
+    /// (G.711: segment 3 and up, the exponent in bits 4–6 once μ-law's inversion or A-law's
+    /// 0x55 mask is undone). Other encodings count as sound.
+    fn has_sound(&self, audio: &[u8]) -> bool {
+        match self.encoding.as_str() {
+            "mulaw" => audio.iter().any(|b| ((!b & 0x70) >> 4) >= 3),
+            "alaw" => audio.iter().any(|b| (((b ^ 0x55) & 0x70) >> 4) >= 3),
+            "linear16" => audio.chunks_exact(2).any(|c| i16::from_le_bytes([c[0], c[1]]).unsigned_abs() > 300),
+            _ => true,
+        }
+    }
+
     fn on_close_stream(&mut self) {
         if self.fault == DeepgramFault::NeverAnswer {
             return;
         }
-        let flushable = self.total_bytes > self.window_start
+        let flushable = self.sound_until > self.window_start
             && self
                 .queue
                 .front()
@@ -910,6 +930,9 @@ async fn run_connection(mut ws: WebSocket, mut conn: Conn) {
                             conn.record_control(ControlMessage::CloseStream);
                             conn.on_close_stream();
                         } else {
+                            if conn.has_sound(&b) {
+                                conn.sound_until = conn.total_bytes + b.len() as u64;
+                            }
                             conn.on_audio(b.len() as u64);
                         }
                     }
