@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use voxline_phone_bot::sim::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, Server, Step, place_call, speech, start_server};
 use voxline_phone_bot::fleet::store::CallRow;
+use voxline_phone_bot::sim::simulate::{
+    CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, Server, Step, place_call, speech, start_server,
+};
 
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
