@@ -16,38 +16,58 @@ use serde_json::Value;
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `server:` — listen address, public URL, call admission and drain.
     pub server: ServerConfig,
+    /// `telephony:` — Twilio REST, signature checks, transfers.
     pub telephony: TelephonyConfig,
+    /// `stt:` — speech-to-text (Deepgram) and its turn-taking hints.
     pub stt: SttConfig,
+    /// `llm:` — the conversation model.
     pub llm: LlmConfig,
+    /// `tts:` — text-to-speech (ElevenLabs).
     pub tts: TtsConfig,
+    /// `vad:` — the local voice activity detector that decides when the caller speaks.
     pub vad: VadConfig,
+    /// `turn:` — the optional end-of-turn model behind the VAD.
     pub turn: TurnConfig,
+    /// `interruptions:` — barge-in and false-interruption handling.
     pub interruptions: InterruptionConfig,
+    /// `persona:` — who the bot is and what it says.
     pub persona: PersonaConfig,
+    /// `skills:` — the tools the LLM may call.
     pub skills: SkillsConfig,
+    /// `workflow:` — the post-call steps.
     pub workflow: WorkflowConfig,
+    /// `storage:` — database, Redis and PII encryption.
     pub storage: StorageConfig,
+    /// `admin:` — the admin API's token.
     pub admin: AdminConfig,
+    /// `jobs:` — the durable post-call job queue.
     pub jobs: JobsConfig,
+    /// `security:` — rate limits, CORS, retention.
     pub security: SecurityConfig,
+    /// `observability:` — log format and span export.
     pub observability: ObservabilityConfig,
 }
 
+/// `server:` — the HTTP/websocket server.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Listen address.
+    /// Socket address the server binds, `host:port` (default `0.0.0.0:8080`).
     pub listen: String,
-    /// Public base URL Twilio reaches us on (signatures are computed over it).
+    /// Public base URL Twilio reaches us on: the TwiML's stream URL is built from it and
+    /// `X-Twilio-Signature` is computed over it, so it must match what Twilio calls exactly.
     pub public_url: String,
-    /// Largest websocket text message accepted from Twilio (bytes).
+    /// Largest websocket text message accepted from Twilio, in bytes (at least 1024; default
+    /// 65536).
     pub max_message_bytes: usize,
-    /// Concurrent calls accepted; more are refused.
+    /// Concurrent calls accepted by this instance; more are refused (at least 1; default 100).
     pub max_calls: usize,
     /// This instance's name in the shared live-call registry (default: hostname-pid).
     pub instance_id: Option<String>,
-    /// On SIGTERM/SIGINT, live calls get this long to finish before the bot ends them politely.
+    /// On SIGTERM/SIGINT, live calls get this many milliseconds to finish before the bot ends
+    /// them politely (goodbye, then REST hang-up). Default 30000.
     pub drain_timeout_ms: u64,
 }
 
@@ -64,22 +84,25 @@ impl Default for ServerConfig {
     }
 }
 
+/// `telephony:` — the phone carrier (Twilio).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelephonyConfig {
     /// Only `twilio` for now.
     pub provider: String,
-    /// REST base URL.
+    /// Twilio REST base URL, for hang-ups and transfers (default `https://api.twilio.com`; tests
+    /// point it at an emulator).
     pub api_base_url: String,
-    /// Env var holding the account SID.
+    /// Env var holding the account SID (default `TWILIO_ACCOUNT_SID`).
     pub account_sid_env: String,
-    /// Env var holding the auth token.
+    /// Env var holding the auth token, which signs webhooks and authenticates REST calls
+    /// (default `TWILIO_AUTH_TOKEN`).
     pub auth_token_env: String,
-    /// Check `X-Twilio-Signature` (turn off only for local experiments).
+    /// Check `X-Twilio-Signature` on webhooks (default true; turn off only for local experiments).
     pub validate_signatures: bool,
-    /// Where `transfer_to_human` dials.
+    /// Where `transfer_to_human` dials; required when that skill is enabled.
     pub transfer_number: String,
-    /// Hang up through REST when the bot ends the call.
+    /// Hang up through REST when the bot ends the call (default true).
     pub hang_up_on_end: bool,
 }
 
@@ -97,25 +120,33 @@ impl Default for TelephonyConfig {
     }
 }
 
+/// `stt:` — speech-to-text. The local VAD decides when the caller stopped and then asks
+/// Deepgram to finalize; the Deepgram fields here only shape what Deepgram does on its own.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SttConfig {
+    /// Only `deepgram` for now.
     pub provider: String,
+    /// Deepgram model (default `nova-3`).
     pub model: String,
+    /// Language of the caller's speech, a BCP-47 tag (default `en-US`).
     pub language: String,
+    /// Deepgram websocket base URL, `ws://` or `wss://` (default `wss://api.deepgram.com`).
     pub base_url: String,
+    /// Env var holding the Deepgram API key (default `DEEPGRAM_API_KEY`).
     pub api_key_env: String,
     /// Deepgram `endpointing`: ms of silence after which Deepgram finalizes an utterance on its
     /// own (`speech_final`). `0` or `false` turns it off (only `Finalize` on the local VAD's stop
-    /// then closes an utterance).
+    /// then closes an utterance). Otherwise within 10..=5000; default 300.
     #[serde(deserialize_with = "endpointing_ms")]
     pub endpointing_ms: u32,
     /// Deepgram `utterance_end_ms`: an `UtteranceEnd` message after this gap between words
-    /// (needs interim results, which the bot always asks for). `false`/`null` leaves it off.
+    /// (needs interim results, which the bot always asks for). Within 1000..=5000, or
+    /// `false`/`null` to leave it off; default 1000.
     #[serde(deserialize_with = "utterance_end_ms")]
     pub utterance_end_ms: Option<u32>,
     /// Deepgram `vad_events`: `SpeechStarted` messages on voice onset. Logged only; turns follow
-    /// the local VAD, which does not fire on line noise.
+    /// the local VAD, which does not fire on line noise. Default false.
     pub vad_events: bool,
 }
 
@@ -170,15 +201,22 @@ impl Default for SttConfig {
     }
 }
 
+/// `llm:` — the conversation model (also used for post-call summaries).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
     /// `openai` (or any OpenAI-compatible server) or `anthropic`.
     pub provider: String,
+    /// Model name sent with every request (default `gpt-4o-mini`).
     pub model: String,
+    /// API base URL, http(s); pick an OpenAI-compatible server by URL (default
+    /// `https://api.openai.com/v1`).
     pub base_url: String,
+    /// Env var holding the API key (default `OPENAI_API_KEY`).
     pub api_key_env: String,
+    /// Sampling temperature, 0..=2 (default 0.4).
     pub temperature: f32,
+    /// Cap on tokens per answer; keeps spoken answers short (default 300).
     pub max_tokens: u32,
     /// Model for post-call summaries (defaults to `model`).
     pub summary_model: Option<String>,
@@ -198,13 +236,21 @@ impl Default for LlmConfig {
     }
 }
 
+/// `tts:` — text-to-speech. Audio is asked for in the call's `ulaw_8000`, so nothing is
+/// transcoded.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TtsConfig {
+    /// Only `elevenlabs` for now.
     pub provider: String,
+    /// ElevenLabs model id (default `eleven_flash_v2_5`, the low-latency one).
     pub model: String,
+    /// The bot's voice (ElevenLabs voice id; must not be empty).
     pub voice_id: String,
+    /// ElevenLabs base URL, ws(s) or http(s): the other scheme is derived for the REST side
+    /// (default `wss://api.elevenlabs.io`).
     pub base_url: String,
+    /// Env var holding the ElevenLabs API key (default `ELEVENLABS_API_KEY`).
     pub api_key_env: String,
 }
 
@@ -220,16 +266,20 @@ impl Default for TtsConfig {
     }
 }
 
+/// `vad:` — the local voice activity detector: it decides when the caller speaks and stops.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VadConfig {
-    /// Speech must last this long before the user counts as speaking.
+    /// Speech must last this many ms before the caller counts as speaking (default 200: shorter
+    /// lets busy/ringback tones and hold music start segments; barge-in is unaffected).
     pub start_ms: u32,
-    /// Silence this long ends the user's turn.
+    /// Silence this many ms long ends a speech segment, which without a turn model is the end of
+    /// the caller's turn (100..=5000; default 400, 200 with `turn.model: smart-turn`).
     pub stop_ms: u32,
-    /// Speech-probability / energy threshold in 0..1.
+    /// Speech-probability / energy threshold in 0..=1 (default 0.5).
     pub threshold: f32,
-    /// Speech must last this long before it interrupts a speaking bot (coughs, "uh-huh").
+    /// Speech must last this many ms before it interrupts a speaking bot, so coughs and
+    /// "uh-huh" do not (default 300).
     pub min_barge_in_ms: u32,
 }
 
@@ -248,14 +298,16 @@ pub struct TurnConfig {
     pub model: String,
     /// Model file; empty = `$VOXLINE_SMART_TURN_MODEL` or `~/.cache/voxline/smart-turn-v3.2-cpu.onnx`.
     pub model_path: String,
-    /// Probability above which the turn is complete.
+    /// Probability above which the turn is complete, in (0, 1) (default 0.5).
     pub threshold: f32,
-    /// Silence after a VAD stop that ends the turn whatever the model said.
+    /// Silence in ms after a VAD stop that ends the turn whatever the model said (100..=10000;
+    /// default 2000).
     pub fallback_ms: u32,
-    /// Inference threads shared by all calls.
+    /// Inference threads shared by all calls (1..=16; default 1).
     pub threads: usize,
-    /// Ask the LLM at the caller's pause with the transcript so far, before the model's verdict;
-    /// its answer is held until the turn is confirmed and dropped if the caller goes on.
+    /// With a model: ask the LLM at the caller's pause with the transcript so far, before the
+    /// model's verdict; its answer is held until the turn is confirmed and dropped if the caller
+    /// goes on (default true; ignored with `model: none`).
     pub speculative: bool,
 }
 
@@ -272,15 +324,17 @@ impl Default for TurnConfig {
     }
 }
 
+/// `interruptions:` — the caller barging in on the bot.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InterruptionConfig {
-    /// Let the caller barge in on the bot.
+    /// Let the caller barge in on the bot (default true).
     pub enabled: bool,
     /// False interruptions: a barge-in silences the bot at once but only ends its turn when
     /// words confirm it; a cough, or only a backchannel ("mm-hmm", "yeah", "okay"), and the bot
     /// resumes where the caller stopped hearing it. This long after the caller stops without
-    /// words, the bot resumes. 0 turns it off (the VAD alone ends the bot's turn).
+    /// words, the bot resumes. 0 turns it off (the VAD alone ends the bot's turn). In ms,
+    /// 0..=10000; default 1000.
     pub false_interruption_ms: u32,
 }
 
@@ -290,15 +344,20 @@ impl Default for InterruptionConfig {
     }
 }
 
+/// `persona:` — who the bot is and its fixed lines.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PersonaConfig {
+    /// The agent's name (default `Ava`). Informational: the greeting, goodbye and system prompt
+    /// spell it out themselves, so change them together.
     pub name: String,
+    /// The company the bot answers for (default `Acme Supply`); informational, like `name`.
     pub company: String,
     /// Spoken first, before the caller says anything.
     pub greeting: String,
-    /// Spoken by `end_call` before hanging up.
+    /// Spoken by `end_call` (and on a drain) before hanging up.
     pub goodbye: String,
+    /// The LLM's system prompt: role, tone, when to use which skill (must not be empty).
     pub system_prompt: String,
 }
 
@@ -327,11 +386,15 @@ pub const ALL_SKILLS: &[&str] = &[
     "end_call",
 ];
 
+/// `skills:` — the tools the LLM may call (see `call::skills`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SkillsConfig {
+    /// Names from [`ALL_SKILLS`] offered to the LLM (default: all of them);
+    /// `transfer_to_human` needs `telephony.transfer_number`.
     pub enabled: Vec<String>,
-    /// Per-tool timeout.
+    /// Per-tool timeout in ms; a tool that takes longer settles as a timeout error the model can
+    /// relay (default 5000).
     pub timeout_ms: u64,
 }
 
@@ -344,13 +407,15 @@ impl Default for SkillsConfig {
 /// The post-call steps.
 pub const ALL_STEPS: &[&str] = &["summary", "crm_update", "follow_up_email", "support_ticket"];
 
+/// `workflow:` — the post-call workflow (see `fleet::workflow`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkflowConfig {
+    /// Run the post-call steps after each call (default true); off, only resolution is decided.
     pub enabled: bool,
-    /// Steps, in order.
+    /// Steps from [`ALL_STEPS`], in the order they run (default: all of them).
     pub steps: Vec<String>,
-    /// Sender of follow-up emails.
+    /// Sender address of follow-up emails (default `support@acme.example`).
     pub email_from: String,
 }
 
@@ -364,23 +429,26 @@ impl Default for WorkflowConfig {
     }
 }
 
+/// `storage:` — the database, the shared Redis state, and PII encryption at rest.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// `sqlite://path.db` (created and seeded on first run) or `postgres://…`.
+    /// `sqlite://path.db` (created and seeded on first run) or `postgres://…` (a fleet of
+    /// instances needs Postgres). Default `sqlite://voxline.db`.
     pub url: String,
-    /// Seed demo customers and orders when the tables are empty.
+    /// Seed demo customers and orders when the tables are empty (default true).
     pub seed_demo_data: bool,
-    /// Largest database connection pool.
+    /// Largest database connection pool (at least 1; default 16).
     pub pool_max_connections: u32,
     /// `redis://…`: live-call registry, rate limits and lookup cache shared by every instance.
     /// Unset: the same interfaces run in process (one instance).
     pub redis_url: Option<String>,
-    /// Prefix of every Redis key (several deployments can share one Redis).
+    /// Prefix of every Redis key, so several deployments can share one Redis (default `voxline`).
     pub redis_prefix: String,
-    /// Lifetime of cached customer/order lookups.
+    /// Lifetime of cached customer/order lookups, in seconds (default 60).
     pub cache_ttl_secs: u64,
-    /// Env var holding the base64 AES-256 key that encrypts PII at rest (unset: stored in clear).
+    /// Env var holding the base64 AES-256 key that encrypts PII at rest (unset: stored in clear,
+    /// with a warning at startup). Default `VOXLINE_PII_KEY`.
     pub pii_key_env: String,
 }
 
@@ -402,13 +470,15 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsConfig {
-    /// A claimed job is another instance's to retry when its lease is not renewed this long.
+    /// A claimed job is another instance's to retry when its lease is not renewed for this many
+    /// ms (at least 200; default 30000).
     pub lease_ms: u64,
-    /// How often idle workers look for queued or abandoned jobs.
+    /// How often idle workers look for queued or abandoned jobs, in ms (default 1000).
     pub poll_ms: u64,
-    /// Background workers per instance (0: only the instance that ended the call runs its job).
+    /// Background workers per instance (0: only the instance that ended the call runs its job;
+    /// default 2).
     pub workers: usize,
-    /// Attempts before a job is parked as `dead`.
+    /// Attempts before a job is parked as `dead` (at least 1; default 5).
     pub max_attempts: u32,
     /// Testing only: stall a job forever after this step (to kill the instance mid-job).
     pub stall_after_step: Option<String>,
@@ -424,17 +494,20 @@ impl Default for JobsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
-    /// Webhook + status callback requests per client address per minute (0: unlimited).
+    /// Webhook + status callback requests per client address per minute (0: unlimited;
+    /// default 600).
     pub webhook_rate_per_minute: u64,
-    /// Admin API requests per client address per minute (0: unlimited).
+    /// Admin API requests per client address per minute (0: unlimited; default 120).
     pub admin_rate_per_minute: u64,
-    /// Take the client address from the first `X-Forwarded-For` hop (behind a trusted proxy).
+    /// Take the client address from the first `X-Forwarded-For` hop; only behind a proxy that
+    /// sets it, else clients choose their own rate-limit key (default false).
     pub trust_forwarded_for: bool,
     /// Origins allowed to call the admin API from a browser (`*` for any; empty: none).
     pub cors_origins: Vec<String>,
     /// Call data older than this many days is deleted or redacted (0: kept forever).
     pub retention_days: u64,
-    /// `delete` or `redact` (keep the statistics, drop numbers, transcripts, summaries).
+    /// `delete` or `redact` (keep the statistics, drop numbers, transcripts, summaries);
+    /// default `redact`.
     pub retention_mode: String,
 }
 
@@ -455,7 +528,7 @@ impl Default for SecurityConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
-    /// `json` (one object per line) or `text`.
+    /// `json` (one object per line, with the call's span fields) or `text`; default `json`.
     pub log_format: String,
     /// OTLP/HTTP endpoint for spans (needs the `otlp` feature), e.g. `http://collector:4318`.
     pub otlp_endpoint: Option<String>,
@@ -467,10 +540,12 @@ impl Default for ObservabilityConfig {
     }
 }
 
+/// `admin:` — the admin API.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Env var holding the bearer token for `/admin/*` and `/metrics`.
+    /// Env var holding the bearer token for `/admin/*` and `/metrics` (default
+    /// `VOXLINE_ADMIN_TOKEN`); unset, those routes answer 503 rather than being open.
     pub token_env: String,
 }
 
@@ -480,7 +555,7 @@ impl Default for AdminConfig {
     }
 }
 
-/// Env override prefix.
+/// Prefix of the env vars that override config fields: `VOXLINE__LLM__MODEL` sets `llm.model`.
 pub const ENV_PREFIX: &str = "VOXLINE__";
 
 impl Config {
@@ -720,11 +795,17 @@ fn parse_scalar(raw: &str) -> Value {
 /// Secrets resolved from the environment. `Debug` shows only which are set.
 #[derive(Clone, Default)]
 pub struct Secrets {
+    /// Deepgram API key (`stt.api_key_env`).
     pub deepgram: Option<String>,
+    /// LLM API key (`llm.api_key_env`), also used for post-call summaries.
     pub llm: Option<String>,
+    /// ElevenLabs API key (`tts.api_key_env`).
     pub elevenlabs: Option<String>,
+    /// Twilio account SID for REST hang-ups and transfers (`telephony.account_sid_env`).
     pub twilio_account_sid: Option<String>,
+    /// Twilio auth token: webhook signatures and REST auth (`telephony.auth_token_env`).
     pub twilio_auth_token: Option<String>,
+    /// Bearer token of the admin API and `/metrics` (`admin.token_env`).
     pub admin_token: Option<String>,
 }
 

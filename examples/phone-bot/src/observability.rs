@@ -68,7 +68,7 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// `ok`, `error` or `timeout` from a skill's result JSON.
-pub fn tool_outcome(result: &Value) -> &'static str {
+pub(crate) fn tool_outcome(result: &Value) -> &'static str {
     if result["success"] == true {
         "ok"
     } else if result["error"].as_str().is_some_and(|e| e.contains("timed out")) {

@@ -8,9 +8,9 @@
 //!
 //! The LLM chain is the one documented in `voxline::processors::llm` (user aggregator, LLM,
 //! assistant aggregator, tool executor, sentence aggregator, TTS, playout tap). The two thin
-//! stages around the executor are the bot's: [`ToolLog`] notes each call's arguments and start
+//! stages around the executor are the bot's: `ToolLog` notes each call's arguments and start
 //! time and holds back the follow-up LLM run once the call is ending or transferred;
-//! [`CallControl`] records each settled call and, when `end_call` succeeded, speaks the goodbye
+//! `CallControl` records each settled call and, when `end_call` succeeded, speaks the goodbye
 //! and asks the server to end the call.
 //!
 //! The whole call stays at 8 kHz: Twilio's μ-law is decoded once for the VAD and STT, and TTS is
@@ -43,16 +43,16 @@ use crate::config::{Config, Secrets};
 use crate::fleet::store::Store;
 
 /// What one call's pipeline needs.
-pub struct CallParts {
-    pub cfg: Arc<Config>,
-    pub secrets: Secrets,
-    pub store: Store,
-    pub ctx: Arc<CallCtx>,
-    pub recorder: Recorder,
+pub(crate) struct CallParts {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) secrets: Secrets,
+    pub(crate) store: Store,
+    pub(crate) ctx: Arc<CallCtx>,
+    pub(crate) recorder: Recorder,
     /// Notified when the bot decided to end the call (after queueing the goodbye).
-    pub end_call: Arc<Notify>,
+    pub(crate) end_call: Arc<Notify>,
     /// The end-of-turn model shared by all calls (`turn.model`), `None` for `none`.
-    pub turn_model: Option<Arc<dyn TurnModel>>,
+    pub(crate) turn_model: Option<Arc<dyn TurnModel>>,
 }
 
 /// Load the end-of-turn model `turn.model` names, once per process: its worker threads serve
@@ -81,7 +81,7 @@ pub fn turn_model(cfg: &Config) -> anyhow::Result<Option<Arc<dyn TurnModel>>> {
 }
 
 /// The stream format: μ-law 8 kHz in and out, PCM16 8 kHz after the decoder.
-pub fn start_info(call_sid: &str, allow_interruptions: bool) -> StartInfo {
+pub(crate) fn start_info(call_sid: &str, allow_interruptions: bool) -> StartInfo {
     StartInfo {
         input_audio: AudioFormat::pcm16(8000),
         output_audio: AudioFormat::mulaw_8k(),
@@ -109,7 +109,7 @@ fn llm_service(cfg: &Config, secrets: &Secrets) -> anyhow::Result<LlmService> {
 }
 
 /// Deepgram's settings from `stt.*` (the config has validated the ranges).
-pub fn stt_settings(cfg: &Config, secrets: &Secrets) -> DeepgramSettings {
+pub(crate) fn stt_settings(cfg: &Config, secrets: &Secrets) -> DeepgramSettings {
     DeepgramSettings {
         api_key: secrets.deepgram.clone(),
         base_url: cfg.stt.base_url.clone(),
@@ -126,7 +126,7 @@ pub fn stt_settings(cfg: &Config, secrets: &Secrets) -> DeepgramSettings {
 }
 
 /// Build the pipeline around the transport's `output` stage.
-pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipeline, ConversationContext)> {
+pub(crate) fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipeline, ConversationContext)> {
     let cfg = &parts.cfg;
     let timeout = Duration::from_millis(cfg.skills.timeout_ms);
     let registry = skills::registry(&cfg.skills.enabled, &parts.store, &parts.ctx, timeout);
@@ -300,6 +300,6 @@ impl Processor for CallControl {
 
 /// A fixed line to speak, framed as a response so TTS flushes it as one utterance (and the
 /// output marks it) and the assistant aggregator records it.
-pub fn spoken_line(text: &str) -> [Frame; 3] {
+pub(crate) fn spoken_line(text: &str) -> [Frame; 3] {
     [Frame::LlmResponseStart, Frame::Text(text.into()), Frame::LlmResponseEnd]
 }

@@ -17,57 +17,70 @@ use voxline::pipeline::{Direction, Event, Frame, MetricsEvent, Processor, proces
 /// A line printer for live output (the simulation prints the transcript as it happens).
 pub type LiveFn = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// One line of the transcript.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
-pub struct TranscriptLine {
+pub(crate) struct TranscriptLine {
     /// `user` or `bot`.
-    pub role: String,
-    pub text: String,
+    pub(crate) role: String,
+    /// What was said: the final transcript, or the text sent to TTS.
+    pub(crate) text: String,
     /// Milliseconds since the call started.
-    pub t_ms: u64,
+    pub(crate) t_ms: u64,
     /// For the bot: cut off by the caller.
-    pub interrupted: bool,
+    pub(crate) interrupted: bool,
 }
 
+/// One settled tool call, as the model asked for it and as it ended.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
-pub struct ToolCallLine {
-    pub name: String,
-    pub arguments: Value,
-    pub result: Value,
-    pub t_ms: u64,
-    pub duration_ms: u64,
+pub(crate) struct ToolCallLine {
+    pub(crate) name: String,
+    pub(crate) arguments: Value,
+    /// Normalized: `{"success": true, "data": …}` or `{"success": false, "error": …}`.
+    pub(crate) result: Value,
+    /// When the result landed, in ms since the call started.
+    pub(crate) t_ms: u64,
+    pub(crate) duration_ms: u64,
 }
 
+/// Where one turn's time went, in milliseconds (`None`: the stage reported nothing).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
-pub struct TurnLatency {
-    pub turn: u32,
+pub(crate) struct TurnLatency {
+    /// 1-based turn number.
+    pub(crate) turn: u32,
     /// User stopped speaking → first bot audio at the output.
-    pub total_ms: Option<f64>,
-    pub stt_ms: Option<f64>,
-    pub llm_ttfb_ms: Option<f64>,
-    pub tts_ttfb_ms: Option<f64>,
+    pub(crate) total_ms: Option<f64>,
+    pub(crate) stt_ms: Option<f64>,
+    pub(crate) llm_ttfb_ms: Option<f64>,
+    pub(crate) tts_ttfb_ms: Option<f64>,
 }
 
 /// The record is stored as JSON and read back by the post-call job (possibly on another instance).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
-pub struct CallRecord {
-    pub call_sid: String,
-    pub from: String,
-    pub started_ms: i64,
-    pub transcript: Vec<TranscriptLine>,
-    pub tool_calls: Vec<ToolCallLine>,
-    pub turns: Vec<TurnLatency>,
-    pub interruptions: u32,
+pub(crate) struct CallRecord {
+    pub(crate) call_sid: String,
+    /// The caller's number.
+    pub(crate) from: String,
+    /// Epoch milliseconds.
+    pub(crate) started_ms: i64,
+    pub(crate) transcript: Vec<TranscriptLine>,
+    pub(crate) tool_calls: Vec<ToolCallLine>,
+    pub(crate) turns: Vec<TurnLatency>,
+    /// Times the caller barged in (a cancelled speculation's `Interrupt` does not count).
+    pub(crate) interruptions: u32,
     /// Speculative LLM requests: `[started, used, cancelled]`.
-    pub speculations: [u32; 3],
-    pub dtmf: String,
-    pub errors: Vec<String>,
-    pub greeting_first: bool,
+    pub(crate) speculations: [u32; 3],
+    /// DTMF digits the caller pressed, in order.
+    pub(crate) dtmf: String,
+    /// Pipeline errors, `processor: message`, at most 100.
+    pub(crate) errors: Vec<String>,
+    /// The bot spoke before the caller did (the greeting came first).
+    pub(crate) greeting_first: bool,
     /// Bot audio chunks that reached the output.
-    pub bot_audio_frames: u64,
+    pub(crate) bot_audio_frames: u64,
 }
 
 struct State {
@@ -86,12 +99,13 @@ struct State {
 
 /// Shared recorder of one call.
 #[derive(Clone)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     st: Arc<Mutex<State>>,
 }
 
 impl Recorder {
-    pub fn new(call_sid: &str, from: &str, live: Option<LiveFn>) -> Self {
+    /// A fresh record; `live` prints transcript lines as they happen.
+    pub(crate) fn new(call_sid: &str, from: &str, live: Option<LiveFn>) -> Self {
         let rec = CallRecord {
             call_sid: call_sid.to_string(),
             from: from.to_string(),
@@ -117,11 +131,12 @@ impl Recorder {
     }
 
     /// User turns so far (the turn number of log lines and spans).
-    pub fn turns(&self) -> usize {
+    pub(crate) fn turns(&self) -> usize {
         self.lock().rec.turns.len()
     }
 
-    pub fn snapshot(&self) -> CallRecord {
+    /// A copy of the record so far.
+    pub(crate) fn snapshot(&self) -> CallRecord {
         self.lock().rec.clone()
     }
 
@@ -131,7 +146,8 @@ impl Recorder {
         }
     }
 
-    pub fn user_text(&self, text: &str) {
+    /// A final transcript of the caller.
+    pub(crate) fn user_text(&self, text: &str) {
         let mut st = self.lock();
         let t_ms = ms(st.t0);
         st.user_spoke = true;
@@ -145,7 +161,7 @@ impl Recorder {
     }
 
     /// A chunk of bot speech text (sentence) sent to TTS.
-    pub fn bot_text(&self, text: &str) {
+    pub(crate) fn bot_text(&self, text: &str) {
         let mut st = self.lock();
         let t_ms = ms(st.t0);
         if !st.user_spoke && st.rec.transcript.is_empty() {
@@ -180,7 +196,8 @@ impl Recorder {
         }
     }
 
-    pub fn tool_call(&self, name: &str, arguments: Value, result: Value, started: Instant) {
+    /// A settled tool call (also counted in metrics and traced as a `tool_execution` span).
+    pub(crate) fn tool_call(&self, name: &str, arguments: Value, result: Value, started: Instant) {
         let mut st = self.lock();
         let t_ms = ms(st.t0);
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(0);
@@ -195,7 +212,8 @@ impl Recorder {
         st.rec.tool_calls.push(ToolCallLine { name: name.to_string(), arguments, result, t_ms, duration_ms });
     }
 
-    pub fn error(&self, msg: String) {
+    /// An error outside the pipeline's events (kept up to 100).
+    pub(crate) fn error(&self, msg: String) {
         let mut st = self.lock();
         if st.rec.errors.len() < 100 {
             st.rec.errors.push(msg);
@@ -230,7 +248,7 @@ impl Recorder {
     }
 
     /// Apply one pipeline event.
-    pub fn event(&self, ev: &Event) {
+    pub(crate) fn event(&self, ev: &Event) {
         let mut st = self.lock();
         match ev {
             Event::UserStoppedSpeaking => {
@@ -295,7 +313,7 @@ impl Recorder {
     }
 
     /// Tap after STT: final transcripts and DTMF.
-    pub fn input_tap(&self) -> impl Processor {
+    pub(crate) fn input_tap(&self) -> impl Processor {
         let rec = self.clone();
         processor_fn("record_input", move |frame, dir, cx| {
             if dir == Direction::Downstream {
@@ -315,7 +333,7 @@ impl Recorder {
     }
 
     /// Tap before the output: bot text and audio.
-    pub fn output_tap(&self) -> impl Processor {
+    pub(crate) fn output_tap(&self) -> impl Processor {
         let rec = self.clone();
         processor_fn("record_output", move |frame, dir, cx| {
             if dir == Direction::Downstream {

@@ -21,21 +21,23 @@ use voxline::transports::twilio::TwilioRest;
 use crate::fleet::store::Store;
 
 /// What a skill knows about the call it runs in.
-pub struct CallCtx {
-    pub call_sid: String,
-    pub from: String,
-    pub rest: Option<TwilioRest>,
-    pub transfer_number: String,
+pub(crate) struct CallCtx {
+    pub(crate) call_sid: String,
+    /// The caller's number: the default for lookups and callbacks.
+    pub(crate) from: String,
+    /// Twilio REST for transfers; `None` without an account SID (transfers then fail politely).
+    pub(crate) rest: Option<TwilioRest>,
+    pub(crate) transfer_number: String,
     /// Set by `lookup_customer`; used by later skills and the post-call CRM update.
-    pub customer_id: Mutex<Option<String>>,
+    pub(crate) customer_id: Mutex<Option<String>>,
     /// Set by `end_call`: speak the goodbye, then hang up.
-    pub end_requested: Mutex<Option<String>>,
+    pub(crate) end_requested: Mutex<Option<String>>,
     /// Set by `transfer_to_human`.
-    pub transferred: Mutex<bool>,
+    pub(crate) transferred: Mutex<bool>,
 }
 
 impl CallCtx {
-    pub fn new(call_sid: &str, from: &str, rest: Option<TwilioRest>, transfer_number: &str) -> Arc<Self> {
+    pub(crate) fn new(call_sid: &str, from: &str, rest: Option<TwilioRest>, transfer_number: &str) -> Arc<Self> {
         Arc::new(Self {
             call_sid: call_sid.to_string(),
             from: from.to_string(),
@@ -47,11 +49,14 @@ impl CallCtx {
         })
     }
 
-    pub fn customer_id(&self) -> Option<String> {
+    /// The customer `lookup_customer` identified, if any.
+    pub(crate) fn customer_id(&self) -> Option<String> {
         lock(&self.customer_id).clone()
     }
 }
 
+/// Lock `m`, recovering the data if a panicking holder poisoned it: the state behind these
+/// mutexes stays consistent between statements, and a call must not die of another's panic.
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -62,66 +67,66 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Look up the caller's customer record by phone number or email address.
-pub struct LookupCustomer {
+struct LookupCustomer {
     /// Phone number in any format; defaults to the caller's number.
-    pub phone: Option<String>,
+    phone: Option<String>,
     /// Email address.
-    pub email: Option<String>,
+    email: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Check the status and delivery estimate of an order.
-pub struct CheckOrderStatus {
+struct CheckOrderStatus {
     /// The order number, e.g. "12345".
-    pub order_id: String,
+    order_id: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Open a support ticket for a problem that cannot be solved on the call.
-pub struct CreateSupportTicket {
+struct CreateSupportTicket {
     /// One-line summary of the problem.
-    pub subject: String,
+    subject: String,
     /// What happened, in the caller's words.
-    pub description: String,
+    description: String,
     /// low, normal, high or urgent.
-    pub priority: Option<String>,
+    priority: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Schedule a callback from a human agent.
-pub struct ScheduleCallback {
+struct ScheduleCallback {
     /// When the caller wants to be called, e.g. "tomorrow at 3pm".
-    pub preferred_time: String,
+    preferred_time: String,
     /// Why.
-    pub reason: String,
+    reason: String,
     /// Number to call back; defaults to the caller's number.
-    pub phone: Option<String>,
+    phone: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// Transfer the call to a human agent.
-pub struct TransferToHuman {
+struct TransferToHuman {
     /// Why the caller needs a human.
-    pub reason: Option<String>,
+    reason: Option<String>,
 }
 
 // Lenient on purpose: `end_call` does not re-run the LLM, so an argument error here would
 // leave the caller in silence.
 #[derive(Debug, Deserialize, JsonSchema)]
 /// End the call after saying goodbye, when the caller has nothing else.
-pub struct EndCall {
+struct EndCall {
     /// Why the call is ending.
-    pub reason: Option<String>,
+    reason: Option<String>,
 }
 
 /// Tool results in the bot's own shape, for the call record: `{"success": true, "data": …}` as
 /// the skill produced it, or `{"success": false, "error": …}` for anything the executor
 /// settled as a failure (`{"error": …}` on the wire).
-pub fn normalize_result(content: &str) -> Value {
+pub(crate) fn normalize_result(content: &str) -> Value {
     let v: Value = serde_json::from_str(content).unwrap_or_else(|_| Value::String(content.to_string()));
     if v.get("success").is_some() {
         return v;
@@ -140,7 +145,7 @@ fn ok(data: Value) -> Result<Value, String> {
 /// barge-in: a caller talking over the bot must not leave a ticket half-created or a
 /// transfer half-done. `end_call` and a successful transfer do not re-run the LLM (the bot's
 /// turn is over; see `bot::CallControl`).
-pub fn registry(enabled: &[String], store: &Store, ctx: &Arc<CallCtx>, timeout: Duration) -> ToolRegistry {
+pub(crate) fn registry(enabled: &[String], store: &Store, ctx: &Arc<CallCtx>, timeout: Duration) -> ToolRegistry {
     let (st, cx) = (store.clone(), ctx.clone());
     let lookup = Tool::new("lookup_customer", &describe::<LookupCustomer>(), move |a: LookupCustomer| {
         let (st, cx) = (st.clone(), cx.clone());

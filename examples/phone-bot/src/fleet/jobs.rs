@@ -26,8 +26,11 @@ use crate::fleet::store::{Store, new_id, now_ms};
 /// A job this instance holds.
 #[derive(Debug, Clone)]
 pub struct Claimed {
+    /// `JOB-<call_sid>` (see [`Jobs::id_for`]).
     pub id: String,
+    /// The call whose post-call workflow this is.
     pub call_sid: String,
+    /// What the workflow needs, as enqueued with the call record (JSON, PII sealed).
     pub payload: Value,
     /// Including this claim.
     pub attempts: i64,
@@ -50,11 +53,42 @@ pub enum Effect<'a> {
     /// Nothing outside the marker (e.g. the summary, which later steps reuse).
     None,
     /// CRM: customer's last contact + a contact-history row.
-    Crm { customer_id: &'a str, call_sid: &'a str, note: &'a str },
+    Crm {
+        /// The customer whose record is updated (its cache entry is invalidated).
+        customer_id: &'a str,
+        /// The call the note is about; the history row's id derives from it.
+        call_sid: &'a str,
+        /// The note (the call summary); sealed as PII.
+        note: &'a str,
+    },
     /// Queue a follow-up email in the outbox (a mailer sends each outbox id once).
-    Email { id: &'a str, to: &'a str, from: &'a str, subject: &'a str, body: &'a str, call_sid: &'a str },
+    Email {
+        /// Outbox id, derived from the call so a retry cannot queue a second email.
+        id: &'a str,
+        /// Recipient address; sealed as PII.
+        to: &'a str,
+        /// Sender address (`workflow.email_from`).
+        from: &'a str,
+        /// Subject line.
+        subject: &'a str,
+        /// Body; sealed as PII.
+        body: &'a str,
+        /// The call the email follows up.
+        call_sid: &'a str,
+    },
     /// Open a ticket.
-    Ticket { id: &'a str, customer_id: Option<&'a str>, call_sid: &'a str, subject: &'a str, description: &'a str },
+    Ticket {
+        /// Ticket id, derived from the call (`TKT-<call>-wf`).
+        id: &'a str,
+        /// The customer, when the call identified one.
+        customer_id: Option<&'a str>,
+        /// The call the ticket comes from.
+        call_sid: &'a str,
+        /// One-line summary.
+        subject: &'a str,
+        /// What happened; sealed as PII.
+        description: &'a str,
+    },
 }
 
 fn ms(d: Duration) -> i64 {
@@ -62,6 +96,8 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl Jobs {
+    /// The queue in `store` for `instance` (prefix of its lease owners), with `jobs.lease_ms`
+    /// and `jobs.max_attempts`.
     pub fn new(store: Store, instance: &str, lease: Duration, max_attempts: u32) -> Self {
         Self { store, instance: instance.to_string(), lease, max_attempts }
     }

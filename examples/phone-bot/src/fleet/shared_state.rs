@@ -27,9 +27,11 @@ use crate::fleet::store::now_ms;
 /// A call in progress somewhere in the fleet.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LiveCall {
+    /// Twilio's id of the call (the registry's key).
     pub call_sid: String,
     /// The instance holding the call's media stream.
     pub instance: String,
+    /// When the media stream was accepted, epoch milliseconds (listings are oldest first).
     pub started_ms: i64,
     /// The caller's number, sealed with the PII key when one is configured: if the instance
     /// dies, the survivor that reaps the call writes its record from this.

@@ -67,43 +67,73 @@ const SCHEMA: &[&str] = &[
 /// A customer row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Customer {
+    /// `C-…`: what skills, tickets and the CRM step refer to.
     pub id: String,
+    /// Full name, read to the LLM so the bot can greet the caller by name.
     pub name: String,
+    /// Phone number as stored (any format: lookups compare digits); PII.
     pub phone: String,
+    /// Email address; follow-up emails go here; PII.
     pub email: String,
+    /// Service tier (`gold`, `standard`…), for the LLM's tone and priorities.
     pub tier: String,
+    /// Free-text account notes shown to the LLM.
     pub notes: String,
+    /// Last call with this customer, epoch ms (written by the CRM step).
     pub last_contact_ms: Option<i64>,
+    /// Summary of the last call (written by the CRM step); PII.
     pub last_call_summary: Option<String>,
 }
 
 /// An order row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Order {
+    /// The order number callers quote (e.g. `12345`).
     pub order_id: String,
+    /// The [`Customer::id`] who placed it.
     pub customer_id: String,
+    /// What was ordered, as the bot may say it.
     pub item: String,
+    /// Fulfilment status (`processing`, `shipped`, `delivered`…).
     pub status: String,
+    /// Delivery estimate, human-readable.
     pub eta: String,
+    /// Shipping carrier.
     pub carrier: String,
+    /// Carrier tracking number.
     pub tracking: String,
+    /// Order total formatted for speech, e.g. `$42.50` (stored as cents).
     pub total: String,
 }
 
 /// A stored call (summary columns plus the JSON record).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRow {
+    /// Twilio's id of the call (primary key).
     pub call_sid: String,
+    /// The caller's number; PII (`[redacted]` after retention).
     pub from_number: String,
+    /// Epoch ms when the stream started.
     pub started_ms: i64,
+    /// Epoch ms when the call ended; retention cuts by it.
     pub ended_ms: i64,
+    /// `ended_ms - started_ms`, kept for statistics after redaction.
     pub duration_ms: i64,
+    /// Why the call ended (`bot_ended`, `caller_hung_up`, `shutdown`,
+    /// `protocol_violation: …`); the part before `:` is
+    /// the metrics label.
     pub end_reason: String,
+    /// The post-call workflow's verdict (LLM, or the heuristic when it had none).
     pub resolved: bool,
+    /// Errors recorded during the call.
     pub errors: i64,
+    /// The workflow's call summary; PII.
     pub summary: Option<String>,
+    /// `positive`, `neutral` or `negative`, from the workflow.
     pub sentiment: Option<String>,
+    /// The full call record (transcript, tool calls, turn latencies) as JSON; PII.
     pub record: Value,
+    /// The workflow's step results as JSON, once it ran.
     pub workflow: Option<Value>,
 }
 

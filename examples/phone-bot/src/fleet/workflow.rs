@@ -20,51 +20,64 @@ use crate::config::Config;
 use crate::fleet::jobs::{self, Effect};
 use crate::fleet::store::Store;
 
+/// How one step went.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepResult {
-    pub step: String,
+pub(crate) struct StepResult {
+    /// A name from `config::ALL_STEPS` (or `load` when progress could not be read).
+    pub(crate) step: String,
     /// `ok`, `skipped` or `failed`.
-    pub status: String,
-    pub detail: Value,
+    pub(crate) status: String,
+    /// What the step produced, why it was skipped, or the error.
+    pub(crate) detail: Value,
 }
 
+/// What the workflow decided, stored with the call.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct WorkflowOutcome {
-    pub summary: Option<String>,
-    pub sentiment: Option<String>,
-    pub resolved: bool,
-    pub steps: Vec<StepResult>,
+pub(crate) struct WorkflowOutcome {
+    pub(crate) summary: Option<String>,
+    /// `positive`, `neutral` or `negative`.
+    pub(crate) sentiment: Option<String>,
+    pub(crate) resolved: bool,
+    pub(crate) steps: Vec<StepResult>,
 }
 
 /// What the workflow needs besides the record.
-pub struct WorkflowInput<'a> {
-    pub record: &'a CallRecord,
-    pub customer_id: Option<String>,
-    pub end_reason: &'a str,
-    pub transferred: bool,
-    pub ended_by_bot: bool,
+pub(crate) struct WorkflowInput<'a> {
+    pub(crate) record: &'a CallRecord,
+    /// The customer a skill identified during the call; else the caller's number is matched.
+    pub(crate) customer_id: Option<String>,
+    pub(crate) end_reason: &'a str,
+    pub(crate) transferred: bool,
+    /// The bot ended the call with `end_call` (a sign the caller was served).
+    pub(crate) ended_by_bot: bool,
 }
 
 /// The job a workflow runs as.
-pub struct JobRef<'a> {
-    pub id: &'a str,
+pub(crate) struct JobRef<'a> {
+    pub(crate) id: &'a str,
     /// The claim (see [`jobs::Claimed::owner`]).
-    pub owner: &'a str,
+    pub(crate) owner: &'a str,
     /// Testing only: never return after this step (the instance gets killed mid-job).
-    pub stall_after: Option<&'a str>,
+    pub(crate) stall_after: Option<&'a str>,
 }
 
 /// The LLM endpoint for summaries (same provider as the bot).
 #[derive(Clone)]
 pub struct SummaryLlm {
+    /// Client with a 20 s timeout: a summary is worth waiting for, but not forever.
     pub http: reqwest::Client,
+    /// `openai` (any OpenAI-compatible server) or `anthropic`, as `llm.provider`.
     pub provider: String,
+    /// API base URL without a trailing `/`.
     pub base_url: String,
+    /// `llm.summary_model`, else `llm.model`.
     pub model: String,
+    /// The LLM key (`llm.api_key_env`); never logged.
     pub api_key: Option<String>,
 }
 
 impl SummaryLlm {
+    /// From `llm.*` and the resolved LLM key.
     pub fn from_config(cfg: &Config, api_key: Option<String>) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap_or_default();
         Self {
@@ -170,7 +183,7 @@ fn heuristic_resolved(input: &WorkflowInput<'_>) -> bool {
 
 /// Run the configured steps as job `job`: steps the job already finished (an earlier attempt,
 /// possibly on another instance) are replayed from their markers, not run again.
-pub async fn run(
+pub(crate) async fn run(
     cfg: &Config,
     store: &Store,
     llm: &SummaryLlm,

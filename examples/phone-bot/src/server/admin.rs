@@ -30,26 +30,35 @@ use crate::fleet::shared_state::Shared;
 use crate::fleet::store::{CallRow, Store};
 use crate::server::shutdown::Lifecycle;
 
-/// Live counters.
+/// Live counters of this instance since it started (not shared by the fleet); `/health` and
+/// `/metrics` serve them.
 #[derive(Default)]
 pub struct Counters {
+    /// Media streams accepted.
     pub calls_started: AtomicU64,
+    /// Calls in progress now.
     pub calls_active: AtomicU64,
+    /// Calls ended (stored or about to be).
     pub calls_finished: AtomicU64,
+    /// Calls refused at admission (`server.max_calls` reached).
     pub calls_rejected: AtomicU64,
+    /// Malformed messages received on media streams (each is logged and dropped).
     pub stream_errors: AtomicU64,
 }
 
+/// What the admin routes share.
 #[derive(Clone)]
-pub struct AdminState {
-    pub store: Store,
-    pub token: Option<Arc<str>>,
-    pub counters: Arc<Counters>,
-    pub shared: Shared,
-    pub jobs: Jobs,
-    pub lifecycle: Arc<Lifecycle>,
-    pub instance: String,
-    pub trust_forwarded_for: bool,
+pub(crate) struct AdminState {
+    pub(crate) store: Store,
+    /// The bearer token; `None` makes the protected routes answer 503.
+    pub(crate) token: Option<Arc<str>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) shared: Shared,
+    pub(crate) jobs: Jobs,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) instance: String,
+    /// `security.trust_forwarded_for`, for the audit log's client address.
+    pub(crate) trust_forwarded_for: bool,
 }
 
 /// Who is reading, for the audit log: the client address (tokens are never written anywhere).
@@ -77,7 +86,8 @@ async fn audit(
     }
 }
 
-pub fn router(state: AdminState) -> Router {
+/// `/health` (open) and the token-protected `/admin/*` and `/metrics`.
+pub(crate) fn router(state: AdminState) -> Router {
     let protected = Router::new()
         .route("/admin/stats", get(stats))
         .route("/admin/calls", get(list_calls))
@@ -126,7 +136,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// Aggregate statistics over stored calls.
-pub fn compute_stats(calls: &[CallRow]) -> Value {
+pub(crate) fn compute_stats(calls: &[CallRow]) -> Value {
     let n = calls.len();
     let avg_duration =
         if n == 0 { 0.0 } else { calls.iter().map(|c| c.duration_ms as f64).sum::<f64>() / n as f64 / 1e3 };

@@ -90,7 +90,7 @@ impl Crypto {
 }
 
 /// Seal with `c` when configured.
-pub fn seal_opt(c: Option<&Crypto>, plain: &str) -> anyhow::Result<String> {
+pub(crate) fn seal_opt(c: Option<&Crypto>, plain: &str) -> anyhow::Result<String> {
     match c {
         Some(c) => c.seal(plain),
         None => Ok(plain.to_string()),
@@ -98,7 +98,7 @@ pub fn seal_opt(c: Option<&Crypto>, plain: &str) -> anyhow::Result<String> {
 }
 
 /// Open with `c`; a sealed value without a key is an error, never silently shown as ciphertext.
-pub fn open_opt(c: Option<&Crypto>, stored: &str) -> anyhow::Result<String> {
+pub(crate) fn open_opt(c: Option<&Crypto>, stored: &str) -> anyhow::Result<String> {
     match c {
         Some(c) => c.open(stored),
         None if stored.starts_with(SEALED) => bail!("value is encrypted and no PII key is configured"),
@@ -108,14 +108,16 @@ pub fn open_opt(c: Option<&Crypto>, stored: &str) -> anyhow::Result<String> {
 
 /// One rate-limited route class.
 #[derive(Clone)]
-pub struct RateLimit {
-    pub shared: Shared,
+pub(crate) struct RateLimit {
+    /// Where the counters live (Redis: one budget for the whole fleet).
+    pub(crate) shared: Shared,
     /// `webhook`, `admin`: separate budgets.
-    pub class: &'static str,
+    pub(crate) class: &'static str,
     /// Requests per client per window (0: unlimited).
-    pub limit: u64,
-    pub window: Duration,
-    pub trust_forwarded_for: bool,
+    pub(crate) limit: u64,
+    pub(crate) window: Duration,
+    /// Count against the first `X-Forwarded-For` hop instead of the peer address.
+    pub(crate) trust_forwarded_for: bool,
 }
 
 /// The client address a request is counted against.
@@ -136,7 +138,7 @@ fn client_key(req: &Request, trust_forwarded_for: bool) -> String {
 
 /// Middleware: 429 with `Retry-After` once a client exceeds its budget. If the shared store is
 /// unreachable the request is let through: an outage of Redis must not take calls down.
-pub async fn rate_limit(State(rl): State<RateLimit>, req: Request, next: Next) -> Response {
+pub(crate) async fn rate_limit(State(rl): State<RateLimit>, req: Request, next: Next) -> Response {
     if rl.limit == 0 {
         return next.run(req).await;
     }
@@ -157,7 +159,7 @@ pub async fn rate_limit(State(rl): State<RateLimit>, req: Request, next: Next) -
 }
 
 /// CORS for the admin API: `None` when no origin is configured (browsers get same-origin only).
-pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+pub(crate) fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }

@@ -37,6 +37,8 @@ impl Lifecycle {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Whether [`Lifecycle::start_draining`] was called (`/health` and the voice webhook then
+    /// answer 503).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -90,14 +92,15 @@ impl Lifecycle {
 
 /// State of [`refuse_new_calls`].
 #[derive(Clone)]
-pub struct DrainGuard {
-    pub lifecycle: Arc<Lifecycle>,
-    pub voice_path: String,
+pub(crate) struct DrainGuard {
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    /// Path of the voice webhook, the only route refused while draining.
+    pub(crate) voice_path: String,
 }
 
 /// Middleware on the Twilio routes: while draining, the voice webhook answers 503 (Twilio then
 /// uses the fallback URL). Media streams of calls already answered are still accepted.
-pub async fn refuse_new_calls(State(g): State<DrainGuard>, req: Request, next: Next) -> Response {
+pub(crate) async fn refuse_new_calls(State(g): State<DrainGuard>, req: Request, next: Next) -> Response {
     if g.lifecycle.is_draining() && req.method() == Method::POST && req.uri().path() == g.voice_path {
         tracing::info!("draining: new call refused with 503");
         return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], "instance is shutting down").into_response();
