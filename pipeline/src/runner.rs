@@ -51,7 +51,8 @@
 //! call of every stage unless its frame is uninterruptible, discards queued frames of the old
 //! epoch (keeping uninterruptible ones), cancels the turn's `CancellationToken`, calls `on_event`
 //! and forwards the event to subscribers. Frames stamped with an older epoch that are pushed
-//! later (by a spawned task through a `FrameSender`) are dropped at the next hop. Events never
+//! later (by a spawned task through a turn-scoped `FrameSender`) are dropped at the next hop; a
+//! `StreamSender` stamps each frame with the epoch current when it is pushed. Events never
 //! wait behind frames: the runner drains its event lane before moving any frame.
 
 use std::collections::VecDeque;

@@ -5,8 +5,8 @@
 //!   taken from `StartInfo.input_audio` and re-learnt from the frames (a change reopens the
 //!   stream). `Frame::End` closes the stream (`CloseStream`). Events: `UserStartedSpeaking` marks
 //!   the audio that follows as words owed (so an unanswered `Finalize` after only silence is not
-//!   an error); `UserStoppedSpeaking` → `Finalize`; `Interrupt` → a fresh sender so later
-//!   transcripts are not dropped as stale.
+//!   an error); `UserStoppedSpeaking` → `Finalize`. `Interrupt` needs nothing: the socket task pushes
+//!   through a stream sender, which the engine keeps on the current epoch.
 //! - Produces: `Frame::Transcript` downstream, interim (`is_final: false`) and final, with word
 //!   timings in call time (offset across reconnects) and the language; the input audio itself
 //!   when [`LiveSettings::pass_through_audio`] is set; `Event::Metrics(Ttfb)` measured from
@@ -25,7 +25,7 @@ use std::time::Instant;
 use voxline_pipeline::{AudioFormat, Context, Direction, ErrorEvent, Event, FlowResult, Frame, Processor};
 
 use super::deepgram_protocol::{DeepgramProtocol, encoding_name};
-use super::live::{self, Control, LiveHandle, LiveSettings, SenderSlot, SttStats};
+use super::live::{self, Control, LiveHandle, LiveSettings, SttStats};
 use super::{DEEPGRAM_API_KEY_ENV, SttError};
 
 /// Default endpoint (a self-hosted or emulated server takes its own `ws://` base).
@@ -167,8 +167,6 @@ pub struct DeepgramStt {
     protocol: Arc<DeepgramProtocol>,
     stats: Arc<SttStats>,
     session: Option<LiveHandle>,
-    sender: Option<SenderSlot>,
-    sender_epoch: u64,
     unsupported: Option<AudioFormat>,
 }
 
@@ -190,8 +188,6 @@ impl DeepgramStt {
             protocol: Arc::new(DeepgramProtocol { settings }),
             stats: Arc::default(),
             session: None,
-            sender: None,
-            sender_epoch: 0,
             unsupported: None,
         })
     }
@@ -204,21 +200,6 @@ impl DeepgramStt {
 
     fn settings(&self) -> &DeepgramSettings {
         &self.protocol.settings
-    }
-
-    /// Keeps the spawned task's sender on the current epoch.
-    fn refresh_sender(&mut self, cx: &Context) {
-        match &self.sender {
-            Some(_) if self.sender_epoch == cx.epoch() => {}
-            Some(slot) => {
-                slot.set(cx.sender());
-                self.sender_epoch = cx.epoch();
-            }
-            None => {
-                self.sender = Some(SenderSlot::new(cx.sender()));
-                self.sender_epoch = cx.epoch();
-            }
-        }
     }
 
     /// Makes sure a stream for `format` is running; `false` if Deepgram cannot take it.
@@ -240,8 +221,6 @@ impl DeepgramStt {
             }
             return false;
         }
-        self.refresh_sender(cx);
-        let Some(slot) = self.sender.clone() else { return false };
         if let Some(old) = self.session.take() {
             tracing::info!(processor = %cx.name(), from = %old.format, to = %format, "input format changed; reopening the stream");
             // Dropping the handle closes its channels: the old task sends CloseStream and exits.
@@ -252,7 +231,7 @@ impl DeepgramStt {
             self.protocol.clone(),
             format,
             self.settings().live.clone(),
-            slot,
+            cx.stream_sender(),
             self.stats.clone(),
             cx.name().clone(),
         ));
@@ -266,7 +245,6 @@ impl Processor for DeepgramStt {
     }
 
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        self.refresh_sender(cx);
         match frame {
             Frame::Start(info) => {
                 self.ensure_session(info.input_audio, cx);
@@ -298,9 +276,8 @@ impl Processor for DeepgramStt {
         Ok(())
     }
 
-    fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
+    fn on_event(&mut self, event: &Event, _cx: &mut Context) -> FlowResult {
         match event {
-            Event::Interrupt => self.refresh_sender(cx),
             Event::UserStartedSpeaking => {
                 if let Some(s) = &self.session {
                     s.control(Control::SpeechStarted);

@@ -288,7 +288,7 @@ impl ElevenLabsTts {
                 self.settings.clone(),
                 name.clone(),
                 format,
-                cx.sender(),
+                cx.stream_sender(),
                 self.stats.clone(),
                 cx.name().clone(),
             )),
