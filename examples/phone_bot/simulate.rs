@@ -508,7 +508,7 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
 /// Bytes up to and including the last voiced sample (louder than the near-silence espeak and sox
 /// leave around speech).
 pub(crate) fn last_voiced(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
+    bytes.iter().rposition(|b| voxline_pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
 }
 
 /// `--simulate`: one full call, printed live. With `--bench-turns T [--bench-calls C]`: the
@@ -629,7 +629,7 @@ pub async fn bench_turns(calls: usize, turns: usize) -> anyhow::Result<()> {
     })
     .await?;
     let line = speech(BENCH_LINE, 0)?;
-    let voiced = line.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000);
+    let voiced = line.iter().position(|b| voxline_pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000);
     let line = line[voiced.unwrap_or(0)..].to_vec();
     let mut joins = Vec::new();
     for c in 0..calls {

@@ -174,8 +174,7 @@ async fn barge_in_clears_fast() {
     // Speak over the greeting once 1 s of it has played, with the leading near-silence trimmed so
     // the measurement starts at the first voiced sample.
     let Step::Say(bytes) = say(0) else { return };
-    let voiced =
-        bytes.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+    let voiced = bytes.iter().position(|b| voxline_pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000).unwrap_or(0);
     let steps = vec![
         Step::WaitBotTalking(Duration::from_millis(1000)),
         Step::Pause(Duration::from_millis(300)),
@@ -204,8 +203,7 @@ async fn barge_in_clears_fast() {
 async fn barge_in_context_keeps_heard_words() {
     let (emulated, server) = setup(CALLER_LINES, |c| c.vad.min_barge_in_ms = 0).await;
     let Step::Say(bytes) = say(0) else { return };
-    let voiced =
-        bytes.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+    let voiced = bytes.iter().position(|b| voxline_pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000).unwrap_or(0);
     let steps = vec![
         Step::WaitBotTalking(Duration::from_millis(1000)),
         Step::Pause(Duration::from_millis(300)),
@@ -388,8 +386,7 @@ async fn barge_in_trial(trial: usize, after: Duration) -> Option<String> {
         Err(e) => return Some(format!("server: {e:#}")),
     };
     let (Step::Say(ask), Step::Say(over)) = (say(0), say(1)) else { return Some("speech".into()) };
-    let voiced =
-        over.iter().position(|b| voxline_transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+    let voiced = over.iter().position(|b| voxline_pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000).unwrap_or(0);
     let steps = vec![
         quiet(),
         Step::Say(ask),

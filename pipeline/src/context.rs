@@ -87,10 +87,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn turn(&self) -> CancellationToken {
-        match self.turn.lock() {
-            Ok(t) => t.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::lock(&self.turn).clone()
     }
 }
 

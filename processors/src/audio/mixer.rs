@@ -27,11 +27,12 @@
 //! bunched). The loop seam is a plain jump; pick a track that loops cleanly.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
+use voxline_pipeline::sync::lock;
 use voxline_pipeline::{
     AudioFormat, AudioFrame, Context, Direction, Event, FlowError, FlowResult, Frame, Processor, StreamSender,
 };
@@ -103,10 +104,6 @@ impl Shared {
             }
         }
     }
-}
-
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Background-track mixer. See the module docs.

@@ -32,7 +32,6 @@ use voxline_pipeline::{AudioEncoding, AudioFormat, CancellationToken, FlowResult
 use super::rest::TwilioRest;
 use super::serializer::{self, Inbound, StreamStart};
 use super::signature;
-use crate::codec;
 
 /// Settings of a Twilio session.
 #[derive(Debug, Clone)]
@@ -187,7 +186,7 @@ impl AudioSink for TwilioSink {
     async fn write(&mut self, chunk: Bytes, format: AudioFormat) -> FlowResult {
         let mulaw = match (format.encoding, format.sample_rate, format.channels) {
             (AudioEncoding::Mulaw, 8000, 1) => chunk,
-            (AudioEncoding::Pcm16, 8000, 1) => Bytes::from(codec::pcm16_to_mulaw(&chunk)),
+            (AudioEncoding::Pcm16, 8000, 1) => voxline_pipeline::g711::encode_mulaw(&chunk),
             _ => {
                 return Err(voxline_pipeline::FlowError::NotNegotiated {
                     processor: "twilio_sink",
