@@ -111,7 +111,7 @@ fn llm_service(cfg: &Config, secrets: &Secrets) -> anyhow::Result<LlmService> {
 /// Deepgram's settings from `stt.*` (the config has validated the ranges).
 pub fn stt_settings(cfg: &Config, secrets: &Secrets) -> DeepgramSettings {
     DeepgramSettings {
-        api_key: secrets.deepgram.clone(),
+        api_key: secrets.deepgram.clone().map(Into::into),
         base_url: cfg.stt.base_url.clone(),
         model: cfg.stt.model.clone(),
         language: cfg.stt.language.clone(),
@@ -185,7 +185,7 @@ pub fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result<(Pipel
         (cfg.tts.base_url.replacen("ws", "http", 1), cfg.tts.base_url.clone())
     };
     let tts = ElevenLabsTts::new(ElevenLabsSettings {
-        api_key: parts.secrets.elevenlabs.clone(),
+        api_key: parts.secrets.elevenlabs.clone().map(Into::into),
         base_url: tts_ws,
         http_base_url: tts_http,
         voice_id: cfg.tts.voice_id.clone(),

@@ -45,7 +45,7 @@ use voxline_pipeline::{
     AudioFormat, Direction, ErrorEvent, Event, Frame, MetricsEvent, StreamSender, Transcript, WordTiming,
 };
 
-use super::{Backoff, ReconnectPolicy, is_permanent_status};
+use crate::service::{Backoff, ReconnectPolicy, is_permanent_status};
 
 /// Default gap without audio after which a keepalive is sent (Deepgram closes after ~10 s).
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);

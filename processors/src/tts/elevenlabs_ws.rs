@@ -39,9 +39,9 @@ use voxline_pipeline::{
 };
 
 use super::alignment::{WordAligner, words_text};
-use super::elevenlabs::ElevenLabsSettings;
 use super::elevenlabs_protocol as proto;
-use crate::stt::Backoff;
+use super::elevenlabs_protocol::ElevenLabsSettings;
+use crate::service::{ApiKey, Backoff};
 
 /// Audio this long without a new chunk, after the flush, before an utterance that never
 /// started is given up on.
@@ -261,7 +261,7 @@ impl SocketTask {
                 return false;
             }
         };
-        let key = self.settings.api_key.as_deref().unwrap_or_default();
+        let key = self.settings.api_key.as_ref().map(ApiKey::expose).unwrap_or_default();
         match HeaderValue::from_str(key) {
             Ok(v) => {
                 req.headers_mut().insert("xi-api-key", v);
