@@ -1,7 +1,6 @@
 //! Deepgram live wire mapping: the `/v1/listen` URL, control messages, and server messages to
 //! provider-neutral `ServerEvent`s. No I/O here, so all of it is unit-tested without sockets.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +46,9 @@ pub enum Endpointing {
 }
 
 /// Settings of [`DeepgramStt`](super::DeepgramStt) (immutable; runtime state lives in the processor).
-#[derive(Clone, PartialEq)]
+///
+/// `Debug` is derived: the key is an [`ApiKey`], which prints redacted.
+#[derive(Clone, PartialEq, Debug)]
 pub struct DeepgramSettings {
     /// API key; see [`DeepgramSettings::from_env`]. Never logged.
     pub api_key: Option<ApiKey>,
@@ -91,25 +92,6 @@ impl Default for DeepgramSettings {
             extra_query: Vec::new(),
             live: LiveSettings::default(),
         }
-    }
-}
-
-impl fmt::Debug for DeepgramSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeepgramSettings")
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("base_url", &self.base_url)
-            .field("model", &self.model)
-            .field("language", &self.language)
-            .field("interim_results", &self.interim_results)
-            .field("punctuate", &self.punctuate)
-            .field("smart_format", &self.smart_format)
-            .field("endpointing", &self.endpointing)
-            .field("vad_events", &self.vad_events)
-            .field("utterance_end_ms", &self.utterance_end_ms)
-            .field("extra_query", &self.extra_query)
-            .field("live", &self.live)
-            .finish()
     }
 }
 

@@ -3,7 +3,6 @@
 //! ElevenLabs files: the socket task, the HTTP turn and the processor import from it, never the
 //! other way round.
 
-use std::fmt;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -73,7 +72,9 @@ impl Default for VoiceSettings {
 }
 
 /// Settings of [`ElevenLabsTts`](super::ElevenLabsTts) (immutable; runtime state lives in the processor).
-#[derive(Clone, PartialEq)]
+///
+/// `Debug` is derived: the key is an [`ApiKey`], which prints redacted.
+#[derive(Clone, PartialEq, Debug)]
 pub struct ElevenLabsSettings {
     /// API key; see [`ElevenLabsSettings::from_env`]. Never logged.
     pub api_key: Option<ApiKey>,
@@ -139,22 +140,6 @@ impl Default for ElevenLabsSettings {
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             reconnect: ReconnectPolicy::default(),
         }
-    }
-}
-
-impl fmt::Debug for ElevenLabsSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ElevenLabsSettings")
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("base_url", &self.base_url)
-            .field("http_base_url", &self.http_base_url)
-            .field("voice_id", &self.voice_id)
-            .field("model_id", &self.model_id)
-            .field("mode", &self.mode)
-            .field("output_format", &self.output_format)
-            .field("auto_mode", &self.auto_mode)
-            .field("max_open_contexts", &self.max_open_contexts)
-            .finish_non_exhaustive()
     }
 }
 
