@@ -22,6 +22,23 @@ pub use error::ServiceConfigError;
 pub(crate) use reconnect::{Backoff, exponential_delay, is_permanent_status};
 pub use reconnect::{DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_PERMANENT_FAILURES, ReconnectPolicy};
 
+/// `Ok` when a key is configured and not blank, else `MissingApiKey` naming `env_var`.
+pub(crate) fn require_key(key: Option<&ApiKey>, env_var: &str) -> Result<(), ServiceConfigError> {
+    match key {
+        Some(k) if !k.is_blank() => Ok(()),
+        _ => Err(ServiceConfigError::MissingApiKey { env_var: env_var.to_string() }),
+    }
+}
+
+/// `Ok` when `url` starts with one of `schemes` (e.g. `["ws://", "wss://"]`), else an
+/// `InvalidSetting` for `field` that lists them.
+pub(crate) fn require_scheme(field: &'static str, url: &str, schemes: &[&str]) -> Result<(), ServiceConfigError> {
+    if schemes.iter().any(|s| url.starts_with(s)) {
+        return Ok(());
+    }
+    Err(ServiceConfigError::InvalidSetting { field, reason: format!("must start with {}", schemes.join(" or ")) })
+}
+
 /// Percent-encodes a URL query value (RFC 3986 unreserved characters pass through): provider
 /// handshakes carry settings such as voice ids and models in the query string.
 pub(crate) fn encode_query_value(v: &str) -> String {

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use voxline_pipeline::{AudioEncoding, AudioFormat};
 
 use super::live::{LiveProtocol, LiveSettings, RawTranscript, RawWord, ServerEvent};
-use crate::service::{ApiKey, ServiceConfigError, encode_query_value};
+use crate::service::{ApiKey, ServiceConfigError, encode_query_value, require_key, require_scheme};
 
 /// Environment variable the Deepgram key is read from by [`DeepgramSettings::from_env`].
 pub const DEEPGRAM_API_KEY_ENV: &str = "DEEPGRAM_API_KEY";
@@ -104,13 +104,9 @@ impl DeepgramSettings {
 
     /// Checks the settings; the error names the field (or the key's environment variable).
     pub fn validate(&self) -> Result<(), ServiceConfigError> {
-        if self.api_key.as_ref().is_none_or(ApiKey::is_blank) {
-            return Err(ServiceConfigError::MissingApiKey { env_var: DEEPGRAM_API_KEY_ENV.into() });
-        }
+        require_key(self.api_key.as_ref(), DEEPGRAM_API_KEY_ENV)?;
+        require_scheme("base_url", &self.base_url, &["ws://", "wss://"])?;
         let bad = |field, reason: &str| Err(ServiceConfigError::InvalidSetting { field, reason: reason.to_string() });
-        if !(self.base_url.starts_with("ws://") || self.base_url.starts_with("wss://")) {
-            return bad("base_url", "must start with ws:// or wss://");
-        }
         if self.model.trim().is_empty() {
             return bad("model", "must not be empty");
         }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use voxline_pipeline::{AudioEncoding, AudioFormat};
 
-use crate::service::{ApiKey, ReconnectPolicy, ServiceConfigError, encode_query_value};
+use crate::service::{ApiKey, ReconnectPolicy, ServiceConfigError, encode_query_value, require_key, require_scheme};
 
 /// Environment variable the ElevenLabs key is read from by [`ElevenLabsSettings::from_env`].
 pub const ELEVENLABS_API_KEY_ENV: &str = "ELEVENLABS_API_KEY";
@@ -152,16 +152,10 @@ impl ElevenLabsSettings {
 
     /// Checks the settings; the error names the field (or the key's environment variable).
     pub fn validate(&self) -> Result<(), ServiceConfigError> {
-        if self.api_key.as_ref().is_none_or(ApiKey::is_blank) {
-            return Err(ServiceConfigError::MissingApiKey { env_var: ELEVENLABS_API_KEY_ENV.into() });
-        }
+        require_key(self.api_key.as_ref(), ELEVENLABS_API_KEY_ENV)?;
+        require_scheme("base_url", &self.base_url, &["ws://", "wss://"])?;
         let bad = |field, reason: &str| Err(ServiceConfigError::InvalidSetting { field, reason: reason.to_string() });
-        if !(self.base_url.starts_with("ws://") || self.base_url.starts_with("wss://")) {
-            return bad("base_url", "must start with ws:// or wss://");
-        }
-        if !(self.http_base_url.starts_with("http://") || self.http_base_url.starts_with("https://")) {
-            return bad("http_base_url", "must start with http:// or https://");
-        }
+        require_scheme("http_base_url", &self.http_base_url, &["http://", "https://"])?;
         if self.voice_id.trim().is_empty() {
             return bad("voice_id", "must not be empty");
         }
