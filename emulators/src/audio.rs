@@ -1,5 +1,6 @@
-//! Audio helpers: G.711 codecs, output formats and the deterministic "voice" used by the
-//! TTS emulator.
+//! Audio helpers: output formats and the deterministic "voice" used by the TTS emulator. G.711
+//! is the engine's ([`voxline_pipeline::g711`]), so emulated phone audio is encoded exactly as
+//! the pipeline decodes it.
 //!
 //! The synthesized signal is a sequence of short tones, one per character, so that tests
 //! can tell emulator audio from silence (RMS well above zero) and can relate byte counts to
@@ -7,70 +8,7 @@
 
 use std::f64::consts::PI;
 
-const ULAW_BIAS: i32 = 0x84;
-const ULAW_CLIP: i32 = 32635;
-
-/// Encodes one 16-bit linear sample as G.711 μ-law (ITU-T G.711, Sun/CCITT constants).
-pub fn ulaw_encode(sample: i16) -> u8 {
-    let mut x = i32::from(sample);
-    let sign: u8 = if x < 0 {
-        x = -x;
-        0x80
-    } else {
-        0
-    };
-    x = x.min(ULAW_CLIP) + ULAW_BIAS;
-    // Segment = position of the highest set bit among bits 7..14, minus 7.
-    let mut exponent: u8 = 7;
-    let mut mask = 0x4000;
-    while exponent > 0 && x & mask == 0 {
-        exponent -= 1;
-        mask >>= 1;
-    }
-    let mantissa = ((x >> (i32::from(exponent) + 3)) & 0x0F) as u8;
-    !(sign | (exponent << 4) | mantissa)
-}
-
-/// Decodes one G.711 μ-law byte to a 16-bit linear sample.
-pub fn ulaw_decode(byte: u8) -> i16 {
-    let u = !byte;
-    let sign = u & 0x80;
-    let exponent = i32::from((u >> 4) & 0x07);
-    let mantissa = i32::from(u & 0x0F);
-    let x = (((mantissa << 3) + ULAW_BIAS) << exponent) - ULAW_BIAS;
-    (if sign != 0 { -x } else { x }) as i16
-}
-
-/// Encodes one 16-bit linear sample as G.711 A-law.
-pub fn alaw_encode(sample: i16) -> u8 {
-    const SEG_END: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
-    let mut x = i32::from(sample) >> 3;
-    let mask: u8 = if x >= 0 {
-        0xD5
-    } else {
-        x = -x - 1;
-        0x55
-    };
-    let Some(seg) = SEG_END.iter().position(|&end| x <= end) else {
-        return 0x7F ^ mask;
-    };
-    let mut a = (seg as u8) << 4;
-    a |= if seg < 2 { ((x >> 1) & 0x0F) as u8 } else { ((x >> seg) & 0x0F) as u8 };
-    a ^ mask
-}
-
-/// Decodes one G.711 A-law byte to a 16-bit linear sample.
-pub fn alaw_decode(byte: u8) -> i16 {
-    let a = byte ^ 0x55;
-    let mut t = i32::from(a & 0x0F) << 4;
-    let seg = i32::from((a & 0x70) >> 4);
-    match seg {
-        0 => t += 8,
-        1 => t += 0x108,
-        _ => t = (t + 0x108) << (seg - 1),
-    }
-    (if a & 0x80 != 0 { t } else { -t }) as i16
-}
+use voxline_pipeline::g711;
 
 /// Sample encoding of an [`OutputFormat`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,8 +61,8 @@ impl OutputFormat {
     pub fn encode(&self, samples: &[i16]) -> Vec<u8> {
         match self.encoding {
             Encoding::Pcm16 => samples.iter().flat_map(|s| s.to_le_bytes()).collect(),
-            Encoding::Ulaw => samples.iter().map(|&s| ulaw_encode(s)).collect(),
-            Encoding::Alaw => samples.iter().map(|&s| alaw_encode(s)).collect(),
+            Encoding::Ulaw => samples.iter().map(|&s| g711::mulaw_encode(s)).collect(),
+            Encoding::Alaw => samples.iter().map(|&s| g711::alaw_encode(s)).collect(),
         }
     }
 
@@ -132,8 +70,8 @@ impl OutputFormat {
     pub fn decode(&self, bytes: &[u8]) -> Vec<i16> {
         match self.encoding {
             Encoding::Pcm16 => bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect(),
-            Encoding::Ulaw => bytes.iter().map(|&b| ulaw_decode(b)).collect(),
-            Encoding::Alaw => bytes.iter().map(|&b| alaw_decode(b)).collect(),
+            Encoding::Ulaw => bytes.iter().map(|&b| g711::mulaw_decode(b)).collect(),
+            Encoding::Alaw => bytes.iter().map(|&b| g711::alaw_decode(b)).collect(),
         }
     }
 }
@@ -186,23 +124,6 @@ impl ToneVoice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ulaw_round_trips_all_codes() {
-        for code in 0..=255u8 {
-            let expected = if code == 0x7F { 0xFF } else { code };
-            assert_eq!(ulaw_encode(ulaw_decode(code)), expected, "code {code:#x}");
-        }
-        assert_eq!(ulaw_encode(0), 0xFF);
-        assert_eq!(ulaw_decode(0xFF), 0);
-    }
-
-    #[test]
-    fn alaw_round_trips_all_codes() {
-        for code in 0..=255u8 {
-            assert_eq!(alaw_encode(alaw_decode(code)), code, "code {code:#x}");
-        }
-    }
 
     #[test]
     fn tone_is_not_silence() {

@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use voxline_pipeline::sync::lock;
 
 /// A running axum server plus the token that stops it and every connection it spawned.
 pub(crate) struct Server {
@@ -106,15 +107,9 @@ impl<T: Clone> Recorder<T> {
         Self { state: Mutex::new(initial), version: watch::channel(0).0 }
     }
 
-    fn lock(&self) -> MutexGuard<'_, T> {
-        // A panic while holding the lock cannot leave the plain-data record inconsistent
-        // in a way that matters to a test, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(crate) fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let r = {
-            let mut guard = self.lock();
+            let mut guard = lock(&self.state);
             f(&mut guard)
         };
         self.version.send_modify(|v| *v = v.wrapping_add(1));
@@ -122,11 +117,11 @@ impl<T: Clone> Recorder<T> {
     }
 
     pub(crate) fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&self.lock())
+        f(&lock(&self.state))
     }
 
     pub(crate) fn snapshot(&self) -> T {
-        self.lock().clone()
+        lock(&self.state).clone()
     }
 
     pub(crate) async fn wait_for(&self, pred: impl Fn(&T) -> bool, timeout: Duration) -> Option<T> {
@@ -134,7 +129,7 @@ impl<T: Clone> Recorder<T> {
         let deadline = Instant::now() + timeout;
         loop {
             {
-                let guard = self.lock();
+                let guard = lock(&self.state);
                 if pred(&guard) {
                     return Some(guard.clone());
                 }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::common::{Recorder, Server, header_pairs, header_str, token_id, unix_secs};
 use crate::llm::{Frame, LastTurn, apply_stream_fault, call_center_decision, pump, summary_answer};
 pub use crate::llm::{LlmFault, RecordedRequest, Responder, Scripted, ScriptedToolCall, ToolCallStyle};
+use voxline_pipeline::sync::lock;
 
 /// Emulator configuration (shared with the Anthropic emulator).
 pub type OpenAiConfig = crate::llm::LlmEmulatorConfig;
@@ -92,12 +93,12 @@ impl OpenAiEmulator {
 
     /// Appends a response to the script queue.
     pub fn enqueue(&self, scripted: Scripted) {
-        self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(scripted);
+        lock(&self.inner.queue).push_back(scripted);
     }
 
     /// Responses still queued.
     pub fn pending(&self) -> usize {
-        self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.inner.queue).len()
     }
 
     /// Stops the server and ends open streams.
@@ -238,7 +239,7 @@ async fn handle(inner: &Arc<Inner>, headers: &HeaderMap, parsed: Option<Value>) 
     }
 
     let scripted = {
-        let next = inner.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let next = lock(&inner.queue).pop_front();
         match (next, &inner.cfg.responder) {
             (Some(s), _) => s,
             (None, Some(r)) => r(&req),

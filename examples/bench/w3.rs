@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use voxline::pipeline::sync::lock;
 
 use bytes::Bytes;
 use serde_json::json;
@@ -23,13 +24,6 @@ struct Marks {
 }
 
 type Shared = Arc<Mutex<Marks>>;
-
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Marks> {
-    match s.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
 
 /// The TTS stand-in: 250 frames of 20 ms, as fast as the pipeline takes them.
 struct Generator;

@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use voxline::pipeline::sync::lock;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -108,10 +109,6 @@ struct Stats {
     jitter_ms: Vec<f32>,
     delivered: u64,
     last_index: i64,
-}
-
-fn lock(s: &Mutex<Stats>) -> std::sync::MutexGuard<'_, Stats> {
-    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn single(k: usize, seconds: usize, warmup: usize, audio: Arc<Vec<u8>>, turn: bool) -> Value {

@@ -7,7 +7,22 @@
 //! thread. That gives an allocation-free, lock-free hand-off without self-referential borrows
 //! between processors and their queues. A `Context` is only reachable through `&mut` borrows the
 //! runner hands out, so pushes always happen inside such a poll. Work spawned onto other tasks
-//! uses a [`FrameSender`] instead, which goes through a channel.
+//! pushes through a channel instead, with one of two senders that differ only in the epoch their
+//! frames carry:
+//!
+//! - [`FrameSender`] ([`Context::sender`]) is *turn-scoped*: its frames carry the epoch it was
+//!   made in, so after an interruption the runner drops them at the next hop. For work that
+//!   belongs to one bot turn: a TTS utterance's audio, a tool batch's follow-up LLM run.
+//! - [`StreamSender`] ([`Context::stream_sender`]) is *stream-scoped*: each frame takes the
+//!   pipeline's epoch at the moment it is pushed, so the sender stays valid across
+//!   interruptions. For streams that outlive a turn: a recogniser's transcripts, a background
+//!   track, a processor's own timers. The engine owns the epoch; no processor refreshes a sender
+//!   on `Interrupt`.
+//!
+//! A frame a stream sender pushed *before* an interruption carries the old epoch and is
+//! discarded like anything else of the old turn still in flight (unless it is uninterruptible):
+//! the stamp follows the push, not the arrival, so "before the barge-in" means the same for
+//! spawned work as for a processor's own pushes.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -72,10 +87,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn turn(&self) -> CancellationToken {
-        match self.turn.lock() {
-            Ok(t) => t.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::lock(&self.turn).clone()
     }
 }
 
@@ -204,12 +216,24 @@ impl Context {
         self.ttfb_started.is_some()
     }
 
-    /// A sender for tasks spawned by this processor: frames it pushes enter the pipeline as if
-    /// this processor pushed them, stamped with the *current* epoch, so after an interruption
-    /// they are stale and dropped at the next hop.
+    /// A turn-scoped sender for tasks spawned by this processor: frames it pushes enter the
+    /// pipeline as if this processor pushed them, stamped with the epoch current *now*, so after
+    /// the next interruption they are stale and dropped at the next hop. Use it for work whose
+    /// output means nothing once the caller barged in (an utterance's audio); for a stream that
+    /// outlives the turn use [`stream_sender`](Self::stream_sender).
     #[must_use]
     pub fn sender(&self) -> FrameSender {
         FrameSender { slot: self.slot, epoch: self.epoch(), shared: self.shared.clone() }
+    }
+
+    /// A stream-scoped sender for tasks spawned by this processor: every frame it pushes takes
+    /// the pipeline's epoch at the moment of the push, so it stays valid across interruptions
+    /// and nobody has to swap in a fresh one. Use it for streams that outlive a turn (a
+    /// recogniser's results, a background track, periodic work). See the module docs for what
+    /// "current" means around an interruption.
+    #[must_use]
+    pub fn stream_sender(&self) -> StreamSender {
+        StreamSender { slot: self.slot, shared: self.shared.clone() }
     }
 }
 
@@ -286,7 +310,20 @@ impl Future for Reserve {
     }
 }
 
-/// Pushes frames and events into a running pipeline from a spawned task.
+/// Sends one frame from outside a poll into the runner, as if stage `slot` pushed it.
+fn send_external(shared: &Shared, slot: usize, frame: Frame, direction: Direction, epoch: Epoch) -> bool {
+    let uninterruptible = frame.uninterruptible_by_default();
+    let envelope = Envelope { frame, epoch, uninterruptible };
+    shared.external.send(External::Frame { slot, direction, envelope }).is_ok()
+}
+
+/// Pushes one turn's frames and events into a running pipeline from a spawned task
+/// ([`Context::sender`]).
+///
+/// Its frames carry the epoch the sender was made in: after an interruption they are stale and
+/// the runner drops them at the next hop (uninterruptible frames, such as tool results, still
+/// arrive). That is what a turn's own output needs: audio of an utterance the caller talked over
+/// must never play. For a stream that outlives turns, use [`StreamSender`].
 ///
 /// Not bounded by the receiver's inbox (the channel is unbounded): use it for provider receive
 /// loops whose rate the provider bounds (a TTS or STT socket), not for bulk data.
@@ -300,9 +337,7 @@ pub struct FrameSender {
 impl FrameSender {
     /// Push as the owning processor would, in `direction`. Returns `false` if the pipeline ended.
     pub fn push(&self, frame: Frame, direction: Direction) -> bool {
-        let uninterruptible = frame.uninterruptible_by_default();
-        let envelope = Envelope { frame, epoch: self.epoch, uninterruptible };
-        self.shared.external.send(External::Frame { slot: self.slot, direction, envelope }).is_ok()
+        send_external(&self.shared, self.slot, frame, direction, self.epoch)
     }
 
     /// Emit an event. Returns `false` if the pipeline ended.
@@ -310,7 +345,8 @@ impl FrameSender {
         self.shared.external.send(External::Event(event)).is_ok()
     }
 
-    /// Whether the epoch this sender was made in is still current (no interruption since).
+    /// Whether the epoch this sender was made in is still current (no interruption since): lets
+    /// turn-scoped work stop early instead of producing frames the runner would drop.
     #[must_use]
     pub fn is_current(&self) -> bool {
         self.shared.epoch.load(Ordering::Acquire) == self.epoch
@@ -320,6 +356,49 @@ impl FrameSender {
     #[must_use]
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+}
+
+impl std::fmt::Debug for FrameSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameSender").field("slot", &self.slot).field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+/// Pushes frames and events of a stream that outlives a turn into a running pipeline from a
+/// spawned task ([`Context::stream_sender`]).
+///
+/// Each frame takes the pipeline's epoch when it is pushed, so a frame pushed after an
+/// interruption belongs to the new turn and is delivered; the sender never goes stale. Why a
+/// second type rather than a flag on [`FrameSender`]: which one a task holds is a decision about
+/// what its output means after a barge-in, and the type makes it visible where the task is
+/// spawned.
+///
+/// Not bounded by the receiver's inbox (the channel is unbounded), as [`FrameSender`]: for
+/// streams whose rate a provider or a clock bounds, not for bulk data.
+#[derive(Clone)]
+pub struct StreamSender {
+    slot: usize,
+    shared: Arc<Shared>,
+}
+
+impl StreamSender {
+    /// Push as the owning processor would, in `direction`, stamped with the current epoch.
+    /// Returns `false` if the pipeline ended.
+    pub fn push(&self, frame: Frame, direction: Direction) -> bool {
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        send_external(&self.shared, self.slot, frame, direction, epoch)
+    }
+
+    /// Emit an event. Returns `false` if the pipeline ended.
+    pub fn emit(&self, event: Event) -> bool {
+        self.shared.external.send(External::Event(event)).is_ok()
+    }
+}
+
+impl std::fmt::Debug for StreamSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSender").field("slot", &self.slot).finish_non_exhaustive()
     }
 }
 

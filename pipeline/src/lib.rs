@@ -13,6 +13,8 @@
 //! - [`clock`]: the media clock and paced audio output (20 ms chunks, send-ahead, stops within a
 //!   chunk on interruption).
 //! - [`observer`]: taps on every hop; metrics are published as [`Event::Metrics`] and `tracing`.
+//! - [`g711`]: μ-law and A-law, the one implementation the workspace shares.
+//! - [`sync`]: the one poison-ignoring lock helper the workspace uses.
 //! - `testing` (feature): a harness to drive one processor or a chain in tests.
 //!
 //! ```
@@ -45,14 +47,16 @@ mod context;
 mod error;
 mod event;
 mod frame;
+pub mod g711;
 pub mod observer;
 mod pipeline;
 mod processor;
 mod runner;
+pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use context::{Context, FrameSender, Push, Reserve};
+pub use context::{Context, FrameSender, Push, Reserve, StreamSender};
 pub use error::{BoxError, FlowError, FlowResult};
 pub use event::{ErrorEvent, Event, MetricsEvent, ProcessorCounters, Speculation};
 pub use frame::*;

@@ -51,7 +51,8 @@
 //! call of every stage unless its frame is uninterruptible, discards queued frames of the old
 //! epoch (keeping uninterruptible ones), cancels the turn's `CancellationToken`, calls `on_event`
 //! and forwards the event to subscribers. Frames stamped with an older epoch that are pushed
-//! later (by a spawned task through a `FrameSender`) are dropped at the next hop. Events never
+//! later (by a spawned task through a turn-scoped `FrameSender`) are dropped at the next hop; a
+//! `StreamSender` stamps each frame with the epoch current when it is pushed. Events never
 //! wait behind frames: the runner drains its event lane before moving any frame.
 
 use std::collections::VecDeque;
@@ -75,6 +76,7 @@ use crate::frame::{Direction, Envelope, Frame, FrameKind, StartInfo};
 use crate::observer::{Hop, Observer};
 use crate::pipeline::{Pipeline, Route, flatten};
 use crate::processor::{Call, CallFuture, Owned};
+use crate::sync::lock;
 
 /// Settings of one pipeline task.
 #[derive(Debug, Clone)]
@@ -188,10 +190,7 @@ impl PipelineHandle {
     /// queued frame is dropped and counted. Returns `true` if a frame was dropped.
     pub fn push_input_audio(&self, frame: Frame) -> bool {
         let dropped = {
-            let mut q = match self.audio.queue.lock() {
-                Ok(q) => q,
-                Err(p) => p.into_inner(),
-            };
+            let mut q = lock(&self.audio.queue);
             q.push_back(frame);
             let dropped = if q.len() > self.audio.capacity {
                 q.pop_front();
@@ -666,10 +665,7 @@ impl Driver {
                 break;
             }
             let next = {
-                let mut q = match self.audio.queue.lock() {
-                    Ok(q) => q,
-                    Err(p) => p.into_inner(),
-                };
+                let mut q = lock(&self.audio.queue);
                 let f = q.pop_front();
                 self.audio.len.store(q.len(), Ordering::Release);
                 f
@@ -1249,10 +1245,7 @@ impl Driver {
         self.epoch = (self.epoch + 1).max(self.shared.epoch.load(Ordering::Acquire));
         self.shared.epoch.store(self.epoch, Ordering::Release);
         {
-            let mut turn = match self.shared.turn.lock() {
-                Ok(t) => t,
-                Err(p) => p.into_inner(),
-            };
+            let mut turn = lock(&self.shared.turn);
             turn.cancel();
             *turn = CancellationToken::new();
         }
@@ -1282,9 +1275,8 @@ impl Driver {
         self.phase = Phase::Cancelling;
         self.epoch += 1;
         self.shared.epoch.store(self.epoch, Ordering::Release);
-        if let Ok(t) = self.shared.turn.lock() {
-            t.cancel();
-        }
+        // Cancel even when poisoned: spawned turn work must stop with the pipeline.
+        lock(&self.shared.turn).cancel();
         for i in 0..self.slots.len() {
             if matches!(self.slots[i].state, State::Busy { .. }) {
                 self.poll_busy_with(i, true);

@@ -23,6 +23,7 @@ use crate::frame::{Direction, Frame, FrameKind};
 use crate::pipeline::Pipeline;
 use crate::processor::Processor;
 use crate::runner::{PipelineHandle, PipelineParams, PipelineTask, TaskReport};
+use crate::sync::lock;
 
 type Collected = Arc<Mutex<Vec<(Direction, Frame)>>>;
 
@@ -68,13 +69,6 @@ pub fn frame_text(f: &Frame) -> Option<String> {
         Frame::Text(t) | Frame::LlmText(t) | Frame::TtsText { text: t, .. } => Some(t.to_string()),
         Frame::Transcript(t) if t.is_final => Some(t.text.to_string()),
         _ => None,
-    }
-}
-
-fn lock(c: &Collected) -> std::sync::MutexGuard<'_, Vec<(Direction, Frame)>> {
-    match c.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -339,6 +339,89 @@ async fn stale_frames_from_spawned_work_are_dropped_at_the_next_hop() {
     assert_eq!(texts(&out.downstream), vec!["turn 1", "fresh"]);
 }
 
+/// Hands out both kinds of sender when the first text passes, as a processor that spawns work
+/// would.
+#[derive(Default, Clone)]
+struct Spawner {
+    senders: Arc<Mutex<Option<(FrameSender, StreamSender)>>>,
+}
+impl Processor for Spawner {
+    async fn process(&mut self, frame: Frame, dir: Direction, cx: &mut Context) -> FlowResult {
+        if matches!(frame, Frame::Text(_)) {
+            self.senders.lock().unwrap().get_or_insert_with(|| (cx.sender(), cx.stream_sender()));
+        }
+        cx.push(frame, dir).await;
+        Ok(())
+    }
+}
+
+/// Runs one turn through a `Spawner`, interrupts, and returns the senders it handed out.
+async fn senders_after_an_interrupt(h: &mut Harness, spawner: &Spawner) -> (FrameSender, StreamSender) {
+    h.push(text("turn 1")).await;
+    assert!(h.wait_for(Duration::from_secs(1), |c| c.len() >= 2).await);
+    h.interrupt();
+    assert!(h.wait_event(Duration::from_secs(1), |e| matches!(e, Event::Interrupt)).await.is_some());
+    spawner.senders.lock().unwrap().clone().unwrap()
+}
+
+/// The engine owns the epoch of a stream that outlives a turn: spawned work holding a stream
+/// sender keeps delivering after a barge-in without anyone refreshing its sender, while a
+/// turn-scoped sender's frames are of the old turn and dropped.
+#[tokio::test]
+async fn a_stream_sender_delivers_after_an_interrupt_a_turn_sender_does_not() {
+    let spawner = Spawner::default();
+    let mut h = Harness::new(Pipeline::new().with(spawner.clone()).with(PassThrough));
+    let (turn, stream) = senders_after_an_interrupt(&mut h, &spawner).await;
+    let from_task = tokio::spawn(async move {
+        assert!(turn.push(text("turn sender"), Direction::Downstream));
+        assert!(stream.push(text("stream sender"), Direction::Downstream));
+    });
+    from_task.await.unwrap();
+    let out = h.finish().await;
+    assert_eq!(texts(&out.downstream), ["turn 1", "stream sender"]);
+}
+
+/// A stream sender is never stale: it survives any number of turns, and its frames keep their
+/// place in order with the pipeline's own.
+#[tokio::test]
+async fn a_stream_sender_stays_current_across_many_interruptions() {
+    let spawner = Spawner::default();
+    let mut h = Harness::new(Pipeline::new().with(spawner.clone()).with(PassThrough));
+    let (_, stream) = senders_after_an_interrupt(&mut h, &spawner).await;
+    for i in 0..3 {
+        h.interrupt();
+        assert!(h.wait_event(Duration::from_secs(1), |e| matches!(e, Event::Interrupt)).await.is_some());
+        assert!(stream.push(text(&format!("after {i}")), Direction::Downstream));
+        let want = format!("after {i}");
+        assert!(
+            h.wait_for(Duration::from_secs(1), |c| c.iter().any(|(_, f)| matches!(f, Frame::Text(t) if **t == *want)))
+                .await
+        );
+    }
+    let out = h.finish().await;
+    assert_eq!(texts(&out.downstream), ["turn 1", "after 0", "after 1", "after 2"]);
+}
+
+/// Uninterruptible frames (transcripts, tool results) survive an interruption whichever sender
+/// pushed them: a turn sender's stale epoch only drops what a barge-in is meant to drop.
+#[tokio::test]
+async fn uninterruptible_frames_from_a_stale_turn_sender_still_arrive() {
+    let spawner = Spawner::default();
+    let mut h = Harness::new(Pipeline::new().with(spawner.clone()).with(PassThrough));
+    let (turn, _) = senders_after_an_interrupt(&mut h, &spawner).await;
+    assert!(!turn.is_current());
+    let result = ToolResult {
+        call_id: "c1".into(),
+        name: "lookup".into(),
+        content: "{}".into(),
+        outcome: ToolOutcome::Ok,
+        run_llm: false,
+    };
+    assert!(turn.push(Frame::ToolResult(result), Direction::Downstream));
+    let out = h.finish().await;
+    assert_eq!(out.kinds(), [FrameKind::Text, FrameKind::ToolResult]);
+}
+
 #[derive(Default)]
 struct CountingObserver {
     hops: Mutex<Vec<(String, String, FrameKind, Direction)>>,

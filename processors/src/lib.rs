@@ -11,6 +11,7 @@
 //! | [`tts`] | ElevenLabs text-to-speech |
 //! | [`tools`] | tool registry and the tool executor processor |
 //! | [`text`] | sentence aggregation between LLM and TTS |
+//! | [`service`] | what every provider shares: [`service::ApiKey`], [`service::ServiceConfigError`], [`service::ReconnectPolicy`] |
 //!
 //! | feature | what | cost |
 //! |---|---|---|
@@ -20,6 +21,7 @@
 pub mod audio;
 pub mod codec;
 pub mod llm;
+pub mod service;
 pub mod stt;
 pub mod text;
 pub mod tools;

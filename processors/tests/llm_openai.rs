@@ -11,7 +11,8 @@ use serde_json::json;
 use voxline_emulators::openai::{LlmFault, OpenAiConfig, OpenAiEmulator, Scripted, ScriptedToolCall, ToolCallStyle};
 use voxline_pipeline::testing::Harness;
 use voxline_pipeline::{Frame, FrameKind, LlmContext, ToolSpec};
-use voxline_processors::llm::{DEFAULT_FALLBACK_TEXT, LlmConfigError, LlmService, OpenAiLlm, OpenAiSettings};
+use voxline_processors::llm::{DEFAULT_FALLBACK_TEXT, LlmService, OpenAiLlm, OpenAiSettings};
+use voxline_processors::service::ServiceConfigError;
 
 const KEY: &str = "sk-test-key";
 
@@ -286,7 +287,7 @@ async fn wrong_key_is_a_clear_error_naming_the_variable() {
 async fn missing_key_fails_at_construction() {
     let s = OpenAiSettings { api_key_env: "VOXLINE_TEST_NO_SUCH_KEY".into(), ..OpenAiSettings::new("m") };
     let err = OpenAiLlm::new(s).unwrap_err();
-    assert_eq!(err, LlmConfigError::MissingApiKey { env: "VOXLINE_TEST_NO_SUCH_KEY".into() });
+    assert_eq!(err, ServiceConfigError::MissingApiKey { env_var: "VOXLINE_TEST_NO_SUCH_KEY".into() });
     assert!(err.to_string().contains("VOXLINE_TEST_NO_SUCH_KEY"));
     // A local server needs no key.
     assert!(OpenAiLlm::new(OpenAiSettings::compatible("http://127.0.0.1:11434/v1", "llama3")).is_ok());

@@ -10,7 +10,6 @@
 //! | [`websocket`] | generic websocket for browsers/apps: PCM16 binary frames + JSON control |
 //! | [`wav`] | WAV file in (paced or as fast as possible) and WAV file out, for offline runs and tests |
 
-pub mod codec;
 pub mod twilio;
 pub mod wav;
 pub mod websocket;

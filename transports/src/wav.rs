@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use voxline_pipeline::clock::AudioSink;
+use voxline_pipeline::sync::lock;
 use voxline_pipeline::{AudioEncoding, AudioFormat, AudioFrame, FlowError, FlowResult, Frame, PipelineHandle};
 
 /// Why a WAV file could not be read or written.
@@ -175,22 +176,15 @@ impl WavSink {
         Self { state: Arc::new(Mutex::new(SinkState { path: path.into(), writer: None, rate: None, samples: 0 })) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
     /// Samples written so far.
     #[must_use]
     pub fn samples_written(&self) -> u64 {
-        self.lock().samples
+        lock(&self.state).samples
     }
 
     /// Write the header and close the file.
     pub fn finalize(&self) -> Result<(), WavError> {
-        let mut st = self.lock();
+        let mut st = lock(&self.state);
         let path = st.path.clone();
         match st.writer.take() {
             Some(w) => w.finalize().map_err(|source| WavError::Hound { path, source }),
@@ -203,7 +197,7 @@ impl AudioSink for WavSink {
     async fn write(&mut self, chunk: Bytes, format: AudioFormat) -> FlowResult {
         let pcm: Vec<i16> = match format.encoding {
             AudioEncoding::Pcm16 => chunk.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(),
-            AudioEncoding::Mulaw => chunk.iter().map(|u| crate::codec::decode_sample(*u)).collect(),
+            AudioEncoding::Mulaw => chunk.iter().map(|u| voxline_pipeline::g711::mulaw_decode(*u)).collect(),
             _ => {
                 return Err(FlowError::NotNegotiated {
                     processor: "wav_sink",
@@ -212,7 +206,7 @@ impl AudioSink for WavSink {
                 });
             }
         };
-        let mut st = self.lock();
+        let mut st = lock(&self.state);
         if st.rate.is_some_and(|r| r != format.sample_rate) {
             return Err(FlowError::BadInput(format!("wav output rate changed to {}", format.sample_rate)));
         }

@@ -113,7 +113,7 @@ impl AudioSink for WsSink {
     async fn write(&mut self, chunk: Bytes, format: AudioFormat) -> FlowResult {
         let pcm = match format.encoding {
             AudioEncoding::Pcm16 => chunk,
-            AudioEncoding::Mulaw => Bytes::from(crate::codec::mulaw_to_pcm16(&chunk)),
+            AudioEncoding::Mulaw => voxline_pipeline::g711::decode_mulaw(&chunk),
             _ => {
                 return Err(voxline_pipeline::FlowError::NotNegotiated {
                     processor: "ws_sink",

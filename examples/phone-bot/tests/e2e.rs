@@ -87,7 +87,7 @@ async fn greets_first_answers_order_status_and_hangs_up() {
     assert!(t.iter().any(|(r, text)| r == "bot" && text.contains("12345")), "{t:?}");
     assert_eq!(row.end_reason, "bot_ended");
     assert!(log.closed_by_server && log.marks.len() >= 3, "{log:?}");
-    assert!(!voxline_phone_bot::call::skills::lock(&emulated.hangups).is_empty(), "REST hang-up expected");
+    assert!(!voxline::pipeline::sync::lock(&emulated.hangups).is_empty(), "REST hang-up expected");
     // stt.* turn-taking keys reach Deepgram's query string.
     let dg = emulated.deepgram.received();
     let conn = dg.connections.first();
@@ -177,7 +177,7 @@ async fn barge_in_clears_fast() {
     // the measurement starts at the first voiced sample.
     let Step::Say(bytes) = say(0) else { return };
     let voiced =
-        bytes.iter().position(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+        bytes.iter().position(|b| voxline::pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000).unwrap_or(0);
     let steps = vec![
         Step::WaitBotTalking(Duration::from_millis(1000)),
         Step::Pause(Duration::from_millis(300)),
@@ -207,7 +207,7 @@ async fn barge_in_context_keeps_heard_words() {
     let (emulated, server) = setup(CALLER_LINES, |c| c.vad.min_barge_in_ms = 0).await;
     let Step::Say(bytes) = say(0) else { return };
     let voiced =
-        bytes.iter().position(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+        bytes.iter().position(|b| voxline::pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000).unwrap_or(0);
     let steps = vec![
         Step::WaitBotTalking(Duration::from_millis(1000)),
         Step::Pause(Duration::from_millis(300)),
@@ -390,8 +390,7 @@ async fn barge_in_trial(trial: usize, after: Duration) -> Option<String> {
         Err(e) => return Some(format!("server: {e:#}")),
     };
     let (Step::Say(ask), Step::Say(over)) = (say(0), say(1)) else { return Some("speech".into()) };
-    let voiced =
-        over.iter().position(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000).unwrap_or(0);
+    let voiced = over.iter().position(|b| voxline::pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000).unwrap_or(0);
     let steps = vec![
         quiet(),
         Step::Say(ask),

@@ -49,7 +49,7 @@ async fn drop_schema(store: &Store, schema: &str) {
 
 async fn spawn_child(cfg: &Config, env: &[(String, String)], log: Arc<Mutex<Vec<String>>>) -> Instance {
     let sink: Arc<dyn Fn(&str) + Send + Sync> =
-        Arc::new(move |l: &str| voxline_phone_bot::call::skills::lock(&log).push(l.to_string()));
+        Arc::new(move |l: &str| voxline::pipeline::sync::lock(&log).push(l.to_string()));
     match spawn_instance(Path::new(PHONE_BOT), None, cfg, env, sink).await {
         Ok(i) => i,
         Err(e) => panic!("child instance: {e:#}"),
@@ -146,7 +146,7 @@ async fn two_instances_registry_and_sigkill_mid_workflow() {
     assert!(
         sids.iter().all(|s| on_a.contains(&s.as_str())),
         "B lists {listed}; A logged:\n{}",
-        voxline_phone_bot::call::skills::lock(&log).join("\n")
+        voxline::pipeline::sync::lock(&log).join("\n")
     );
     for c in calls {
         let r = c.await.unwrap_or_default();
@@ -280,9 +280,9 @@ async fn sigterm_drains_five_live_calls() {
             row.record["transcript"].as_array().into_iter().flatten().rev().find(|l| l["role"] == "bot").cloned();
         assert!(last_bot.is_some_and(|l| l["text"].as_str().is_some_and(|t| t.contains("Goodbye"))), "{sid}");
     }
-    assert_eq!(voxline_phone_bot::call::skills::lock(&emulated.hangups).len(), 5, "each call hung up through REST");
+    assert_eq!(voxline::pipeline::sync::lock(&emulated.hangups).len(), 5, "each call hung up through REST");
 
-    let lines = voxline_phone_bot::call::skills::lock(&log).clone();
+    let lines = voxline::pipeline::sync::lock(&log).clone();
     let json_lines: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(json_lines.len() > 20, "too few log lines: {}", lines.len());
     for sid in &sids {

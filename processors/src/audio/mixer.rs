@@ -12,8 +12,9 @@
 //! **Background during bot silence.** The output stage only plays what it is given, so silence
 //! between bot turns would be silence, not background. Unless [`MixerConfig::pause_when_silent`]
 //! is set, the mixer runs a small task (spawned in `start`, stopped in `stop` or on drop) that
-//! pushes a 20 ms `OutputAudio` background frame every 20 ms through [`Context::sender`] while
-//! the bot is idle. "Idle" is the playback side's view: it ends as soon as a bot audio frame
+//! pushes a 20 ms `OutputAudio` background frame every 20 ms through a stream sender
+//! ([`Context::stream_sender`]: the track outlives every turn, so the engine keeps its frames on
+//! the current epoch) while the bot is idle. "Idle" is the playback side's view: it ends as soon as a bot audio frame
 //! passes (so idle frames never queue up between speech frames) or `BotStartedSpeaking` arrives,
 //! and begins again at `BotStoppedSpeaking` (the output transport has played everything) or at an
 //! interruption (queued bot audio is discarded). Idle frames carry no `pts`. The track position
@@ -26,13 +27,14 @@
 //! bunched). The loop seam is a plain jump; pick a track that loops cleanly.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
+use voxline_pipeline::sync::lock;
 use voxline_pipeline::{
-    AudioFormat, AudioFrame, Context, Direction, Event, FlowError, FlowResult, Frame, FrameSender, Processor,
+    AudioFormat, AudioFrame, Context, Direction, Event, FlowError, FlowResult, Frame, Processor, StreamSender,
 };
 
 use super::convert::db_to_gain;
@@ -82,8 +84,6 @@ struct Shared {
     pos: usize,
     /// Bot audio is queued or playing: no idle frames.
     bot_active: bool,
-    /// Sender of the current epoch (replaced at every interruption).
-    sender: Option<FrameSender>,
     idle_buf: BytesMut,
 }
 
@@ -104,10 +104,6 @@ impl Shared {
             }
         }
     }
-}
-
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Background-track mixer. See the module docs.
@@ -178,7 +174,6 @@ impl Mixer {
             track: scaled.into(),
             pos: 0,
             bot_active: false,
-            sender: None,
             idle_buf: BytesMut::with_capacity(config.sample_rate as usize / 25 * 4),
         };
         Ok(Self {
@@ -235,7 +230,13 @@ impl Mixer {
 }
 
 /// Pushes a background frame every 20 ms while the bot is idle (see the module docs).
-async fn idle_loop(shared: Arc<Mutex<Shared>>, stats: Arc<MixerStats>, rate: u32, stop: CancellationToken) {
+async fn idle_loop(
+    shared: Arc<Mutex<Shared>>,
+    stats: Arc<MixerStats>,
+    rate: u32,
+    stop: CancellationToken,
+    sender: StreamSender,
+) {
     const TICK: Duration = Duration::from_millis(20);
     let samples = rate as usize / 50;
     let mut tick = tokio::time::interval(TICK);
@@ -245,9 +246,8 @@ async fn idle_loop(shared: Arc<Mutex<Shared>>, stats: Arc<MixerStats>, rate: u32
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (frame, sender) = {
+        let frame = {
             let mut s = lock(&shared);
-            let Some(sender) = s.sender.clone() else { continue };
             if s.bot_active {
                 continue;
             }
@@ -256,7 +256,7 @@ async fn idle_loop(shared: Arc<Mutex<Shared>>, stats: Arc<MixerStats>, rate: u32
             s.mix_into(&mut buf);
             let data = buf.split().freeze();
             s.idle_buf = buf;
-            (AudioFrame::new(data, AudioFormat::pcm16(rate)), sender)
+            AudioFrame::new(data, AudioFormat::pcm16(rate))
         };
         if !sender.push(Frame::OutputAudio(frame), Direction::Downstream) {
             return; // the pipeline ended
@@ -278,8 +278,8 @@ impl Processor for Mixer {
 
     async fn start(&mut self, cx: &mut Context) -> FlowResult {
         if !self.config.pause_when_silent {
-            lock(&self.shared).sender = Some(cx.sender());
-            let task = idle_loop(self.shared.clone(), self.stats.clone(), self.config.sample_rate, self.stop.clone());
+            let (shared, stats) = (self.shared.clone(), self.stats.clone());
+            let task = idle_loop(shared, stats, self.config.sample_rate, self.stop.clone(), cx.stream_sender());
             tokio::spawn(task);
         }
         Ok(())
@@ -318,19 +318,12 @@ impl Processor for Mixer {
         Ok(())
     }
 
-    fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
+    fn on_event(&mut self, event: &Event, _cx: &mut Context) -> FlowResult {
         match event {
             Event::BotStartedSpeaking => lock(&self.shared).bot_active = true,
-            Event::BotStoppedSpeaking => self.set_idle(),
-            Event::Interrupt => {
-                // Queued bot audio is gone and the old sender's frames are now stale: idle again,
-                // with a sender of the new epoch.
-                let mut s = lock(&self.shared);
-                s.bot_active = false;
-                if s.sender.is_some() {
-                    s.sender = Some(cx.sender());
-                }
-            }
+            // An interruption discarded the queued bot audio: the caller hears only background
+            // again. (The idle task's sender needs nothing: the engine keeps it current.)
+            Event::BotStoppedSpeaking | Event::Interrupt => self.set_idle(),
             _ => {}
         }
         Ok(())

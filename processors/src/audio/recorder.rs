@@ -28,7 +28,7 @@ use voxline_pipeline::{AudioEncoding, AudioFrame, Context, Direction, Event, Flo
 
 use super::pcm;
 use super::resample::StreamResampler;
-use crate::codec::g711;
+use voxline_pipeline::g711;
 
 /// Counters of a recorder, readable while it runs.
 #[derive(Debug, Default)]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use voxline_pipeline::{AudioEncoding, AudioFormat, AudioFrame, Context, Direction, FlowError, Frame};
 
-use super::g711;
 use crate::audio::pcm::{self, AudioCounters, AudioPath};
+use voxline_pipeline::g711;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Law {

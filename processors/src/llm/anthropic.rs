@@ -20,10 +20,11 @@ use serde_json::{Map, Value, json};
 use voxline_pipeline::{LlmContext, Role, ToolCall};
 
 use super::service::{
-    ApiKey, LlmConfigError, LlmProvider, LlmService, LlmServiceSettings, StreamError, StreamItem, StreamParser,
-    ToolChoice, check_base_url, resolve_key,
+    LlmProvider, LlmService, LlmServiceSettings, StreamError, StreamItem, StreamParser, ToolChoice, check_base_url,
+    resolve_key,
 };
 use super::sse::SseEvent;
+use crate::service::{ApiKey, ServiceConfigError};
 
 /// Default base URL.
 pub const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
@@ -113,9 +114,9 @@ impl AnthropicLlm {
     /// or the base URL is invalid.
     // The provider only ever runs inside the shared service, so `new` hands out the processor.
     #[allow(clippy::new_ret_no_self)]
-    pub fn new(settings: AnthropicSettings) -> Result<LlmService, LlmConfigError> {
+    pub fn new(settings: AnthropicSettings) -> Result<LlmService, ServiceConfigError> {
         let key = resolve_key(settings.api_key.as_ref(), &settings.api_key_env, true)?
-            .ok_or_else(|| LlmConfigError::MissingApiKey { env: settings.api_key_env.clone() })?;
+            .ok_or_else(|| ServiceConfigError::MissingApiKey { env_var: settings.api_key_env.clone() })?;
         let url = format!("{}/v1/messages", check_base_url(&settings.base_url)?);
         let service = settings.service.clone();
         LlmService::with_provider(Arc::new(Self { settings, url, key }), service)

@@ -25,12 +25,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use voxline_pipeline::{ChatMessage, Context, Direction, Event, FlowResult, Frame, Role, WordTiming};
 
 use super::context::{ConversationContext, MessageId};
+use voxline_pipeline::sync::lock;
 
 /// Default number of recorded words a heard word may skip ahead to find its match.
 pub const DEFAULT_LOOKAHEAD: usize = 4;
@@ -254,15 +255,6 @@ struct Shared {
     words_seen: AtomicBool,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-}
-
 /// Records the bot's responses in the shared context. See the module docs.
 pub struct AssistantAggregator {
     shared: Arc<Shared>,
@@ -312,7 +304,7 @@ impl AssistantAggregator {
 
     fn observe(&mut self, frame: &Frame) {
         let tracking = self.tracking();
-        let mut st = self.shared.lock();
+        let mut st = lock(&self.shared.state);
         match frame {
             Frame::LlmResponseStart => st.begin_response(),
             Frame::LlmText(t) => {
@@ -393,7 +385,7 @@ impl voxline_pipeline::Processor for AssistantAggregator {
     fn on_event(&mut self, event: &Event, _cx: &mut Context) -> FlowResult {
         if matches!(event, Event::Interrupt) {
             let tracking = self.tracking() && self.shared.words_seen.load(Ordering::Acquire);
-            let mut st = self.shared.lock();
+            let mut st = lock(&self.shared.state);
             if tracking {
                 st.interrupt();
             } else {
@@ -430,10 +422,10 @@ impl voxline_pipeline::Processor for PlayoutTap {
         match (&frame, direction) {
             (Frame::TtsAudio(a), Direction::Downstream) if !a.words.is_empty() => {
                 self.shared.words_seen.store(true, Ordering::Release);
-                self.shared.lock().add_words(&a.context_id, &a.words);
+                lock(&self.shared.state).add_words(&a.context_id, &a.words);
             }
             (Frame::PlayedUpTo { context_id, position, complete }, Direction::Upstream) => {
-                self.shared.lock().played(context_id, *position, *complete);
+                lock(&self.shared.state).played(context_id, *position, *complete);
             }
             _ => {}
         }

@@ -14,8 +14,9 @@
 //!   result ([`PENDING_TOOL_RESULT`]), as Pipecat does with its `IN_PROGRESS` marker;
 //! - empty assistant text is never stored (Anthropic rejects empty text blocks).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
+use voxline_pipeline::sync::lock;
 use voxline_pipeline::{ChatMessage, LlmContext, Role, ToolCall, ToolResult, ToolSpec};
 
 /// Result content a snapshot shows for a tool call that has not settled yet.
@@ -72,7 +73,7 @@ impl ConversationContext {
     pub fn new(system_prompt: impl Into<String>, tools: Vec<ToolSpec>) -> Self {
         let ctx = Self::default();
         {
-            let mut g = ctx.lock();
+            let mut g = lock(&ctx.inner);
             let prompt = system_prompt.into();
             if !prompt.trim().is_empty() {
                 g.push(ChatMessage::text(Role::System, prompt));
@@ -82,21 +83,14 @@ impl ConversationContext {
         ctx
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
     /// Replace the tools offered to the model.
     pub fn set_tools(&self, tools: Vec<ToolSpec>) {
-        self.lock().tools = tools;
+        lock(&self.inner).tools = tools;
     }
 
     /// Append any message.
     pub fn push(&self, msg: ChatMessage) -> MessageId {
-        self.lock().push(msg)
+        lock(&self.inner).push(msg)
     }
 
     /// Append a user turn.
@@ -105,7 +99,7 @@ impl ConversationContext {
         if text.is_empty() {
             return None;
         }
-        Some(self.lock().push(ChatMessage::text(Role::User, text)))
+        Some(lock(&self.inner).push(ChatMessage::text(Role::User, text)))
     }
 
     /// Append bot speech: extends the last message when it is plain assistant text (so a response
@@ -115,7 +109,7 @@ impl ConversationContext {
         if text.is_empty() {
             return None;
         }
-        let mut g = self.lock();
+        let mut g = lock(&self.inner);
         if let Some(last) = g.entries.last_mut()
             && last.msg.role == Role::Assistant
             && last.msg.tool_calls.is_empty()
@@ -132,7 +126,7 @@ impl ConversationContext {
     /// Record an assistant message that says `text` and makes `calls`. Idempotent: when a message
     /// with these call ids exists already, its id is returned and nothing changes.
     pub fn record_tool_calls(&self, text: &str, calls: &[ToolCall]) -> MessageId {
-        let mut g = self.lock();
+        let mut g = lock(&self.inner);
         if let Some(first) = calls.first()
             && let Some(i) = g.caller_of(&first.id)
         {
@@ -151,7 +145,7 @@ impl ConversationContext {
     /// Replace the text of message `id`. A plain assistant/user message left empty is removed;
     /// returns `false` when `id` is gone.
     pub fn set_content(&self, id: MessageId, text: &str) -> bool {
-        let mut g = self.lock();
+        let mut g = lock(&self.inner);
         let Some(i) = g.position(id) else { return false };
         let text = text.trim();
         if text.is_empty() && g.entries[i].msg.tool_calls.is_empty() && g.entries[i].msg.role != Role::Tool {
@@ -165,7 +159,7 @@ impl ConversationContext {
     /// The text of message `id`, if it is still there.
     #[must_use]
     pub fn content(&self, id: MessageId) -> Option<String> {
-        let g = self.lock();
+        let g = lock(&self.inner);
         g.position(id).map(|i| g.entries[i].msg.content.clone())
     }
 
@@ -174,7 +168,7 @@ impl ConversationContext {
     /// Results for calls the context does not know are dropped (a request holding them would be
     /// rejected) and counted in the return value.
     pub fn add_tool_results(&self, results: &[ToolResult]) -> usize {
-        let mut g = self.lock();
+        let mut g = lock(&self.inner);
         let mut unknown = 0;
         for r in results {
             if let Some(e) = g
@@ -209,13 +203,13 @@ impl ConversationContext {
     /// A copy of the messages, in order.
     #[must_use]
     pub fn messages(&self) -> Vec<ChatMessage> {
-        self.lock().entries.iter().map(|e| e.msg.clone()).collect()
+        lock(&self.inner).entries.iter().map(|e| e.msg.clone()).collect()
     }
 
     /// Number of messages.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        lock(&self.inner).entries.len()
     }
 
     /// Whether there are no messages.
@@ -239,7 +233,7 @@ impl ConversationContext {
     }
 
     fn snapshot_with(&self, user_text: Option<&str>) -> Arc<LlmContext> {
-        let g = self.lock();
+        let g = lock(&self.inner);
         let mut messages = Vec::with_capacity(g.entries.len() + 2);
         let mut i = 0;
         while i < g.entries.len() {

@@ -58,10 +58,10 @@ pub use openai::{
     OpenAiSettings, OpenAiStreamParser, TokenLimitField,
 };
 pub use service::{
-    ApiKey, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TEXT, DEFAULT_FIRST_TOKEN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_AFTER, LlmConfigError,
-    LlmProvider, LlmProviderSettings, LlmService, LlmServiceSettings, RetrySettings, StreamError, StreamItem,
-    StreamParser, ToolChoice,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TEXT, DEFAULT_FIRST_TOKEN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_AFTER, LlmProvider,
+    LlmProviderSettings, LlmService, LlmServiceSettings, RetrySettings, StreamError, StreamItem, StreamParser,
+    ToolChoice,
 };
 pub use speculation::SpeculationGate;
 pub use tool_calls::ToolCallAccumulator;

@@ -17,11 +17,12 @@ use serde_json::{Map, Value, json};
 use voxline_pipeline::{ChatMessage, LlmContext, Role};
 
 use super::service::{
-    ApiKey, LlmConfigError, LlmProvider, LlmService, LlmServiceSettings, StreamError, StreamItem, StreamParser,
-    ToolChoice, check_base_url, resolve_key,
+    LlmProvider, LlmService, LlmServiceSettings, StreamError, StreamItem, StreamParser, ToolChoice, check_base_url,
+    resolve_key,
 };
 use super::sse::SseEvent;
 use super::tool_calls::ToolCallAccumulator;
+use crate::service::{ApiKey, ServiceConfigError};
 
 /// Default base URL.
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
@@ -172,7 +173,7 @@ impl OpenAiLlm {
     /// environment variable) or the base URL is invalid.
     // The provider only ever runs inside the shared service, so `new` hands out the processor.
     #[allow(clippy::new_ret_no_self)]
-    pub fn new(settings: OpenAiSettings) -> Result<LlmService, LlmConfigError> {
+    pub fn new(settings: OpenAiSettings) -> Result<LlmService, ServiceConfigError> {
         let key = resolve_key(settings.api_key.as_ref(), &settings.api_key_env, settings.require_api_key)?;
         let base = check_base_url(&settings.base_url)?;
         let url = format!("{base}{}", settings.path);

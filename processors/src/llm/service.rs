@@ -36,6 +36,7 @@ use voxline_pipeline::{
 };
 
 use super::sse::{SseDecoder, SseEvent};
+use crate::service::{ApiKey, ServiceConfigError, exponential_delay};
 
 /// Default time allowed from sending the request to the first token, per attempt.
 pub const DEFAULT_FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,41 +54,6 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(8);
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Default line spoken when a turn cannot be answered.
 pub const DEFAULT_FALLBACK_TEXT: &str = "Sorry, I'm having trouble right now. Could you say that again?";
-
-/// An API key. Its `Debug` output is redacted so settings can be logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// Wrap a key.
-    #[must_use]
-    pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
-    }
-    /// The key itself.
-    #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
-
-impl From<&str> for ApiKey {
-    fn from(s: &str) -> Self {
-        Self(s.to_string())
-    }
-}
-
-impl From<String> for ApiKey {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
-}
 
 /// Which tools the model may (or must) call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -157,49 +123,31 @@ impl Default for LlmServiceSettings {
     }
 }
 
-/// Why an LLM service could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LlmConfigError {
-    /// No key configured and the environment variable is unset or empty.
-    #[error("no API key: set the {env} environment variable (or configure the key explicitly)")]
-    MissingApiKey {
-        /// The environment variable that was read.
-        env: String,
-    },
-    /// The base URL does not parse.
-    #[error("invalid base_url {url:?}: {reason}")]
-    InvalidBaseUrl {
-        /// The URL.
-        url: String,
-        /// Why.
-        reason: String,
-    },
-    /// The HTTP client could not be built.
-    #[error("HTTP client: {0}")]
-    Client(String),
-}
-
 /// Resolve a key: explicit value, else the environment variable, else an error if required.
 pub(crate) fn resolve_key(
     explicit: Option<&ApiKey>,
     env: &str,
     required: bool,
-) -> Result<Option<ApiKey>, LlmConfigError> {
-    if let Some(k) = explicit.filter(|k| !k.expose().is_empty()) {
+) -> Result<Option<ApiKey>, ServiceConfigError> {
+    if let Some(k) = explicit.filter(|k| !k.is_blank()) {
         return Ok(Some(k.clone()));
     }
-    match std::env::var(env) {
-        Ok(v) if !v.trim().is_empty() => Ok(Some(ApiKey(v.trim().to_string()))),
-        _ if required => Err(LlmConfigError::MissingApiKey { env: env.to_string() }),
-        _ => Ok(None),
+    match ApiKey::from_env(env) {
+        Some(k) => Ok(Some(k)),
+        None if required => Err(ServiceConfigError::MissingApiKey { env_var: env.to_string() }),
+        None => Ok(None),
     }
 }
 
-pub(crate) fn check_base_url(url: &str) -> Result<String, LlmConfigError> {
+fn invalid_base_url(url: &str, reason: &str) -> ServiceConfigError {
+    ServiceConfigError::InvalidSetting { field: "base_url", reason: format!("{url:?}: {reason}") }
+}
+
+pub(crate) fn check_base_url(url: &str) -> Result<String, ServiceConfigError> {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(url.trim_end_matches('/').to_string()),
-        Ok(u) => Err(LlmConfigError::InvalidBaseUrl { url: url.into(), reason: format!("scheme {}", u.scheme()) }),
-        Err(e) => Err(LlmConfigError::InvalidBaseUrl { url: url.into(), reason: e.to_string() }),
+        Ok(u) => Err(invalid_base_url(url, &format!("scheme {} (want http or https)", u.scheme()))),
+        Err(e) => Err(invalid_base_url(url, &e.to_string())),
     }
 }
 
@@ -306,7 +254,7 @@ impl Failure {
 
 impl LlmService {
     /// Build the service for whichever provider `settings` names.
-    pub fn from_settings(settings: LlmProviderSettings) -> Result<Self, LlmConfigError> {
+    pub fn from_settings(settings: LlmProviderSettings) -> Result<Self, ServiceConfigError> {
         match settings {
             LlmProviderSettings::OpenAi(s) => super::OpenAiLlm::new(s),
             LlmProviderSettings::Anthropic(s) => super::AnthropicLlm::new(s),
@@ -314,13 +262,16 @@ impl LlmService {
     }
 
     /// Wrap a provider with the shared plumbing.
-    pub fn with_provider(provider: Arc<dyn LlmProvider>, settings: LlmServiceSettings) -> Result<Self, LlmConfigError> {
+    pub fn with_provider(
+        provider: Arc<dyn LlmProvider>,
+        settings: LlmServiceSettings,
+    ) -> Result<Self, ServiceConfigError> {
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .map_err(|e| LlmConfigError::Client(e.to_string()))?;
+            .map_err(|e| ServiceConfigError::Client(e.to_string()))?;
         Ok(Self { provider, settings, client })
     }
 
@@ -510,7 +461,7 @@ fn stream_failure(e: StreamError) -> Failure {
 }
 
 fn backoff(retry: &RetrySettings, attempt: u32) -> Duration {
-    let base = retry.initial_backoff.saturating_mul(1u32 << attempt.min(16)).min(retry.max_backoff);
+    let base = exponential_delay(retry.initial_backoff, retry.max_backoff, attempt);
     // ±25 % jitter so many calls rate-limited together do not retry in lockstep; the clock's
     // sub-second nanos are random enough for that and avoid a dependency.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());

@@ -5,11 +5,13 @@
 //! are kept across reads, several events may arrive in one read, `:` comments (keep-alives) are
 //! skipped, multi-line `data:` is joined with `\n`.
 //!
-//! Trade-offs: written here rather than using `reqwest-eventsource` because that crate
-//! reconnects on its own (wrong for a billed, non-idempotent LLM request), hides the HTTP status
-//! and body of a failed request, and turns malformed input into opaque errors; here a bad line is
-//! a typed [`SseError`] the LLM service reports. A line longer than
-//! [`DEFAULT_MAX_LINE_BYTES`] is an error, so a misbehaving server cannot grow memory unbounded.
+//! Why written here rather than taken from `reqwest-eventsource`: not for its retries or its
+//! errors (its reconnects can be turned off with `retry::Never`, and a refused request comes back
+//! as `InvalidStatusCode` with the response, body included), but because its decoder buffers a
+//! line until the line ends, with no cap. A hostile or broken server that never sends a newline
+//! would grow a call's memory without bound; here a line (or one event's data) longer than
+//! [`DEFAULT_MAX_LINE_BYTES`] is a typed [`SseError`] that ends the turn, and a malformed line
+//! is reported as such. It needs nothing beyond `std`.
 
 /// Default cap on one line (and on one event's data), in bytes.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;

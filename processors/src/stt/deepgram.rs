@@ -5,11 +5,11 @@
 //!   taken from `StartInfo.input_audio` and re-learnt from the frames (a change reopens the
 //!   stream). `Frame::End` closes the stream (`CloseStream`). Events: `UserStartedSpeaking` marks
 //!   the audio that follows as words owed (so an unanswered `Finalize` after only silence is not
-//!   an error); `UserStoppedSpeaking` → `Finalize`; `Interrupt` → a fresh sender so later
-//!   transcripts are not dropped as stale.
+//!   an error); `UserStoppedSpeaking` → `Finalize`. `Interrupt` needs nothing: the socket task pushes
+//!   through a stream sender, which the engine keeps on the current epoch.
 //! - Produces: `Frame::Transcript` downstream, interim (`is_final: false`) and final, with word
 //!   timings in call time (offset across reconnects) and the language; the input audio itself
-//!   when [`LiveSettings::pass_through_audio`] is set; `Event::Metrics(Ttfb)` measured from
+//!   when [`LiveSettings::pass_through_audio`](super::LiveSettings::pass_through_audio) is set; `Event::Metrics(Ttfb)` measured from
 //!   `UserStoppedSpeaking` to the first final after it; `Event::Error` (non-fatal) for provider
 //!   errors, malformed messages, dropped sockets and stalled finals (words owed, no final: a
 //!   `Finalize` that finds the turn already finalized on Deepgram's own endpoint may go
@@ -25,150 +25,19 @@ use std::time::Instant;
 use voxline_pipeline::{AudioFormat, Context, Direction, ErrorEvent, Event, FlowResult, Frame, Processor};
 
 use super::deepgram_protocol::{DeepgramProtocol, encoding_name};
-use super::live::{self, Control, LiveHandle, LiveSettings, SenderSlot, SttStats};
-use super::{DEEPGRAM_API_KEY_ENV, SttError};
+use super::live::{self, Control, LiveHandle, SttStats};
+use crate::service::ServiceConfigError;
 
-/// Default endpoint (a self-hosted or emulated server takes its own `ws://` base).
-pub const DEFAULT_BASE_URL: &str = "wss://api.deepgram.com";
-/// Default model.
-pub const DEFAULT_MODEL: &str = "nova-3";
-/// Default language.
-pub const DEFAULT_LANGUAGE: &str = "en";
-/// Default for interim results (needed for `UtteranceEnd` and the timeout fallback).
-pub const DEFAULT_INTERIM_RESULTS: bool = true;
-/// Default for punctuation.
-pub const DEFAULT_PUNCTUATE: bool = true;
-/// Default for smart formatting (off: it can delay finals while it waits for context).
-pub const DEFAULT_SMART_FORMAT: bool = false;
-/// Default for Deepgram's own VAD events (off: the local VAD drives turns).
-pub const DEFAULT_VAD_EVENTS: bool = false;
-/// Default `utterance_end_ms` (Deepgram says values under 1000 are not useful).
-pub const DEFAULT_UTTERANCE_END_MS: Option<u32> = Some(1000);
-
-/// Deepgram's `endpointing` parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Endpointing {
-    /// Do not send the parameter (Deepgram's default, 10 ms).
-    #[default]
-    ProviderDefault,
-    /// `endpointing=false`.
-    Disabled,
-    /// Milliseconds of silence that mark `speech_final`.
-    SilenceMs(u32),
-}
-
-/// Settings of [`DeepgramStt`] (immutable; runtime state lives in the processor).
-#[derive(Clone, PartialEq)]
-pub struct DeepgramSettings {
-    /// API key; see [`DeepgramSettings::from_env`]. Never logged.
-    pub api_key: Option<String>,
-    /// `wss://host[:port]` without a path.
-    pub base_url: String,
-    /// `model`.
-    pub model: String,
-    /// `language` (`multi` for Nova-3 code-switching).
-    pub language: String,
-    /// `interim_results`.
-    pub interim_results: bool,
-    /// `punctuate`.
-    pub punctuate: bool,
-    /// `smart_format`.
-    pub smart_format: bool,
-    /// `endpointing`.
-    pub endpointing: Endpointing,
-    /// `vad_events`.
-    pub vad_events: bool,
-    /// `utterance_end_ms` (sent only when set).
-    pub utterance_end_ms: Option<u32>,
-    /// Extra query parameters passed verbatim (e.g. `keyterm`, repeated as needed).
-    pub extra_query: Vec<(String, String)>,
-    /// Socket plumbing: keepalive, finalize timeout, replay buffer, reconnect, pass-through.
-    pub live: LiveSettings,
-}
-
-impl Default for DeepgramSettings {
-    fn default() -> Self {
-        Self {
-            api_key: None,
-            base_url: DEFAULT_BASE_URL.to_string(),
-            model: DEFAULT_MODEL.to_string(),
-            language: DEFAULT_LANGUAGE.to_string(),
-            interim_results: DEFAULT_INTERIM_RESULTS,
-            punctuate: DEFAULT_PUNCTUATE,
-            smart_format: DEFAULT_SMART_FORMAT,
-            endpointing: Endpointing::default(),
-            vad_events: DEFAULT_VAD_EVENTS,
-            utterance_end_ms: DEFAULT_UTTERANCE_END_MS,
-            extra_query: Vec::new(),
-            live: LiveSettings::default(),
-        }
-    }
-}
-
-impl fmt::Debug for DeepgramSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeepgramSettings")
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("base_url", &self.base_url)
-            .field("model", &self.model)
-            .field("language", &self.language)
-            .field("interim_results", &self.interim_results)
-            .field("punctuate", &self.punctuate)
-            .field("smart_format", &self.smart_format)
-            .field("endpointing", &self.endpointing)
-            .field("vad_events", &self.vad_events)
-            .field("utterance_end_ms", &self.utterance_end_ms)
-            .field("extra_query", &self.extra_query)
-            .field("live", &self.live)
-            .finish()
-    }
-}
-
-impl DeepgramSettings {
-    /// Defaults with the key from `DEEPGRAM_API_KEY` (if set).
-    #[must_use]
-    pub fn from_env() -> Self {
-        Self { api_key: std::env::var(DEEPGRAM_API_KEY_ENV).ok(), ..Self::default() }
-    }
-
-    /// Checks the settings; the error names the field (or the key's environment variable).
-    pub fn validate(&self) -> Result<(), SttError> {
-        if self.api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
-            return Err(SttError::MissingApiKey { env_var: DEEPGRAM_API_KEY_ENV });
-        }
-        let bad = |field, reason: &str| Err(SttError::InvalidSetting { field, reason: reason.to_string() });
-        if !(self.base_url.starts_with("ws://") || self.base_url.starts_with("wss://")) {
-            return bad("base_url", "must start with ws:// or wss://");
-        }
-        if self.model.trim().is_empty() {
-            return bad("model", "must not be empty");
-        }
-        if self.utterance_end_ms.is_some() && !self.interim_results {
-            return bad("utterance_end_ms", "needs interim_results = true");
-        }
-        if self.utterance_end_ms == Some(0) {
-            return bad("utterance_end_ms", "must be positive (None leaves it off)");
-        }
-        if self.endpointing == Endpointing::SilenceMs(0) {
-            return bad("endpointing", "must be positive (Endpointing::Disabled turns it off)");
-        }
-        if self.live.keepalive_interval.is_zero() {
-            return bad("live.keepalive_interval", "must be positive");
-        }
-        if self.live.finalize_timeout.is_zero() {
-            return bad("live.finalize_timeout", "must be positive");
-        }
-        Ok(())
-    }
-}
+pub use super::deepgram_protocol::{
+    DEFAULT_BASE_URL, DEFAULT_INTERIM_RESULTS, DEFAULT_LANGUAGE, DEFAULT_MODEL, DEFAULT_PUNCTUATE,
+    DEFAULT_SMART_FORMAT, DEFAULT_UTTERANCE_END_MS, DEFAULT_VAD_EVENTS, DeepgramSettings, Endpointing,
+};
 
 /// Deepgram live STT processor. See the module docs for the frame contract.
 pub struct DeepgramStt {
     protocol: Arc<DeepgramProtocol>,
     stats: Arc<SttStats>,
     session: Option<LiveHandle>,
-    sender: Option<SenderSlot>,
-    sender_epoch: u64,
     unsupported: Option<AudioFormat>,
 }
 
@@ -184,14 +53,12 @@ impl fmt::Debug for DeepgramStt {
 impl DeepgramStt {
     /// A processor for `settings`; fails on a missing key (naming `DEEPGRAM_API_KEY`) or an
     /// invalid setting.
-    pub fn new(settings: DeepgramSettings) -> Result<Self, SttError> {
+    pub fn new(settings: DeepgramSettings) -> Result<Self, ServiceConfigError> {
         settings.validate()?;
         Ok(Self {
             protocol: Arc::new(DeepgramProtocol { settings }),
             stats: Arc::default(),
             session: None,
-            sender: None,
-            sender_epoch: 0,
             unsupported: None,
         })
     }
@@ -204,21 +71,6 @@ impl DeepgramStt {
 
     fn settings(&self) -> &DeepgramSettings {
         &self.protocol.settings
-    }
-
-    /// Keeps the spawned task's sender on the current epoch.
-    fn refresh_sender(&mut self, cx: &Context) {
-        match &self.sender {
-            Some(_) if self.sender_epoch == cx.epoch() => {}
-            Some(slot) => {
-                slot.set(cx.sender());
-                self.sender_epoch = cx.epoch();
-            }
-            None => {
-                self.sender = Some(SenderSlot::new(cx.sender()));
-                self.sender_epoch = cx.epoch();
-            }
-        }
     }
 
     /// Makes sure a stream for `format` is running; `false` if Deepgram cannot take it.
@@ -240,8 +92,6 @@ impl DeepgramStt {
             }
             return false;
         }
-        self.refresh_sender(cx);
-        let Some(slot) = self.sender.clone() else { return false };
         if let Some(old) = self.session.take() {
             tracing::info!(processor = %cx.name(), from = %old.format, to = %format, "input format changed; reopening the stream");
             // Dropping the handle closes its channels: the old task sends CloseStream and exits.
@@ -252,7 +102,7 @@ impl DeepgramStt {
             self.protocol.clone(),
             format,
             self.settings().live.clone(),
-            slot,
+            cx.stream_sender(),
             self.stats.clone(),
             cx.name().clone(),
         ));
@@ -266,7 +116,6 @@ impl Processor for DeepgramStt {
     }
 
     async fn process(&mut self, frame: Frame, direction: Direction, cx: &mut Context) -> FlowResult {
-        self.refresh_sender(cx);
         match frame {
             Frame::Start(info) => {
                 self.ensure_session(info.input_audio, cx);
@@ -298,9 +147,8 @@ impl Processor for DeepgramStt {
         Ok(())
     }
 
-    fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
+    fn on_event(&mut self, event: &Event, _cx: &mut Context) -> FlowResult {
         match event {
-            Event::Interrupt => self.refresh_sender(cx),
             Event::UserStartedSpeaking => {
                 if let Some(s) = &self.session {
                     s.control(Control::SpeechStarted);
@@ -332,24 +180,24 @@ mod tests {
     #[test]
     fn missing_key_names_the_env_var() {
         let err = DeepgramStt::new(DeepgramSettings::default()).unwrap_err();
-        assert_eq!(err, SttError::MissingApiKey { env_var: "DEEPGRAM_API_KEY" });
+        assert_eq!(err, ServiceConfigError::MissingApiKey { env_var: "DEEPGRAM_API_KEY".into() });
         assert!(err.to_string().contains("DEEPGRAM_API_KEY"));
     }
 
     #[test]
     fn validation_names_fields() {
         let s = DeepgramSettings { api_key: Some("k".into()), base_url: "https://x".into(), ..Default::default() };
-        assert!(matches!(s.validate(), Err(SttError::InvalidSetting { field: "base_url", .. })));
+        assert!(matches!(s.validate(), Err(ServiceConfigError::InvalidSetting { field: "base_url", .. })));
         let s = DeepgramSettings { api_key: Some("k".into()), interim_results: false, ..Default::default() };
-        assert!(matches!(s.validate(), Err(SttError::InvalidSetting { field: "utterance_end_ms", .. })));
+        assert!(matches!(s.validate(), Err(ServiceConfigError::InvalidSetting { field: "utterance_end_ms", .. })));
         let s = DeepgramSettings { api_key: Some("k".into()), utterance_end_ms: Some(0), ..Default::default() };
-        assert!(matches!(s.validate(), Err(SttError::InvalidSetting { field: "utterance_end_ms", .. })));
+        assert!(matches!(s.validate(), Err(ServiceConfigError::InvalidSetting { field: "utterance_end_ms", .. })));
         let s = DeepgramSettings {
             api_key: Some("k".into()),
             endpointing: Endpointing::SilenceMs(0),
             ..Default::default()
         };
-        assert!(matches!(s.validate(), Err(SttError::InvalidSetting { field: "endpointing", .. })));
+        assert!(matches!(s.validate(), Err(ServiceConfigError::InvalidSetting { field: "endpointing", .. })));
     }
 
     #[test]

@@ -10,8 +10,124 @@ use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use voxline_pipeline::{AudioEncoding, AudioFormat};
 
-use super::deepgram::{DeepgramSettings, Endpointing};
-use super::live::{LiveProtocol, RawTranscript, RawWord, ServerEvent};
+use super::live::{LiveProtocol, LiveSettings, RawTranscript, RawWord, ServerEvent};
+use crate::service::{ApiKey, ServiceConfigError, encode_query_value, require_key, require_scheme};
+
+/// Environment variable the Deepgram key is read from by [`DeepgramSettings::from_env`].
+pub const DEEPGRAM_API_KEY_ENV: &str = "DEEPGRAM_API_KEY";
+
+/// Default endpoint (a self-hosted or emulated server takes its own `ws://` base).
+pub const DEFAULT_BASE_URL: &str = "wss://api.deepgram.com";
+/// Default model.
+pub const DEFAULT_MODEL: &str = "nova-3";
+/// Default language.
+pub const DEFAULT_LANGUAGE: &str = "en";
+/// Default for interim results (needed for `UtteranceEnd` and the timeout fallback).
+pub const DEFAULT_INTERIM_RESULTS: bool = true;
+/// Default for punctuation.
+pub const DEFAULT_PUNCTUATE: bool = true;
+/// Default for smart formatting (off: it can delay finals while it waits for context).
+pub const DEFAULT_SMART_FORMAT: bool = false;
+/// Default for Deepgram's own VAD events (off: the local VAD drives turns).
+pub const DEFAULT_VAD_EVENTS: bool = false;
+/// Default `utterance_end_ms` (Deepgram says values under 1000 are not useful).
+pub const DEFAULT_UTTERANCE_END_MS: Option<u32> = Some(1000);
+
+/// Deepgram's `endpointing` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Endpointing {
+    /// Do not send the parameter (Deepgram's default, 10 ms).
+    #[default]
+    ProviderDefault,
+    /// `endpointing=false`.
+    Disabled,
+    /// Milliseconds of silence that mark `speech_final`.
+    SilenceMs(u32),
+}
+
+/// Settings of [`DeepgramStt`](super::DeepgramStt) (immutable; runtime state lives in the processor).
+///
+/// `Debug` is derived: the key is an [`ApiKey`], which prints redacted.
+#[derive(Clone, PartialEq, Debug)]
+pub struct DeepgramSettings {
+    /// API key; see [`DeepgramSettings::from_env`]. Never logged.
+    pub api_key: Option<ApiKey>,
+    /// `wss://host[:port]` without a path.
+    pub base_url: String,
+    /// `model`.
+    pub model: String,
+    /// `language` (`multi` for Nova-3 code-switching).
+    pub language: String,
+    /// `interim_results`.
+    pub interim_results: bool,
+    /// `punctuate`.
+    pub punctuate: bool,
+    /// `smart_format`.
+    pub smart_format: bool,
+    /// `endpointing`.
+    pub endpointing: Endpointing,
+    /// `vad_events`.
+    pub vad_events: bool,
+    /// `utterance_end_ms` (sent only when set).
+    pub utterance_end_ms: Option<u32>,
+    /// Extra query parameters passed verbatim (e.g. `keyterm`, repeated as needed).
+    pub extra_query: Vec<(String, String)>,
+    /// Socket plumbing: keepalive, finalize timeout, replay buffer, reconnect, pass-through.
+    pub live: LiveSettings,
+}
+
+impl Default for DeepgramSettings {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            base_url: DEFAULT_BASE_URL.to_string(),
+            model: DEFAULT_MODEL.to_string(),
+            language: DEFAULT_LANGUAGE.to_string(),
+            interim_results: DEFAULT_INTERIM_RESULTS,
+            punctuate: DEFAULT_PUNCTUATE,
+            smart_format: DEFAULT_SMART_FORMAT,
+            endpointing: Endpointing::default(),
+            vad_events: DEFAULT_VAD_EVENTS,
+            utterance_end_ms: DEFAULT_UTTERANCE_END_MS,
+            extra_query: Vec::new(),
+            live: LiveSettings::default(),
+        }
+    }
+}
+
+impl DeepgramSettings {
+    /// Defaults with the key from `DEEPGRAM_API_KEY` (if set).
+    #[must_use]
+    pub fn from_env() -> Self {
+        Self { api_key: ApiKey::from_env(DEEPGRAM_API_KEY_ENV), ..Self::default() }
+    }
+
+    /// Checks the settings; the error names the field (or the key's environment variable).
+    pub fn validate(&self) -> Result<(), ServiceConfigError> {
+        require_key(self.api_key.as_ref(), DEEPGRAM_API_KEY_ENV)?;
+        require_scheme("base_url", &self.base_url, &["ws://", "wss://"])?;
+        let bad = |field, reason: &str| Err(ServiceConfigError::InvalidSetting { field, reason: reason.to_string() });
+        if self.model.trim().is_empty() {
+            return bad("model", "must not be empty");
+        }
+        if self.utterance_end_ms.is_some() && !self.interim_results {
+            return bad("utterance_end_ms", "needs interim_results = true");
+        }
+        if self.utterance_end_ms == Some(0) {
+            return bad("utterance_end_ms", "must be positive (None leaves it off)");
+        }
+        if self.endpointing == Endpointing::SilenceMs(0) {
+            return bad("endpointing", "must be positive (Endpointing::Disabled turns it off)");
+        }
+        if self.live.keepalive_interval.is_zero() {
+            return bad("live.keepalive_interval", "must be positive");
+        }
+        if self.live.finalize_timeout.is_zero() {
+            return bad("live.finalize_timeout", "must be positive");
+        }
+        Ok(())
+    }
+}
 
 /// Deepgram's `encoding` name for a raw (headerless) audio format, if it takes it.
 pub(crate) fn encoding_name(encoding: AudioEncoding) -> Option<&'static str> {
@@ -23,19 +139,6 @@ pub(crate) fn encoding_name(encoding: AudioEncoding) -> Option<&'static str> {
         // both must be converted before this stage.
         AudioEncoding::F32 | AudioEncoding::Opus => None,
     }
-}
-
-/// Percent-encodes a query value (RFC 3986 unreserved characters pass through).
-pub(crate) fn encode_query_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The `/v1/listen` URL for `format` under `settings`.
@@ -83,7 +186,7 @@ impl LiveProtocol for DeepgramProtocol {
     fn request(&self, format: AudioFormat) -> Result<Request, String> {
         let url = listen_url(&self.settings, format)?;
         let mut req = url.into_client_request().map_err(|e| format!("bad Deepgram URL: {e}"))?;
-        let key = self.settings.api_key.as_deref().unwrap_or_default();
+        let key = self.settings.api_key.as_ref().map(ApiKey::expose).unwrap_or_default();
         let auth = HeaderValue::from_str(&format!("Token {key}"))
             .map_err(|_| "the Deepgram API key contains characters not allowed in a header".to_string())?;
         req.headers_mut().insert("Authorization", auth);

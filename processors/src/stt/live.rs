@@ -10,11 +10,11 @@
 //!   counted) and is sent first on the next connection. Audio already sent on a socket that
 //!   dropped is not re-sent: we cannot know what the provider transcribed, and duplicated words
 //!   are worse for the LLM than a lost fragment.
-//! - Transcripts are pushed through a `SenderSlot` that the processor refreshes on every
-//!   interruption, so a transcript produced after a barge-in is stamped with the new epoch and is
-//!   not dropped as stale. A transcript already queued at the next hop when an interruption
-//!   lands is still discarded by the runner (the core has no uninterruptible push for spawned
-//!   tasks); the window is the next stage's queueing time.
+//! - Transcripts are pushed through a [`StreamSender`]: the recogniser's stream outlives every
+//!   bot turn, so its frames take the pipeline's epoch when they are pushed and the processor
+//!   never refreshes a sender on `Interrupt`. Transcripts are uninterruptible by default
+//!   ([`Frame::uninterruptible_by_default`]), so one already queued when a barge-in lands is
+//!   kept too: what the caller said is exactly what a barge-in is about.
 //! - After `Finalize`, if no final arrives within the timeout, the best interim is pushed as final
 //!   (so the bot is never left mute); with no interim but words still owed, an error event is
 //!   emitted instead. Words are owed when an interim is waiting for its final, or when audio went
@@ -28,8 +28,8 @@
 //!   flow; they would also have been lost silently to a provider that never answers.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,10 +42,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxline_pipeline::{
-    AudioFormat, Direction, ErrorEvent, Event, Frame, FrameSender, MetricsEvent, Transcript, WordTiming,
+    AudioFormat, Direction, ErrorEvent, Event, Frame, MetricsEvent, StreamSender, Transcript, WordTiming,
 };
 
-use super::{Backoff, ReconnectPolicy, is_permanent_status};
+use crate::service::{Backoff, ReconnectPolicy, is_permanent_status};
 
 /// Default gap without audio after which a keepalive is sent (Deepgram closes after ~10 s).
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -65,9 +65,6 @@ pub const DEFAULT_AUDIO_QUEUE: usize = 256;
 /// forwarding it would carry 50 frames a second through the LLM and TTS stages, where it can
 /// only wait behind the bot's own output. Put an audio recorder before the STT, or turn this on.
 pub const DEFAULT_PASS_THROUGH_AUDIO: bool = false;
-
-/// How long a spawned push waits for the processor to hand over a sender of the current epoch.
-const SENDER_REFRESH_WAIT: Duration = Duration::from_millis(100);
 
 /// Plumbing settings common to live recognisers.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,42 +230,6 @@ pub(crate) trait LiveProtocol: Send + Sync + 'static {
     fn parse(&self, text: &str) -> ServerEvent;
 }
 
-/// The sender spawned tasks push with; the processor swaps in a fresh one after interruptions.
-#[derive(Clone)]
-pub(crate) struct SenderSlot(Arc<Mutex<FrameSender>>);
-
-impl SenderSlot {
-    pub(crate) fn new(sender: FrameSender) -> Self {
-        Self(Arc::new(Mutex::new(sender)))
-    }
-
-    pub(crate) fn set(&self, sender: FrameSender) {
-        match self.0.lock() {
-            Ok(mut g) => *g = sender,
-            Err(p) => *p.into_inner() = sender,
-        }
-    }
-
-    pub(crate) fn get(&self) -> FrameSender {
-        match self.0.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// A sender of the current epoch, waiting briefly for the processor to provide one.
-    pub(crate) async fn current(&self) -> FrameSender {
-        let deadline = Instant::now() + SENDER_REFRESH_WAIT;
-        loop {
-            let s = self.get();
-            if s.is_current() || Instant::now() >= deadline {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-}
-
 /// Control messages from the processor to the socket task.
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -327,7 +288,7 @@ pub(crate) fn spawn<P: LiveProtocol>(
     proto: Arc<P>,
     format: AudioFormat,
     settings: LiveSettings,
-    sender: SenderSlot,
+    sender: StreamSender,
     stats: Arc<SttStats>,
     name: Arc<str>,
 ) -> LiveHandle {
@@ -386,7 +347,7 @@ struct Session<P> {
     format: AudioFormat,
     settings: LiveSettings,
     backoff: Backoff,
-    sender: SenderSlot,
+    sender: StreamSender,
     stats: Arc<SttStats>,
     name: Arc<str>,
     audio_rx: mpsc::Receiver<Bytes>,
@@ -428,7 +389,7 @@ impl<P: LiveProtocol> Session<P> {
         }
         // Inputs that can no longer be served: a pending Finalize still gets its fallback.
         if self.pending.is_some() {
-            self.on_finalize_timeout().await;
+            self.on_finalize_timeout();
         }
         tracing::debug!(processor = %self.name, "stt session ended");
     }
@@ -472,7 +433,7 @@ impl<P: LiveProtocol> Session<P> {
                 false
             }
             Input::FinalizeTimeout => {
-                self.on_finalize_timeout().await;
+                self.on_finalize_timeout();
                 true
             }
         }
@@ -608,7 +569,7 @@ impl<P: LiveProtocol> Session<P> {
                 msg = rx.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         self.backoff.reset();
-                        self.on_server_text(t.as_str()).await;
+                        self.on_server_text(t.as_str());
                     }
                     Some(Ok(Message::Close(frame))) => {
                         if !self.closing {
@@ -658,7 +619,7 @@ impl<P: LiveProtocol> Session<P> {
                         }
                         close_deadline = Some(tokio::time::Instant::now() + self.settings.close_timeout);
                     }
-                    Input::FinalizeTimeout => self.on_finalize_timeout().await,
+                    Input::FinalizeTimeout => self.on_finalize_timeout(),
                 },
                 () = tokio::time::sleep_until(keepalive_at), if !self.closing => {
                     if !self.send(&mut tx, Message::text(self.proto.keepalive())).await {
@@ -682,9 +643,9 @@ impl<P: LiveProtocol> Session<P> {
         bump(&self.stats.audio_bytes_sent, n as u64);
     }
 
-    async fn on_server_text(&mut self, text: &str) {
+    fn on_server_text(&mut self, text: &str) {
         match self.proto.parse(text) {
-            ServerEvent::Transcript(raw) => self.on_transcript(raw).await,
+            ServerEvent::Transcript(raw) => self.on_transcript(raw),
             ServerEvent::SpeechStarted => tracing::trace!(processor = %self.name, "provider heard speech start"),
             ServerEvent::UtteranceEnd => tracing::trace!(processor = %self.name, "provider utterance end"),
             ServerEvent::Metadata { request_id } => {
@@ -702,7 +663,7 @@ impl<P: LiveProtocol> Session<P> {
         }
     }
 
-    async fn on_transcript(&mut self, raw: RawTranscript) {
+    fn on_transcript(&mut self, raw: RawTranscript) {
         if let Some(p) = self.pending.as_mut() {
             p.answered = true;
         }
@@ -723,7 +684,7 @@ impl<P: LiveProtocol> Session<P> {
         if !raw.is_final {
             if !t.text.is_empty() {
                 self.best_interim = Some(t.clone());
-                self.push(Frame::from(t)).await;
+                self.push(Frame::from(t));
             }
             return;
         }
@@ -746,10 +707,10 @@ impl<P: LiveProtocol> Session<P> {
             return;
         }
         self.ttfb_stop();
-        self.push(Frame::from(t)).await;
+        self.push(Frame::from(t));
     }
 
-    async fn on_finalize_timeout(&mut self) {
+    fn on_finalize_timeout(&mut self) {
         let Some(p) = self.pending.take() else { return };
         if let Some(mut t) = self.best_interim.take() {
             bump(&self.stats.finalize_timeouts, 1);
@@ -761,7 +722,7 @@ impl<P: LiveProtocol> Session<P> {
             );
             t.is_final = true;
             self.ttfb_stop();
-            self.push(Frame::from(t)).await;
+            self.push(Frame::from(t));
         } else if !p.answered && p.words_owed {
             bump(&self.stats.finalize_timeouts, 1);
             let ms = self.settings.finalize_timeout.as_millis();
@@ -778,21 +739,17 @@ impl<P: LiveProtocol> Session<P> {
             let value = at.elapsed();
             tracing::debug!(processor = %self.name, ttfb_ms = value.as_secs_f64() * 1e3, "stt ttfb");
             let ev = Event::Metrics(MetricsEvent::Ttfb { processor: self.name.clone(), value });
-            self.sender.get().emit(ev);
+            self.sender.emit(ev);
         }
     }
 
-    async fn push(&self, frame: Frame) {
-        let sender = self.sender.current().await;
-        if !sender.is_current() {
-            tracing::warn!(processor = %self.name, "no current sender after an interruption; transcript may be dropped");
-        }
-        sender.push(frame, Direction::Downstream);
+    fn push(&self, frame: Frame) {
+        self.sender.push(frame, Direction::Downstream);
     }
 
     fn error(&self, message: String) {
         tracing::warn!(processor = %self.name, %message, "stt error");
         let ev = ErrorEvent { processor: self.name.clone(), message: Arc::from(message), fatal: false };
-        self.sender.get().emit(Event::Error(ev));
+        self.sender.emit(Event::Error(ev));
     }
 }

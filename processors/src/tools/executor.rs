@@ -114,6 +114,8 @@ async fn run_batch(
             tokio::select! {
                 done = &mut all => done,
                 () = tokio::time::sleep(after) => {
+                    // Turn-scoped: a filler line for a turn the caller talked over is noise (the
+                    // runner would drop it anyway; this skips the trip).
                     if sender.is_current() {
                         sender.push(Frame::Text(Arc::from(line)), Direction::Downstream);
                     }
@@ -141,6 +143,9 @@ async fn run_batch(
     for r in results {
         sender.push(Frame::ToolResult(r), Direction::Downstream);
     }
+    // Turn-scoped on purpose: the follow-up run answers the turn that asked for the tools. After
+    // a barge-in the caller's new words start the next run, with these results in context; a
+    // second run now would answer a question nobody is waiting for.
     if run_llm && sender.is_current() {
         sender.push(Frame::LlmRun(ctx.snapshot()), Direction::Upstream);
     } else if run_llm {

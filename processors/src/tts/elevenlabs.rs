@@ -20,7 +20,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use voxline_pipeline::{AudioFormat, Context, Direction, Event, FlowResult, Frame, Processor};
@@ -29,191 +28,13 @@ use super::elevenlabs_http::{self as http, HttpTurn, TurnSetup};
 use super::elevenlabs_protocol as proto;
 use super::elevenlabs_ws::{self as ws, Cmd, WsHandle};
 pub use super::elevenlabs_ws::{TtsCounters, TtsStats};
-use super::{ELEVENLABS_API_KEY_ENV, TtsError};
-use crate::stt::ReconnectPolicy;
+use crate::service::ServiceConfigError;
 
-/// Default websocket base.
-pub const DEFAULT_BASE_URL: &str = "wss://api.elevenlabs.io";
-/// Default HTTP base (fallback mode).
-pub const DEFAULT_HTTP_BASE_URL: &str = "https://api.elevenlabs.io";
-/// Default voice ("Rachel", a premade voice every account has).
-pub const DEFAULT_VOICE_ID: &str = "21m00Tcm4TlvDq8ikWAM";
-/// Default model: the lowest-latency one.
-pub const DEFAULT_MODEL_ID: &str = "eleven_flash_v2_5";
-/// Default `auto_mode`: we send whole sentences, so the server should generate at sentence ends
-/// instead of waiting for its character schedule.
-pub const DEFAULT_AUTO_MODE: bool = true;
-/// Default keepalive gap (the provider's inactivity timeout is 20 s).
-pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// Default cap on open contexts per socket (ElevenLabs allows 5).
-pub const DEFAULT_MAX_OPEN_CONTEXTS: usize = 5;
-/// Default time a closed context still counts toward the cap (freed asynchronously).
-pub const DEFAULT_CONTEXT_RELEASE_GRACE: Duration = Duration::from_secs(1);
-/// Default silence after a flushed utterance's last audio before it is considered finished.
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Default handshake / request timeout.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default wait for flushed audio and the server's close at the end.
-pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Which ElevenLabs API synthesises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TtsMode {
-    /// Multi-context websocket: streaming text in, word alignment, cancel by context.
-    #[default]
-    WebSocket,
-    /// `POST …/stream` per text chunk: no alignment; for networks that block websockets.
-    HttpStreaming,
-}
-
-/// ElevenLabs voice settings (sent only in a context's first message).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct VoiceSettings {
-    /// 0..=1.
-    pub stability: f32,
-    /// 0..=1.
-    pub similarity_boost: f32,
-    /// 0..=1.
-    pub style: f32,
-    /// Speaker boost.
-    pub use_speaker_boost: bool,
-    /// 0.7..=1.2.
-    pub speed: f32,
-}
-
-impl Default for VoiceSettings {
-    fn default() -> Self {
-        Self { stability: 0.5, similarity_boost: 0.75, style: 0.0, use_speaker_boost: true, speed: 1.0 }
-    }
-}
-
-/// Settings of [`ElevenLabsTts`] (immutable; runtime state lives in the processor).
-#[derive(Clone, PartialEq)]
-pub struct ElevenLabsSettings {
-    /// API key; see [`ElevenLabsSettings::from_env`]. Never logged.
-    pub api_key: Option<String>,
-    /// `wss://host[:port]` for the websocket mode.
-    pub base_url: String,
-    /// `https://host[:port]` for the HTTP mode.
-    pub http_base_url: String,
-    /// Voice id.
-    pub voice_id: String,
-    /// `model_id`.
-    pub model_id: String,
-    /// Websocket or HTTP streaming.
-    pub mode: TtsMode,
-    /// Force an `output_format` (`pcm_*`, `ulaw_8000`, `alaw_8000`) instead of following the
-    /// transport's format.
-    pub output_format: Option<String>,
-    /// Voice settings; `None` uses the voice's stored settings.
-    pub voice_settings: Option<VoiceSettings>,
-    /// `generation_config.chunk_length_schedule` (ignored by the server with `auto_mode`).
-    pub chunk_length_schedule: Option<Vec<u32>>,
-    /// `auto_mode`.
-    pub auto_mode: bool,
-    /// `language_code`.
-    pub language_code: Option<String>,
-    /// `inactivity_timeout` in seconds (provider default 20, max 180).
-    pub inactivity_timeout_secs: Option<u32>,
-    /// Keepalive gap on the socket.
-    pub keepalive_interval: Duration,
-    /// Cap on open contexts per socket.
-    pub max_open_contexts: usize,
-    /// How long a closed context still counts toward the cap.
-    pub context_release_grace: Duration,
-    /// Silence after a flushed utterance's last audio before it is finished.
-    pub stop_timeout: Duration,
-    /// Handshake and request timeout.
-    pub connect_timeout: Duration,
-    /// Wait for flushed audio and the server's close at the end.
-    pub close_timeout: Duration,
-    /// Reconnect backoff.
-    pub reconnect: ReconnectPolicy,
-}
-
-impl Default for ElevenLabsSettings {
-    fn default() -> Self {
-        Self {
-            api_key: None,
-            base_url: DEFAULT_BASE_URL.into(),
-            http_base_url: DEFAULT_HTTP_BASE_URL.into(),
-            voice_id: DEFAULT_VOICE_ID.into(),
-            model_id: DEFAULT_MODEL_ID.into(),
-            mode: TtsMode::default(),
-            output_format: None,
-            voice_settings: Some(VoiceSettings::default()),
-            chunk_length_schedule: None,
-            auto_mode: DEFAULT_AUTO_MODE,
-            language_code: None,
-            inactivity_timeout_secs: None,
-            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
-            max_open_contexts: DEFAULT_MAX_OPEN_CONTEXTS,
-            context_release_grace: DEFAULT_CONTEXT_RELEASE_GRACE,
-            stop_timeout: DEFAULT_STOP_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            close_timeout: DEFAULT_CLOSE_TIMEOUT,
-            reconnect: ReconnectPolicy::default(),
-        }
-    }
-}
-
-impl fmt::Debug for ElevenLabsSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ElevenLabsSettings")
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("base_url", &self.base_url)
-            .field("http_base_url", &self.http_base_url)
-            .field("voice_id", &self.voice_id)
-            .field("model_id", &self.model_id)
-            .field("mode", &self.mode)
-            .field("output_format", &self.output_format)
-            .field("auto_mode", &self.auto_mode)
-            .field("max_open_contexts", &self.max_open_contexts)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ElevenLabsSettings {
-    /// Defaults with the key from `ELEVENLABS_API_KEY` (if set).
-    #[must_use]
-    pub fn from_env() -> Self {
-        Self { api_key: std::env::var(ELEVENLABS_API_KEY_ENV).ok(), ..Self::default() }
-    }
-
-    /// Checks the settings; the error names the field (or the key's environment variable).
-    pub fn validate(&self) -> Result<(), TtsError> {
-        if self.api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
-            return Err(TtsError::MissingApiKey { env_var: ELEVENLABS_API_KEY_ENV });
-        }
-        let bad = |field, reason: &str| Err(TtsError::InvalidSetting { field, reason: reason.to_string() });
-        if !(self.base_url.starts_with("ws://") || self.base_url.starts_with("wss://")) {
-            return bad("base_url", "must start with ws:// or wss://");
-        }
-        if !(self.http_base_url.starts_with("http://") || self.http_base_url.starts_with("https://")) {
-            return bad("http_base_url", "must start with http:// or https://");
-        }
-        if self.voice_id.trim().is_empty() {
-            return bad("voice_id", "must not be empty");
-        }
-        if let Some(f) = &self.output_format
-            && proto::parse_output_format(f).is_none()
-        {
-            return bad("output_format", "must be pcm_<rate>, ulaw_8000 or alaw_8000");
-        }
-        if !(1..=5).contains(&self.max_open_contexts) {
-            return bad("max_open_contexts", "must be 1..=5 (the provider allows 5)");
-        }
-        if let Some(schedule) = &self.chunk_length_schedule
-            && schedule.iter().any(|n| !(50..=500).contains(n))
-        {
-            return bad("chunk_length_schedule", "each value must be 50..=500");
-        }
-        if self.keepalive_interval.is_zero() || self.stop_timeout.is_zero() {
-            return bad("keepalive_interval/stop_timeout", "must be positive");
-        }
-        Ok(())
-    }
-}
+pub use super::elevenlabs_protocol::{
+    DEFAULT_AUTO_MODE, DEFAULT_BASE_URL, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONTEXT_RELEASE_GRACE,
+    DEFAULT_HTTP_BASE_URL, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_OPEN_CONTEXTS, DEFAULT_MODEL_ID,
+    DEFAULT_STOP_TIMEOUT, DEFAULT_VOICE_ID, ElevenLabsSettings, TtsMode, VoiceSettings,
+};
 
 enum Backend {
     Ws(WsHandle),
@@ -243,7 +64,7 @@ impl fmt::Debug for ElevenLabsTts {
 impl ElevenLabsTts {
     /// A processor for `settings`; fails on a missing key (naming `ELEVENLABS_API_KEY`) or an
     /// invalid setting.
-    pub fn new(settings: ElevenLabsSettings) -> Result<Self, TtsError> {
+    pub fn new(settings: ElevenLabsSettings) -> Result<Self, ServiceConfigError> {
         settings.validate()?;
         Ok(Self {
             settings: Arc::new(settings),
@@ -288,7 +109,7 @@ impl ElevenLabsTts {
                 self.settings.clone(),
                 name.clone(),
                 format,
-                cx.sender(),
+                cx.stream_sender(),
                 self.stats.clone(),
                 cx.name().clone(),
             )),
@@ -435,7 +256,7 @@ mod tests {
     #[test]
     fn missing_key_names_the_env_var() {
         let err = ElevenLabsTts::new(ElevenLabsSettings::default()).unwrap_err();
-        assert_eq!(err, TtsError::MissingApiKey { env_var: "ELEVENLABS_API_KEY" });
+        assert_eq!(err, ServiceConfigError::MissingApiKey { env_var: "ELEVENLABS_API_KEY".into() });
         assert!(err.to_string().contains("ELEVENLABS_API_KEY"));
     }
 
@@ -444,9 +265,9 @@ mod tests {
         let ok = ElevenLabsSettings { api_key: Some("k".into()), ..Default::default() };
         assert!(ok.validate().is_ok());
         let s = ElevenLabsSettings { output_format: Some("mp3_44100_128".into()), ..ok.clone() };
-        assert!(matches!(s.validate(), Err(TtsError::InvalidSetting { field: "output_format", .. })));
+        assert!(matches!(s.validate(), Err(ServiceConfigError::InvalidSetting { field: "output_format", .. })));
         let s = ElevenLabsSettings { max_open_contexts: 6, ..ok.clone() };
-        assert!(matches!(s.validate(), Err(TtsError::InvalidSetting { field: "max_open_contexts", .. })));
+        assert!(matches!(s.validate(), Err(ServiceConfigError::InvalidSetting { field: "max_open_contexts", .. })));
         assert!(!format!("{ok:?}").contains("\"k\""));
     }
 }

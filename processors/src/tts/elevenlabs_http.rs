@@ -19,9 +19,10 @@ use voxline_pipeline::{
     AudioFormat, AudioFrame, Direction, ErrorEvent, Event, Frame, FrameSender, MetricsEvent, TtsAudio,
 };
 
-use super::elevenlabs::ElevenLabsSettings;
 use super::elevenlabs_protocol as proto;
+use super::elevenlabs_protocol::ElevenLabsSettings;
 use super::elevenlabs_ws::{TtsStats, bump};
+use crate::service::ApiKey;
 
 /// Error bodies are read up to this size for the error event.
 const MAX_ERROR_BODY: usize = 4096;
@@ -102,7 +103,7 @@ impl Turn {
         if self.ttfb_from.is_none() && !self.started {
             self.ttfb_from = Some(Instant::now());
         }
-        let key = self.s.settings.api_key.clone().unwrap_or_default();
+        let key = self.s.settings.api_key.as_ref().map(ApiKey::expose).unwrap_or_default().to_owned();
         let req = self
             .s
             .client

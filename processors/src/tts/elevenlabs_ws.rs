@@ -2,10 +2,11 @@
 //!
 //! The processor talks to it through an unbounded command channel (`on_event` cannot wait; the
 //! rate is bounded by LLM sentence output plus one message per turn). The task owns the socket,
-//! maps audio messages to frames and pushes them with the sender captured when the context was
-//! opened: after an interruption that sender is stale, so the runner drops anything it pushes,
-//! and the task also drops audio of closed contexts explicitly (audio can trail a
-//! `close_context`).
+//! maps audio messages to frames and pushes them with the turn-scoped sender captured when the
+//! context was opened ([`FrameSender`]): an utterance belongs to one bot turn, so after an
+//! interruption the runner drops anything it pushes, and the task also drops audio of closed
+//! contexts explicitly (audio can trail a `close_context`). Errors and metrics of the socket
+//! itself, which outlives turns, go through a [`StreamSender`].
 //!
 //! Trade-offs:
 //! - ElevenLabs only sends `isFinal` for a flushed context after `close_context`, so a flushed
@@ -34,13 +35,13 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxline_pipeline::{
-    AudioFormat, AudioFrame, Direction, ErrorEvent, Event, Frame, FrameSender, MetricsEvent, TtsAudio,
+    AudioFormat, AudioFrame, Direction, ErrorEvent, Event, Frame, FrameSender, MetricsEvent, StreamSender, TtsAudio,
 };
 
 use super::alignment::{WordAligner, words_text};
-use super::elevenlabs::ElevenLabsSettings;
 use super::elevenlabs_protocol as proto;
-use crate::stt::Backoff;
+use super::elevenlabs_protocol::ElevenLabsSettings;
+use crate::service::{ApiKey, Backoff};
 
 /// Audio this long without a new chunk, after the flush, before an utterance that never
 /// started is given up on.
@@ -135,7 +136,7 @@ pub(crate) fn spawn(
     settings: Arc<ElevenLabsSettings>,
     output_format: String,
     format: AudioFormat,
-    events: FrameSender,
+    events: StreamSender,
     stats: Arc<TtsStats>,
     name: Arc<str>,
 ) -> WsHandle {
@@ -177,7 +178,7 @@ struct SocketTask {
     settings: Arc<ElevenLabsSettings>,
     url: String,
     format: AudioFormat,
-    events: FrameSender,
+    events: StreamSender,
     stats: Arc<TtsStats>,
     name: Arc<str>,
     rx: mpsc::UnboundedReceiver<Cmd>,
@@ -260,7 +261,7 @@ impl SocketTask {
                 return false;
             }
         };
-        let key = self.settings.api_key.as_deref().unwrap_or_default();
+        let key = self.settings.api_key.as_ref().map(ApiKey::expose).unwrap_or_default();
         match HeaderValue::from_str(key) {
             Ok(v) => {
                 req.headers_mut().insert("xi-api-key", v);
@@ -385,6 +386,8 @@ impl SocketTask {
     }
 
     async fn on_text(&mut self, ctx: Arc<str>, text: String, sender: FrameSender) {
+        // Turn-scoped on purpose: text queued behind a barge-in belongs to the interrupted turn,
+        // and opening a context for it would only produce audio the runner drops.
         if self.cancelled.contains(&ctx) || !sender.is_current() {
             return;
         }

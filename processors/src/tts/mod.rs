@@ -18,26 +18,4 @@ mod elevenlabs_protocol;
 mod elevenlabs_ws;
 
 pub use elevenlabs::{ElevenLabsSettings, ElevenLabsTts, TtsCounters, TtsMode, TtsStats, VoiceSettings};
-
-/// Environment variable the ElevenLabs key is read from by [`ElevenLabsSettings::from_env`].
-pub const ELEVENLABS_API_KEY_ENV: &str = "ELEVENLABS_API_KEY";
-
-/// Why a TTS processor could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TtsError {
-    /// No API key was configured.
-    #[error("missing API key: set the {env_var} environment variable or `api_key` in the settings")]
-    MissingApiKey {
-        /// The environment variable that holds the key.
-        env_var: &'static str,
-    },
-    /// A setting is out of range or malformed.
-    #[error("invalid setting `{field}`: {reason}")]
-    InvalidSetting {
-        /// Settings field name.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
+pub use elevenlabs_protocol::ELEVENLABS_API_KEY_ENV;

@@ -31,7 +31,6 @@ use voxline_pipeline::{AudioEncoding, AudioFormat, FlowResult};
 use super::rest::TwilioRest;
 use super::serializer::{self, Inbound, StreamStart};
 use super::signature;
-use crate::codec;
 
 /// Settings of a Twilio session.
 #[derive(Debug, Clone)]
@@ -144,10 +143,7 @@ pub(super) struct Shared {
 
 impl Shared {
     pub(super) fn playout(&self) -> std::sync::MutexGuard<'_, Playout> {
-        match self.playout.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        voxline_pipeline::sync::lock(&self.playout)
     }
 }
 
@@ -180,7 +176,7 @@ impl AudioSink for TwilioSink {
     async fn write(&mut self, chunk: Bytes, format: AudioFormat) -> FlowResult {
         let mulaw = match (format.encoding, format.sample_rate, format.channels) {
             (AudioEncoding::Mulaw, 8000, 1) => chunk,
-            (AudioEncoding::Pcm16, 8000, 1) => Bytes::from(codec::pcm16_to_mulaw(&chunk)),
+            (AudioEncoding::Pcm16, 8000, 1) => voxline_pipeline::g711::encode_mulaw(&chunk),
             _ => {
                 return Err(voxline_pipeline::FlowError::NotNegotiated {
                     processor: "twilio_sink",

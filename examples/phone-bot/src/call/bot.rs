@@ -111,7 +111,7 @@ fn llm_service(cfg: &Config, secrets: &Secrets) -> anyhow::Result<LlmService> {
 /// Deepgram's settings from `stt.*` (the config has validated the ranges).
 pub(crate) fn stt_settings(cfg: &Config, secrets: &Secrets) -> DeepgramSettings {
     DeepgramSettings {
-        api_key: secrets.deepgram.clone(),
+        api_key: secrets.deepgram.clone().map(Into::into),
         base_url: cfg.stt.base_url.clone(),
         model: cfg.stt.model.clone(),
         language: cfg.stt.language.clone(),
@@ -185,7 +185,7 @@ pub(crate) fn build(parts: &CallParts, output: impl Processor) -> anyhow::Result
         (cfg.tts.base_url.replacen("ws", "http", 1), cfg.tts.base_url.clone())
     };
     let tts = ElevenLabsTts::new(ElevenLabsSettings {
-        api_key: parts.secrets.elevenlabs.clone(),
+        api_key: parts.secrets.elevenlabs.clone().map(Into::into),
         base_url: tts_ws,
         http_base_url: tts_http,
         voice_id: cfg.tts.voice_id.clone(),
@@ -234,13 +234,14 @@ impl Processor for ToolLog {
         match (&frame, direction) {
             (Frame::ToolCalls(calls), Direction::Downstream) => {
                 let now = Instant::now();
-                let mut started = skills::lock(&self.started);
+                let mut started = voxline::pipeline::sync::lock(&self.started);
                 for c in calls.iter() {
                     started.insert(c.id.clone(), (c.arguments.clone(), now));
                 }
             }
             (Frame::LlmRun(_), Direction::Upstream)
-                if skills::lock(&self.ctx.end_requested).is_some() || *skills::lock(&self.ctx.transferred) =>
+                if voxline::pipeline::sync::lock(&self.ctx.end_requested).is_some()
+                    || *voxline::pipeline::sync::lock(&self.ctx.transferred) =>
             {
                 tracing::debug!(call_sid = %self.ctx.call_sid, "call ending or transferred: no follow-up LLM run");
                 return Ok(());
@@ -279,8 +280,9 @@ impl Processor for CallControl {
             cx.push(frame, direction).await;
             return Ok(());
         };
-        let (arguments, started) =
-            skills::lock(&self.started).remove(&r.call_id).unwrap_or_else(|| ("".into(), Instant::now()));
+        let (arguments, started) = voxline::pipeline::sync::lock(&self.started)
+            .remove(&r.call_id)
+            .unwrap_or_else(|| ("".into(), Instant::now()));
         let args: Value = serde_json::from_str(&arguments).unwrap_or(Value::Null);
         self.recorder.tool_call(&r.name, args, skills::normalize_result(&r.content), started);
         let ending = &*r.name == "end_call" && r.outcome == ToolOutcome::Ok;

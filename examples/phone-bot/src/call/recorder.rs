@@ -127,7 +127,7 @@ impl Recorder {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        crate::call::skills::lock(&self.st)
+        voxline::pipeline::sync::lock(&self.st)
     }
 
     /// User turns so far (the turn number of log lines and spans).

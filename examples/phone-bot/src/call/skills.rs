@@ -15,6 +15,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use voxline::pipeline::sync::lock;
 use voxline::processors::tools::{Tool, ToolRegistry, parameters_schema};
 use voxline::transports::twilio::TwilioRest;
 
@@ -52,15 +53,6 @@ impl CallCtx {
     /// The customer `lookup_customer` identified, if any.
     pub(crate) fn customer_id(&self) -> Option<String> {
         lock(&self.customer_id).clone()
-    }
-}
-
-/// Lock `m`, recovering the data if a panicking holder poisoned it: the state behind these
-/// mutexes stays consistent between statements, and a call must not die of another's panic.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

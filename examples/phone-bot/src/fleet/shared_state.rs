@@ -21,8 +21,8 @@ use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use crate::call::skills::lock;
 use crate::fleet::store::now_ms;
+use voxline::pipeline::sync::lock;
 
 /// A call in progress somewhere in the fleet.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -33,7 +33,7 @@ use voxline::transports::twilio::{
 
 use crate::call::bot::{self, CallParts};
 use crate::call::recorder::{CallRecord, LiveFn, Recorder};
-use crate::call::skills::{self, CallCtx};
+use crate::call::skills::CallCtx;
 use crate::config::{Config, Secrets};
 use crate::fleet::jobs::{Claimed, Jobs};
 use crate::fleet::shared_state::{HEARTBEAT_TTL, LiveCall, Shared};
@@ -395,8 +395,8 @@ impl App {
         stream: serde_json::Value,
     ) {
         let record = recorder.snapshot();
-        let transferred = *skills::lock(&ctx.transferred);
-        let ended_by_bot = skills::lock(&ctx.end_requested).is_some();
+        let transferred = *voxline::pipeline::sync::lock(&ctx.transferred);
+        let ended_by_bot = voxline::pipeline::sync::lock(&ctx.end_requested).is_some();
         let ended_ms = now_ms();
         let mut record_json = serde_json::to_value(&record).unwrap_or_default();
         record_json["stream"] = stream;

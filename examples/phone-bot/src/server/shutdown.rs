@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Notify;
 
-use crate::call::skills::lock;
+use voxline::pipeline::sync::lock;
 
 /// Calls of this instance and whether it is draining.
 #[derive(Default)]

@@ -64,7 +64,7 @@ impl Emulated {
             post(move |axum::extract::Path((_a, call)): axum::extract::Path<(String, String)>, body: String| {
                 let h = h.clone();
                 async move {
-                    crate::call::skills::lock(&h).push(format!("{call} {body}"));
+                    voxline::pipeline::sync::lock(&h).push(format!("{call} {body}"));
                     axum::Json(serde_json::json!({"sid": call.trim_end_matches(".json"), "status": "completed"}))
                 }
             }),
@@ -184,7 +184,7 @@ pub fn speech(text: &str, index: usize) -> anyhow::Result<Vec<u8>> {
     let cache = CACHE.get_or_init(Mutex::default);
     // Held across synthesis on purpose: concurrent first calls for one text wait for a single
     // synthesis instead of racing their own.
-    let mut cache = crate::call::skills::lock(cache);
+    let mut cache = voxline::pipeline::sync::lock(cache);
     if let Some(bytes) = cache.get(text) {
         return Ok(bytes.as_ref().clone());
     }
@@ -320,40 +320,40 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
                 };
                 let Ok((_, out)) = decode_outbound(&text) else { continue };
                 let now = Instant::now();
-                let mut p = crate::call::skills::lock(&pb);
+                let mut p = voxline::pipeline::sync::lock(&pb);
                 match out {
                     Outbound::Media { payload } => {
-                        if let Some(t) = crate::call::skills::lock(&awaiting_answer).take() {
-                            crate::call::skills::lock(&log).answer_after_voice.push(Some(now.duration_since(t)));
+                        if let Some(t) = voxline::pipeline::sync::lock(&awaiting_answer).take() {
+                            voxline::pipeline::sync::lock(&log).answer_after_voice.push(Some(now.duration_since(t)));
                         }
                         let ms = payload.len() as u64 / 8;
                         p.play_end = p.play_end.max(now) + Duration::from_millis(ms);
                         p.bot_audio_ms += ms;
                         p.last_audio = Some(now);
-                        let mut l = crate::call::skills::lock(&log);
+                        let mut l = voxline::pipeline::sync::lock(&log);
                         l.media_frames += 1;
                         l.media_at.push(now);
                     }
                     Outbound::Mark { name } => {
                         let at = p.play_end.max(now);
                         p.marks.push_back((name.clone(), at));
-                        crate::call::skills::lock(&log).marks.push(name);
+                        voxline::pipeline::sync::lock(&log).marks.push(name);
                     }
                     Outbound::Clear => {
                         p.play_end = now;
                         for (name, _) in p.marks.drain(..) {
                             let _ = echo_tx.send(name);
                         }
-                        let mut l = crate::call::skills::lock(&log);
+                        let mut l = voxline::pipeline::sync::lock(&log);
                         l.clears += 1;
                         l.clear_at.push(now);
-                        if let Some(t) = crate::call::skills::lock(&speech_started).take() {
+                        if let Some(t) = voxline::pipeline::sync::lock(&speech_started).take() {
                             l.clear_after_speech.push(now.duration_since(t));
                         }
                     }
                 }
             }
-            crate::call::skills::lock(&log).closed_by_server = true;
+            voxline::pipeline::sync::lock(&log).closed_by_server = true;
         })
     };
 
@@ -381,7 +381,7 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
         }
         // Echo marks whose audio has played.
         {
-            let mut p = crate::call::skills::lock(&pb);
+            let mut p = voxline::pipeline::sync::lock(&pb);
             while p.marks.front().is_some_and(|(_, at)| *at <= now) {
                 if let Some((name, _)) = p.marks.pop_front() {
                     let _ = echo_tx.send(name);
@@ -403,23 +403,23 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
                     Step::WaitQuiet(d) => {
                         // The bot must have answered (audio after this step began), finished
                         // playing, and stayed quiet for `d`.
-                        let p = crate::call::skills::lock(&pb);
+                        let p = voxline::pipeline::sync::lock(&pb);
                         p.marks.is_empty()
                             && p.play_end + d <= now
                             && p.last_audio.is_some_and(|t| t >= since && t + d <= now)
                     }
                     Step::WaitBotTalking(d) => {
-                        let p = crate::call::skills::lock(&pb);
+                        let p = voxline::pipeline::sync::lock(&pb);
                         p.last_audio.is_some() && p.bot_audio_ms >= u64::try_from(d.as_millis()).unwrap_or(0)
                     }
                     Step::Say(bytes) => {
-                        if crate::call::skills::lock(&awaiting_answer).take().is_some() {
-                            crate::call::skills::lock(&log).answer_after_voice.push(None);
+                        if voxline::pipeline::sync::lock(&awaiting_answer).take().is_some() {
+                            voxline::pipeline::sync::lock(&log).answer_after_voice.push(None);
                         }
                         voiced_left = Some(last_voiced(&bytes));
-                        crate::call::skills::lock(&log).said.push((now, None));
+                        voxline::pipeline::sync::lock(&log).said.push((now, None));
                         speaking.extend(bytes);
-                        *crate::call::skills::lock(&speech_started) = Some(now);
+                        *voxline::pipeline::sync::lock(&speech_started) = Some(now);
                         true
                     }
                     Step::Dtmf(c) => {
@@ -479,10 +479,10 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
         if voice_ends_here {
             voiced_left = None;
             let sent = Instant::now();
-            if let Some(last) = crate::call::skills::lock(&log).said.last_mut() {
+            if let Some(last) = voxline::pipeline::sync::lock(&log).said.last_mut() {
                 last.1 = Some(sent);
             }
-            *crate::call::skills::lock(&awaiting_answer) = Some(sent);
+            *voxline::pipeline::sync::lock(&awaiting_answer) = Some(sent);
         }
         seq += 1;
     }
@@ -493,15 +493,15 @@ pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>
     } else {
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     }
-    let mut out = crate::call::skills::lock(&log).clone();
-    out.bot_audio_ms = crate::call::skills::lock(&pb).bot_audio_ms;
+    let mut out = voxline::pipeline::sync::lock(&log).clone();
+    out.bot_audio_ms = voxline::pipeline::sync::lock(&pb).bot_audio_ms;
     Ok(out)
 }
 
 /// Bytes up to and including the last voiced sample (louder than the near-silence espeak and sox
 /// leave around speech).
 pub(crate) fn last_voiced(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
+    bytes.iter().rposition(|b| voxline::pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
 }
 
 /// `phone-bot simulate`: one full call, printed live (`--bench-turns` runs [`bench_turns`]
@@ -537,7 +537,7 @@ pub async fn run() -> anyhow::Result<()> {
         log.clears,
         log.closed_by_server
     );
-    println!("REST hang-ups seen by the fake Twilio API: {:?}", crate::call::skills::lock(&emulated.hangups));
+    println!("REST hang-ups seen by the fake Twilio API: {:?}", voxline::pipeline::sync::lock(&emulated.hangups));
     print_post_call(&row);
     let stats = reqwest::Client::new()
         .get(format!("{}/admin/stats", server.base))
@@ -617,7 +617,7 @@ pub async fn bench_turns(calls: usize, turns: usize) -> anyhow::Result<()> {
     })
     .await?;
     let line = speech(BENCH_LINE, 0)?;
-    let voiced = line.iter().position(|b| voxline::transports::codec::decode_sample(*b).unsigned_abs() > 1000);
+    let voiced = line.iter().position(|b| voxline::pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000);
     let line = line[voiced.unwrap_or(0)..].to_vec();
     let mut joins = Vec::new();
     for c in 0..calls {

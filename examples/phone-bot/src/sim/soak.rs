@@ -20,12 +20,12 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::time::Instant;
 
-use crate::call::skills::lock;
 use crate::config::Config;
 use crate::fleet::store::{Store, new_id};
 use crate::server::admin::percentile;
 use crate::sim::caller::{CallOutcome, Script, caller};
 use crate::sim::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
+use voxline::pipeline::sync::lock;
 
 /// A child instance process.
 pub struct Instance {

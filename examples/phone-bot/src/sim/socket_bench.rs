@@ -33,12 +33,12 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::call::skills::lock;
 use crate::fleet::store::new_id;
 use crate::server::admin::percentile;
 use crate::sim::caller::{CallOutcome, Script, caller};
 use crate::sim::simulate::{CALLER_LINES, Emulated, speech};
 use crate::sim::soak::{free_port, proc_usage, spawn_instance};
+use voxline::pipeline::sync::lock;
 
 /// The core the bot instance is pinned to; the driver takes [`DRIVER_CORE`].
 const BOT_CORE: usize = 0;

@@ -17,7 +17,7 @@
 //!   runs, so a queue gives the same throughput without holding early requests for late ones.
 //! - Threads exit when the last clone of the worker is dropped (the queue closes).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::TurnError;
 use super::detector::{TurnAnswer, TurnModel};
 use super::model::SmartTurn;
+use voxline_pipeline::sync::lock;
 
 /// Default inference threads: one leaves the second core of a small box to the media path.
 pub const DEFAULT_THREADS: usize = 1;
@@ -108,7 +109,7 @@ impl TurnModel for SmartTurnWorker {
 fn run(mut model: SmartTurn, rx: &Mutex<mpsc::Receiver<Job>>) {
     loop {
         // A poisoned lock only means another worker panicked while waiting; the receiver is fine.
-        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).blocking_recv();
+        let job = lock(&rx).blocking_recv();
         let Some(job) = job else { return };
         if job.reply.is_closed() {
             continue;

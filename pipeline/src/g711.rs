@@ -1,19 +1,31 @@
-//! ITU-T G.711 μ-law and A-law as plain functions.
+//! ITU-T G.711 μ-law and A-law as plain functions: the workspace's one implementation.
+//!
+//! Why here, in the engine crate: [`AudioEncoding::Mulaw`](crate::AudioEncoding::Mulaw) and
+//! `Alaw` are formats the engine names, and three crates need the codec: the processors (codec
+//! stages, recorder), the transports (Twilio is μ-law; WAV files and browsers are PCM) and the
+//! protocol emulators. The transports and emulators sit beside the processors, not above them, so
+//! the lowest crate they all share is this one; `voxline_processors::codec::g711` re-exports it.
 //!
 //! Encoding follows the classic Sun Microsystems `g711.c` (the code sox, libsndfile and most
 //! telephony stacks share): the 16-bit sample is first truncated to G.711's 14-bit (μ-law) or
 //! 13-bit (A-law) linear range with an *arithmetic* shift, then segment-searched. Decoding goes
 //! through 256-entry tables built at compile time, so a decode is one indexed load per sample.
 //!
-//! The buffer helpers append to a caller-owned [`BytesMut`] so a processor can reuse one buffer
-//! for every frame instead of allocating.
+//! Clipping is the standard one: μ-law adds the bias 0x84 and clips magnitudes at 32635
+//! (Sun's `CLIP` 8159 and `BIAS >> 2` at 14-bit scale), A-law saturates its top segment, so full
+//! scale in either direction encodes to the extreme codes instead of wrapping.
+//!
+//! The `*_into` buffer helpers append to a caller-owned [`BytesMut`] so a processor can reuse
+//! one buffer for every frame instead of allocating; [`encode_mulaw`] and [`decode_mulaw`] are
+//! the allocating forms for edges that produce one buffer per message anyway (a websocket
+//! message, a file chunk).
 //!
 //! Note on sox: sox *rounds* 16-bit input to 14/13 bits before the G.711 step, where Sun's code
 //! and ITU-T G.191 truncate. The two agree on every sample G.711 defines (14/13-bit values) and
 //! differ by one code on 0.8% of arbitrary 16-bit inputs, always at a decision boundary. We keep
 //! the reference behaviour; the tests pin both facts.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// μ-law bias added before the segment search (Sun `BIAS` = 0x84, at 14-bit scale 0x21).
 const ULAW_BIAS14: i32 = 0x84 >> 2;
@@ -166,6 +178,24 @@ pub fn encode_alaw_into(pcm_le: &[u8], out: &mut BytesMut) {
     }
 }
 
+/// Encode little-endian PCM16 bytes to a new μ-law buffer (allocating form of
+/// [`encode_mulaw_into`]).
+#[must_use]
+pub fn encode_mulaw(pcm_le: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(pcm_le.len() / 2);
+    encode_mulaw_into(pcm_le, &mut out);
+    out.freeze()
+}
+
+/// Decode μ-law bytes to a new little-endian PCM16 buffer (allocating form of
+/// [`decode_mulaw_into`]).
+#[must_use]
+pub fn decode_mulaw(codes: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(codes.len() * 2);
+    decode_mulaw_into(codes, &mut out);
+    out.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +214,49 @@ mod tests {
         assert_eq!(alaw_encode(0), 0xD5);
         assert_eq!(mulaw_encode(i16::MIN), 0x00);
         assert_eq!(mulaw_encode(i16::MAX), 0x80);
+    }
+
+    #[test]
+    fn every_code_round_trips_through_decode_and_encode() {
+        for code in 0..=255u8 {
+            let (u, a) = (mulaw_decode(code), alaw_decode(code));
+            let back = mulaw_encode(u);
+            // μ-law has two zeros; the negative one (0x7F) re-encodes as the positive (0xFF).
+            assert!(back == code || (code == 0x7F && back == 0xFF), "μ-law {code:#04x} -> {back:#04x}");
+            assert_eq!(mulaw_decode(back), u);
+            assert_eq!(alaw_encode(a), code, "A-law {code:#04x}");
+        }
+    }
+
+    #[test]
+    fn full_scale_clips_to_the_extreme_codes() {
+        // μ-law clips magnitudes from 32635 up; every louder sample is the top code.
+        for s in 32_635..=i16::MAX {
+            assert_eq!(mulaw_encode(s), 0x80, "{s}");
+        }
+        for s in i16::MIN..=-32_636 {
+            assert_eq!(mulaw_encode(s), 0x00, "{s}");
+        }
+        assert_eq!(mulaw_decode(0x80), 32_124);
+        assert_eq!(mulaw_decode(0x00), -32_124);
+        // A-law's top segment saturates the same way.
+        for s in 32_256..=i16::MAX {
+            assert_eq!(alaw_encode(s), 0xAA, "{s}");
+        }
+        for s in i16::MIN..=-32_257 {
+            assert_eq!(alaw_encode(s), 0x2A, "{s}");
+        }
+    }
+
+    #[test]
+    fn allocating_forms_match_the_buffer_helpers() {
+        let pcm: Vec<u8> = [0i16, 1000, -1000, i16::MAX, i16::MIN].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut into = BytesMut::new();
+        encode_mulaw_into(&pcm, &mut into);
+        assert_eq!(encode_mulaw(&pcm), into.freeze());
+        let codes = encode_mulaw(&pcm);
+        let mut back = BytesMut::new();
+        decode_mulaw_into(&codes, &mut back);
+        assert_eq!(decode_mulaw(&codes), back.freeze());
     }
 }
