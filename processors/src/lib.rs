@@ -13,10 +13,17 @@
 //! | [`text`] | sentence aggregation between LLM and TTS |
 //! | [`service`] | what every provider shares: [`service::ApiKey`], [`service::ServiceConfigError`], [`service::ReconnectPolicy`] |
 //!
-//! | feature | what | cost |
-//! |---|---|---|
-//! | `opus` | Opus encode/decode through libopus | needs `libopus-dev` |
-//! | `smart-turn` | in-process smart-turn v3.2 end-of-turn model ([`audio::turn`]) on tract | pure Rust; model file from `scripts/fetch-smart-turn.sh` |
+//! Each provider is a Cargo feature, so an application compiles only the clients it calls (and
+//! their HTTP/websocket dependencies). The default is what the phone bot uses: all four providers.
+//!
+//! | feature | default | what | cost |
+//! |---|---|---|---|
+//! | `deepgram` | yes | [`stt::DeepgramStt`]: Deepgram live STT over a websocket | `tokio-tungstenite` |
+//! | `openai` | yes | [`llm::OpenAiLlm`]: OpenAI-compatible chat completions (SSE, tool calls) | `reqwest` |
+//! | `anthropic` | yes | [`llm::AnthropicLlm`]: Anthropic Messages (SSE, tool use) | `reqwest` |
+//! | `elevenlabs` | yes | [`tts::ElevenLabsTts`]: ElevenLabs stream-input websocket, HTTP fallback | `tokio-tungstenite`, `reqwest` |
+//! | `opus` | no | Opus encode/decode through libopus | needs `libopus-dev` |
+//! | `smart-turn` | no | in-process smart-turn v3.2 end-of-turn model ([`audio::turn`]) on tract | pure Rust; model file from `scripts/fetch-smart-turn.sh` |
 
 pub mod audio;
 pub mod codec;

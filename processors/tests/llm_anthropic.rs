@@ -1,4 +1,5 @@
 //! Anthropic Messages streaming against the emulator: text, tool use round trip, errors.
+#![cfg(feature = "anthropic")]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod llm_support;

@@ -1,4 +1,5 @@
 //! OpenAI streaming LLM against the emulator: text turns, tool-call batches, faults.
+#![cfg(feature = "openai")]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod llm_support;

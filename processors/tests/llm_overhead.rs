@@ -5,6 +5,7 @@
 //!   `LlmText` at the pipeline exit is our cost plus loopback HTTP.
 //! - Per-token overhead: a 2000-token response with no delay, LLM → sentence aggregator, timed
 //!   from the first to the last token.
+#![cfg(feature = "openai")]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod llm_support;

@@ -1,5 +1,6 @@
 //! End-to-end chains: user aggregator → LLM (emulator) → assistant aggregator → tool executor →
 //! sentence aggregator, and the heard-words record on interruption.
+#![cfg(feature = "openai")]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod llm_support;

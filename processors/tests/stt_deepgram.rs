@@ -1,5 +1,5 @@
 //! `DeepgramStt` against the Deepgram emulator on 127.0.0.1, through the pipeline harness.
-
+#![cfg(feature = "deepgram")]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! `ElevenLabsTts` against the ElevenLabs emulator on 127.0.0.1, through the pipeline harness.
-
+#![cfg(feature = "elevenlabs")]
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;

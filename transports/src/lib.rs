@@ -6,10 +6,11 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`twilio`] | Twilio Media Streams: signed webhook + TwiML, websocket, marks, `clear`, DTMF, REST hang-up/transfer |
+//! | [`twilio`] (feature `twilio`, default) | Twilio Media Streams: signed webhook + TwiML, websocket, marks, `clear`, DTMF, REST hang-up/transfer |
 //! | [`websocket`] | generic websocket for browsers/apps: PCM16 binary frames + JSON control |
 //! | [`wav`] | WAV file in (paced or as fast as possible) and WAV file out, for offline runs and tests |
 
+#[cfg(feature = "twilio")]
 pub mod twilio;
 pub mod wav;
 pub mod websocket;

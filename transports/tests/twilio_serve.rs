@@ -2,6 +2,7 @@
 //! emulated Twilio caller from `voxline-emulators` (raw JSON, not this crate's serializer), and
 //! small pipelines: a probe that records every frame passing it, optionally a one-shot "barge-in"
 //! stage, and the session's paced output. Every wait is on an event with a timeout.
+#![cfg(feature = "twilio")]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

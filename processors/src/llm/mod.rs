@@ -35,16 +35,22 @@
 //! generation time and trimming with play-out reports needs no cooperation from TTS beyond the
 //! `TtsAudio.words` it already produces.
 
+#[cfg(feature = "anthropic")]
 mod anthropic;
 mod assistant_aggregator;
 mod context;
+#[cfg(feature = "openai")]
 mod openai;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
 mod service;
 mod speculation;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
 pub mod sse;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
 mod tool_calls;
 mod user_aggregator;
 
+#[cfg(feature = "anthropic")]
 pub use anthropic::{
     AnthropicLlm, AnthropicSettings, AnthropicStreamParser, CONVERSATION_START_MARKER, DEFAULT_ANTHROPIC_BASE_URL,
     DEFAULT_ANTHROPIC_KEY_ENV, DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_ANTHROPIC_MODEL, DEFAULT_ANTHROPIC_VERSION,
@@ -53,10 +59,12 @@ pub use assistant_aggregator::{
     AssistantAggregator, AssistantSettings, DEFAULT_LOOKAHEAD, DEFAULT_MAX_PENDING, PlayoutTap,
 };
 pub use context::{ConversationContext, MessageId, PENDING_TOOL_RESULT};
+#[cfg(feature = "openai")]
 pub use openai::{
     DEFAULT_OPENAI_BASE_URL, DEFAULT_OPENAI_KEY_ENV, DEFAULT_OPENAI_MODEL, DEFAULT_OPENAI_PATH, OpenAiAuth, OpenAiLlm,
     OpenAiSettings, OpenAiStreamParser, TokenLimitField,
 };
+#[cfg(any(feature = "openai", feature = "anthropic"))]
 pub use service::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TEXT, DEFAULT_FIRST_TOKEN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_AFTER, LlmProvider,
@@ -64,6 +72,7 @@ pub use service::{
     ToolChoice,
 };
 pub use speculation::SpeculationGate;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
 pub use tool_calls::ToolCallAccumulator;
 pub use user_aggregator::{
     DEFAULT_FALSE_INTERRUPTION_TIMEOUT, DEFAULT_FINAL_TRANSCRIPT_TIMEOUT, DEFAULT_INCOMPLETE_TIMEOUT, SpeculationStats,

@@ -234,8 +234,10 @@ impl std::fmt::Debug for LlmService {
 #[derive(Debug, Clone)]
 pub enum LlmProviderSettings {
     /// OpenAI or an OpenAI-compatible server (Azure, Groq, Together, Ollama, vLLM, llama.cpp).
+    #[cfg(feature = "openai")]
     OpenAi(super::OpenAiSettings),
     /// Anthropic Messages.
+    #[cfg(feature = "anthropic")]
     Anthropic(super::AnthropicSettings),
 }
 
@@ -256,7 +258,9 @@ impl LlmService {
     /// Build the service for whichever provider `settings` names.
     pub fn from_settings(settings: LlmProviderSettings) -> Result<Self, ServiceConfigError> {
         match settings {
+            #[cfg(feature = "openai")]
             LlmProviderSettings::OpenAi(s) => super::OpenAiLlm::new(s),
+            #[cfg(feature = "anthropic")]
             LlmProviderSettings::Anthropic(s) => super::AnthropicLlm::new(s),
         }
     }

@@ -11,10 +11,16 @@
 //!
 //! [`Frame::Transcript`]: voxline_pipeline::Frame::Transcript
 
+#[cfg(feature = "deepgram")]
 pub mod deepgram;
+#[cfg(feature = "deepgram")]
 mod deepgram_protocol;
+#[cfg(feature = "deepgram")]
 pub mod live;
 
+#[cfg(feature = "deepgram")]
 pub use deepgram::{DeepgramSettings, DeepgramStt, Endpointing};
+#[cfg(feature = "deepgram")]
 pub use deepgram_protocol::DEEPGRAM_API_KEY_ENV;
+#[cfg(feature = "deepgram")]
 pub use live::{LiveSettings, SttCounters, SttStats};

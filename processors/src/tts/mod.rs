@@ -11,11 +11,18 @@
 //! `TtsStopped`. On `Interrupt` the utterance is cancelled at the provider and none of its audio
 //! is pushed afterwards. Character-to-word alignment is shared in `alignment`.
 
+#[cfg(feature = "elevenlabs")]
 mod alignment;
+#[cfg(feature = "elevenlabs")]
 pub mod elevenlabs;
+#[cfg(feature = "elevenlabs")]
 mod elevenlabs_http;
+#[cfg(feature = "elevenlabs")]
 mod elevenlabs_protocol;
+#[cfg(feature = "elevenlabs")]
 mod elevenlabs_ws;
 
+#[cfg(feature = "elevenlabs")]
 pub use elevenlabs::{ElevenLabsSettings, ElevenLabsTts, TtsCounters, TtsMode, TtsStats, VoiceSettings};
+#[cfg(feature = "elevenlabs")]
 pub use elevenlabs_protocol::ELEVENLABS_API_KEY_ENV;
