@@ -21,7 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{path}: {:.2} s at {} Hz", wav.duration().as_secs_f64(), wav.format().sample_rate);
 
     // (start, end) in seconds of file time; `on_transition` runs inside the VAD stage.
-    let segments: Arc<Mutex<Vec<(f64, Option<f64>)>>> = Arc::default();
+    type Segments = Vec<(f64, Option<f64>)>;
+    let segments: Arc<Mutex<Segments>> = Arc::default();
     let sink = segments.clone();
     let vad = VadProcessor::new().on_transition(move |t| {
         let at = t.frame_pts.map_or(0.0, |p| p.as_secs_f64());

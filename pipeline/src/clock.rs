@@ -229,6 +229,12 @@ pub struct AudioOutput<S> {
     chunks_written: u64,
 }
 
+impl<S> std::fmt::Debug for AudioOutput<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioOutput").finish_non_exhaustive()
+    }
+}
+
 impl<S: AudioSink> AudioOutput<S> {
     /// An output stage writing to `sink`.
     pub fn new(sink: S, params: OutputParams) -> Self {

@@ -106,6 +106,12 @@ pub struct Context {
     ttfb_started: Option<Instant>,
 }
 
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
 impl Context {
     pub(crate) fn new(slot: usize, name: Arc<str>, shared: Arc<Shared>) -> Self {
         Self { slot, name, shared, start: None, ttfb_started: None }
@@ -258,6 +264,12 @@ pub struct Push {
     item: Option<(Frame, Direction, bool)>,
 }
 
+impl std::fmt::Debug for Push {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Push").finish_non_exhaustive()
+    }
+}
+
 impl Future for Push {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<()> {
@@ -294,6 +306,12 @@ impl Future for Push {
 #[must_use = "a reservation does nothing unless awaited"]
 pub struct Reserve {
     _priv: (),
+}
+
+impl std::fmt::Debug for Reserve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reserve").finish_non_exhaustive()
+    }
 }
 
 impl Future for Reserve {

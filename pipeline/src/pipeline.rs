@@ -34,8 +34,20 @@ pub enum Node {
     Parallel(Vec<Pipeline>),
 }
 
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Processor(p, capacity) => {
+                f.debug_struct("Processor").field("name", &p.dyn_name()).field("capacity", capacity).finish()
+            }
+            Self::Pipeline(p) => f.debug_tuple("Pipeline").field(p).finish(),
+            Self::Parallel(branches) => f.debug_tuple("Parallel").field(branches).finish(),
+        }
+    }
+}
+
 /// An ordered chain of processors, nested pipelines and parallel branches.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Pipeline {
     pub(crate) nodes: Vec<Node>,
 }

@@ -204,6 +204,12 @@ pub struct FnProcessor<F> {
     f: F,
 }
 
+impl<F> std::fmt::Debug for FnProcessor<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnProcessor").finish_non_exhaustive()
+    }
+}
+
 impl<F> Processor for FnProcessor<F>
 where
     F: FnMut(Frame, Direction, &mut Context) -> FlowResult + Send + 'static,

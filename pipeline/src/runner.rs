@@ -163,6 +163,12 @@ pub struct PipelineHandle {
     events: broadcast::Sender<Event>,
 }
 
+impl std::fmt::Debug for PipelineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineHandle").finish_non_exhaustive()
+    }
+}
+
 /// The pipeline has finished; nothing more can be pushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("pipeline closed")]
@@ -265,6 +271,12 @@ pub struct PipelineTask {
     driver: Driver,
     handle: PipelineHandle,
     name: String,
+}
+
+impl std::fmt::Debug for PipelineTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineTask").finish_non_exhaustive()
+    }
 }
 
 impl PipelineTask {

@@ -35,6 +35,12 @@ pub struct Harness {
     events: broadcast::Receiver<Event>,
 }
 
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness").finish_non_exhaustive()
+    }
+}
+
 /// Everything a finished harness saw.
 #[derive(Debug)]
 pub struct Output {

@@ -169,6 +169,12 @@ pub struct WavSink {
     state: Arc<Mutex<SinkState>>,
 }
 
+impl std::fmt::Debug for WavSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WavSink").finish_non_exhaustive()
+    }
+}
+
 impl WavSink {
     /// A sink that creates `path` on the first chunk (the rate is taken from the audio).
     #[must_use]

@@ -109,6 +109,12 @@ pub struct WsSink {
     out: mpsc::UnboundedSender<Out>,
 }
 
+impl std::fmt::Debug for WsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsSink").finish_non_exhaustive()
+    }
+}
+
 impl AudioSink for WsSink {
     async fn write(&mut self, chunk: Bytes, format: AudioFormat) -> FlowResult {
         let pcm = match format.encoding {
@@ -142,6 +148,12 @@ pub struct WsSession {
     params: WsParams,
     out_tx: mpsc::UnboundedSender<Out>,
     out_rx: mpsc::UnboundedReceiver<Out>,
+}
+
+impl std::fmt::Debug for WsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsSession").finish_non_exhaustive()
+    }
 }
 
 impl WsSession {

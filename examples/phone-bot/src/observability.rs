@@ -60,6 +60,12 @@ pub struct Metrics {
     hists: Mutex<BTreeMap<Series, Hist>>,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
 /// The registry.
@@ -210,6 +216,12 @@ fn braces(labels: &str) -> String {
 /// Flushes and shuts the tracer provider down on drop (end of `main`).
 pub struct TracingGuard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for TracingGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracingGuard").finish_non_exhaustive()
+    }
 }
 
 impl Drop for TracingGuard {

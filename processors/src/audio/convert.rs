@@ -126,6 +126,12 @@ pub struct FormatConverter {
     stats: Arc<ConvertStats>,
 }
 
+impl std::fmt::Debug for FormatConverter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FormatConverter").finish_non_exhaustive()
+    }
+}
+
 impl FormatConverter {
     /// Convert to `encoding` (`Pcm16` or `F32`) with `channels` (1 or 2), on `InputAudio`.
     pub fn new(encoding: AudioEncoding, channels: u16) -> Result<Self, FlowError> {

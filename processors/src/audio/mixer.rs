@@ -116,6 +116,12 @@ pub struct Mixer {
     stats: Arc<MixerStats>,
 }
 
+impl std::fmt::Debug for Mixer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mixer").finish_non_exhaustive()
+    }
+}
+
 impl Mixer {
     /// Load the background from a WAV file (see the module docs for what is accepted).
     pub fn from_wav(path: impl AsRef<Path>, config: MixerConfig) -> Result<Self, FlowError> {

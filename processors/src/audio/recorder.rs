@@ -77,6 +77,12 @@ pub struct CallRecorder {
     stats: Arc<RecorderStats>,
 }
 
+impl std::fmt::Debug for CallRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallRecorder").finish_non_exhaustive()
+    }
+}
+
 impl CallRecorder {
     /// Longest bot audio held waiting for the caller clock.
     pub const MAX_BOT_QUEUE: Duration = Duration::from_secs(30);

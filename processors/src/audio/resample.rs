@@ -83,6 +83,12 @@ pub struct StreamResampler {
     scratch_out: Vec<f32>,
 }
 
+impl std::fmt::Debug for StreamResampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamResampler").finish_non_exhaustive()
+    }
+}
+
 impl StreamResampler {
     /// A streaming resampler `in_rate` → `out_rate` (both in [`SUPPORTED_RATES`]).
     pub fn new(in_rate: u32, out_rate: u32) -> Result<Self, ResamplerError> {
@@ -250,6 +256,12 @@ pub struct Resampler {
     path: AudioPath,
     out: BytesMut,
     counters: Arc<AudioCounters>,
+}
+
+impl std::fmt::Debug for Resampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resampler").finish_non_exhaustive()
+    }
 }
 
 impl Resampler {

@@ -48,6 +48,12 @@ pub struct OpusEncoder {
     counters: Arc<AudioCounters>,
 }
 
+impl std::fmt::Debug for OpusEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusEncoder").finish_non_exhaustive()
+    }
+}
+
 impl OpusEncoder {
     /// An encoder for mono PCM16 at `rate` (16000 or 48000), on `OutputAudio`/`TtsAudio`.
     pub fn new(rate: u32) -> Result<Self, FlowError> {
@@ -149,6 +155,12 @@ pub struct OpusDecoder {
     pcm: Vec<i16>,
     out: BytesMut,
     counters: Arc<AudioCounters>,
+}
+
+impl std::fmt::Debug for OpusDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusDecoder").finish_non_exhaustive()
+    }
 }
 
 impl OpusDecoder {

@@ -110,6 +110,12 @@ macro_rules! g711_processor {
         $(#[$doc])*
         pub struct $ty(Transcoder);
 
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct($name).finish_non_exhaustive()
+            }
+        }
+
         impl $ty {
             #[doc = $new_doc]
             #[must_use]

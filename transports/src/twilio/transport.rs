@@ -158,6 +158,12 @@ pub struct TwilioSink {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for TwilioSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioSink").finish_non_exhaustive()
+    }
+}
+
 impl TwilioSink {
     /// Media messages sent so far.
     #[must_use]

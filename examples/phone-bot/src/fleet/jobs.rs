@@ -47,8 +47,15 @@ pub struct Jobs {
     max_attempts: u32,
 }
 
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jobs").finish_non_exhaustive()
+    }
+}
+
 /// What a step does besides recording that it ran. Everything here is written in the
 /// transaction that inserts the step's done-marker.
+#[derive(Debug)]
 pub enum Effect<'a> {
     /// Nothing outside the marker (e.g. the summary, which later steps reuse).
     None,

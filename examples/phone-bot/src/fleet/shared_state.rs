@@ -56,7 +56,7 @@ struct Remote {
 }
 
 /// Shared state: Redis when configured, in-process otherwise.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum Shared {
     /// One instance, no setup.
     Local(Arc<LocalState>),
@@ -66,8 +66,20 @@ pub enum Shared {
 
 /// In-process backend.
 pub struct LocalState(Local);
+
+impl std::fmt::Debug for LocalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalState").finish_non_exhaustive()
+    }
+}
 /// Redis backend.
 pub struct RedisState(Remote);
+
+impl std::fmt::Debug for RedisState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisState").finish_non_exhaustive()
+    }
+}
 
 impl Default for Shared {
     fn default() -> Self {

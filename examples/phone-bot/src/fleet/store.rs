@@ -146,6 +146,12 @@ pub struct Store {
     cache: Option<(Shared, Duration)>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
 /// A cache key for a lookup value that is itself PII (phone, email): hashed so the key names in
 /// Redis do not spell out callers' numbers.
 fn pii_key(kind: &str, v: &str) -> String {

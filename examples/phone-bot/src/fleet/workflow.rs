@@ -76,6 +76,12 @@ pub struct SummaryLlm {
     pub api_key: Option<String>,
 }
 
+impl std::fmt::Debug for SummaryLlm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SummaryLlm").finish_non_exhaustive()
+    }
+}
+
 impl SummaryLlm {
     /// From `llm.*` and the resolved LLM key.
     pub fn from_config(cfg: &Config, api_key: Option<String>) -> Self {

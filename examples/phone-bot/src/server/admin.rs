@@ -46,6 +46,12 @@ pub struct Counters {
     pub stream_errors: AtomicU64,
 }
 
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
+    }
+}
+
 /// What the admin routes share.
 #[derive(Clone)]
 pub(crate) struct AdminState {

@@ -31,6 +31,12 @@ pub struct Lifecycle {
     changed: Notify,
 }
 
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle").finish_non_exhaustive()
+    }
+}
+
 impl Lifecycle {
     /// No new calls from now on.
     pub fn start_draining(&self) {

@@ -253,6 +253,12 @@ pub struct VadSegmenter {
     resume_windows: u32,
 }
 
+impl std::fmt::Debug for VadSegmenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VadSegmenter").finish_non_exhaustive()
+    }
+}
+
 /// What one window is, for the state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WindowClass {

@@ -158,6 +158,12 @@ pub struct EarshotVad {
     tones: ToneDetector,
 }
 
+impl std::fmt::Debug for EarshotVad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EarshotVad").finish_non_exhaustive()
+    }
+}
+
 impl EarshotVad {
     /// A fresh detector.
     #[must_use]

@@ -99,6 +99,12 @@ pub struct VadProcessor {
     tentative_barge_in: bool,
 }
 
+impl std::fmt::Debug for VadProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VadProcessor").finish_non_exhaustive()
+    }
+}
+
 impl VadProcessor {
     /// The default VAD: earshot with [`VadParams::default`].
     #[must_use]
