@@ -129,7 +129,9 @@ const CONTINUATION_WORDS: &[&str] = &[
     "uh", "um", "umm", "unless", "until", "was", "were", "when", "whether", "which", "while", "with", "your",
 ];
 
-/// Whether `text` reads as an unfinished sentence (see [`CONTINUATION_WORDS`]).
+/// Whether `text` reads as an unfinished sentence: it ends on a word that needs more after it
+/// (a conjunction, preposition, article, filler or subordinating conjunction: "my order is
+/// for the…", "the problem started when…").
 #[must_use]
 pub fn reads_unfinished(text: &str) -> bool {
     let t = text.trim_end();

@@ -114,7 +114,7 @@ pub enum TurnError {
         actual: String,
     },
     /// The bytes passed the checksum but tract could not build a plan from them (or, for
-    /// [`SmartTurn::load_unverified`](crate::audio::turn::SmartTurn), are not this model at all).
+    /// `SmartTurn::load_unverified` (feature `smart-turn`), are not this model at all).
     #[error("cannot build smart-turn model from {path}: {reason}")]
     ModelInvalid {
         /// The model path.
