@@ -6,21 +6,21 @@
 //! `DATABASE_URL`/`REDIS_URL` and skip (saying so) when unset; each run uses its own Postgres
 //! schema and Redis key prefix.
 
-use std::sync::{Arc, Mutex};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Row as _;
 
 use voxline_phone_bot::config::{Config, Secrets};
-use voxline_phone_bot::server::security::Crypto;
-use voxline_phone_bot::server::App;
 use voxline_phone_bot::fleet::shared_state::Shared;
-use voxline_phone_bot::sim::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
-use voxline_phone_bot::sim::socket_bench::{BenchParams, bench_one};
-use voxline_phone_bot::sim::soak::{Instance, fleet_config, free_port, soak_call, spawn_instance};
 use voxline_phone_bot::fleet::store::{CallRow, Store, new_id};
+use voxline_phone_bot::server::App;
+use voxline_phone_bot::server::security::Crypto;
+use voxline_phone_bot::sim::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
+use voxline_phone_bot::sim::soak::{Instance, fleet_config, free_port, soak_call, spawn_instance};
+use voxline_phone_bot::sim::socket_bench::{BenchParams, bench_one};
 
 /// The binary under test; child instances run its `serve`.
 const PHONE_BOT: &str = env!("CARGO_BIN_EXE_phone-bot");
@@ -48,7 +48,8 @@ async fn drop_schema(store: &Store, schema: &str) {
 }
 
 async fn spawn_child(cfg: &Config, env: &[(String, String)], log: Arc<Mutex<Vec<String>>>) -> Instance {
-    let sink: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |l: &str| voxline_phone_bot::call::skills::lock(&log).push(l.to_string()));
+    let sink: Arc<dyn Fn(&str) + Send + Sync> =
+        Arc::new(move |l: &str| voxline_phone_bot::call::skills::lock(&log).push(l.to_string()));
     match spawn_instance(Path::new(PHONE_BOT), None, cfg, env, sink).await {
         Ok(i) => i,
         Err(e) => panic!("child instance: {e:#}"),
@@ -65,8 +66,9 @@ async fn start_in_process(
         Ok(l) => l,
         Err(e) => panic!("bind: {e}"),
     };
-    let secrets =
-        Secrets::resolve(&cfg, |k| voxline_phone_bot::sim::soak::secret_env(&cfg).into_iter().find(|(n, _)| n == k).map(|(_, v)| v));
+    let secrets = Secrets::resolve(&cfg, |k| {
+        voxline_phone_bot::sim::soak::secret_env(&cfg).into_iter().find(|(n, _)| n == k).map(|(_, v)| v)
+    });
     let mut app = App::new(cfg, secrets, store).with_shared(shared);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     app.on_call_done = Some(Arc::new(move |r: &CallRow| {
@@ -294,7 +296,9 @@ async fn sigterm_drains_five_live_calls() {
         assert!(l["spans"][0].get("turn").is_some(), "{l}");
     }
     let all = lines.join("\n");
-    for (name, value) in voxline_phone_bot::sim::soak::secret_env(&cfg).into_iter().chain([(PII_KEY_ENV.to_string(), pii_key)]) {
+    for (name, value) in
+        voxline_phone_bot::sim::soak::secret_env(&cfg).into_iter().chain([(PII_KEY_ENV.to_string(), pii_key)])
+    {
         if value.starts_with("AC000") {
             continue; // The account SID is an identifier, not a secret (it is in every REST URL).
         }
@@ -440,8 +444,11 @@ async fn audit_retention_and_cache_invalidation() {
     // Cache: a read fills it, a workflow write invalidates it.
     let before = app.store.customer("C-1001").await.ok().flatten().and_then(|c| c.last_call_summary);
     assert_eq!(before, None);
-    let effect = voxline_phone_bot::fleet::jobs::Effect::Crm { customer_id: "C-1001", call_sid: "CAold", note: "new note" };
-    let wrote = voxline_phone_bot::fleet::jobs::step_once(&app.store, "JOB-CAold", "crm_update", "t", "ok", &json!({}), effect).await;
+    let effect =
+        voxline_phone_bot::fleet::jobs::Effect::Crm { customer_id: "C-1001", call_sid: "CAold", note: "new note" };
+    let wrote =
+        voxline_phone_bot::fleet::jobs::step_once(&app.store, "JOB-CAold", "crm_update", "t", "ok", &json!({}), effect)
+            .await;
     assert!(matches!(wrote, Ok(true)));
     let after = app.store.customer("C-1001").await.ok().flatten().and_then(|c| c.last_call_summary);
     assert_eq!(after.as_deref(), Some("new note"));
@@ -473,29 +480,29 @@ fn test_params(callers: usize) -> BenchParams {
     p
 }
 
-    /// Three callers, all overlapping, against a child instance: every call completes, the
-    /// instance saw them live together, and jitter, latency, CPU and RSS are finite and plausible.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn socket_bench_three_callers() {
-        let r = match bench_one(&test_params(3)).await {
-            Ok(r) => r,
-            Err(e) => panic!("bench: {e:#}"),
-        };
-        eprintln!("{r}");
-        assert_eq!(r["completed"], 3, "{r}");
-        assert_eq!(r["failed"], 0, "{r}");
-        assert!(r["peak_live_calls"].as_u64().is_some_and(|n| (2..=3).contains(&n)), "{r}");
-        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        // The bot paces 20 ms chunks and three calls are no load: chunks two behind at p99 would
-        // mean broken pacing (the margin is for CI running other real-time tests beside this).
-        assert!(f("outbound_jitter_p50_ms") >= 0.0 && f("outbound_jitter_p50_ms") < 10.0, "{r}");
-        assert!(f("outbound_jitter_p99_ms") >= 0.0 && f("outbound_jitter_p99_ms") < 40.0, "{r}");
-        assert!(r["jitter_samples"].as_u64().is_some_and(|n| n > 100), "{r}");
-        // Two answered lines per call; the VAD alone waits a few hundred ms before the bot can.
-        assert!(r["turns"].as_u64().is_some_and(|n| n >= 6), "{r}");
-        assert!(f("turn_latency_p50_ms") > 100.0 && f("turn_latency_p99_ms") < 5000.0, "{r}");
-        assert!(f("rss_idle_mb") > 1.0 && f("rss_peak_mb") >= f("rss_idle_mb") && f("rss_peak_mb") < 2000.0, "{r}");
-        assert!(f("rss_per_call_mb").is_finite() && f("rss_per_call_mb") >= 0.0, "{r}");
-        assert!(f("cpu_s_per_call") > 0.0 && f("cpu_s_per_call") < 30.0, "{r}");
-        assert!(f("cpu_pct") > 0.0 && f("driver_cpu_pct") > 0.0, "{r}");
-    }
+/// Three callers, all overlapping, against a child instance: every call completes, the
+/// instance saw them live together, and jitter, latency, CPU and RSS are finite and plausible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_bench_three_callers() {
+    let r = match bench_one(&test_params(3)).await {
+        Ok(r) => r,
+        Err(e) => panic!("bench: {e:#}"),
+    };
+    eprintln!("{r}");
+    assert_eq!(r["completed"], 3, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert!(r["peak_live_calls"].as_u64().is_some_and(|n| (2..=3).contains(&n)), "{r}");
+    let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    // The bot paces 20 ms chunks and three calls are no load: chunks two behind at p99 would
+    // mean broken pacing (the margin is for CI running other real-time tests beside this).
+    assert!(f("outbound_jitter_p50_ms") >= 0.0 && f("outbound_jitter_p50_ms") < 10.0, "{r}");
+    assert!(f("outbound_jitter_p99_ms") >= 0.0 && f("outbound_jitter_p99_ms") < 40.0, "{r}");
+    assert!(r["jitter_samples"].as_u64().is_some_and(|n| n > 100), "{r}");
+    // Two answered lines per call; the VAD alone waits a few hundred ms before the bot can.
+    assert!(r["turns"].as_u64().is_some_and(|n| n >= 6), "{r}");
+    assert!(f("turn_latency_p50_ms") > 100.0 && f("turn_latency_p99_ms") < 5000.0, "{r}");
+    assert!(f("rss_idle_mb") > 1.0 && f("rss_peak_mb") >= f("rss_idle_mb") && f("rss_peak_mb") < 2000.0, "{r}");
+    assert!(f("rss_per_call_mb").is_finite() && f("rss_per_call_mb") >= 0.0, "{r}");
+    assert!(f("cpu_s_per_call") > 0.0 && f("cpu_s_per_call") < 30.0, "{r}");
+    assert!(f("cpu_pct") > 0.0 && f("driver_cpu_pct") > 0.0, "{r}");
+}
