@@ -72,6 +72,9 @@ pub(super) struct Driver {
     continuous: bool,
     /// The caller sent `stop` or closed the socket: a close from now on answers the caller.
     hung_up: bool,
+    /// `start` was sent: the line's silence starts only then, since Twilio sends no media before
+    /// `start` (and the bot drops any).
+    started: bool,
     heard: Arc<Recorder<Heard>>,
     t0: Instant,
     /// `sequenceNumber` of the last message sent (`start` is 1, `connected` has none).
@@ -146,6 +149,7 @@ impl Driver {
             record_timeline: options.record_timeline,
             continuous: options.continuous_media || autopilot.is_some(),
             hung_up: false,
+            started: false,
             heard,
             t0,
             seq: 0,
@@ -177,7 +181,7 @@ impl Driver {
         let give_up = self.autopilot.as_ref().map(|a| a.deadline);
         loop {
             let next_mark = if self.echo_marks { self.marks.front().map(|(_, at)| *at) } else { None };
-            let sending = closing.is_none() && (self.continuous || !self.speech.is_empty());
+            let sending = closing.is_none() && (!self.speech.is_empty() || (self.continuous && self.started));
             tokio::select! {
                 msg = rx.next() => {
                     let at = self.t0.elapsed();
@@ -218,9 +222,14 @@ impl Driver {
                             self.queue(speech);
                         }
                         cmd => {
+                            let start = matches!(cmd, Cmd::Start(_));
                             let text = self.encode(cmd);
                             if tx.send(Message::text(text)).await.is_err() {
                                 break;
+                            }
+                            if start {
+                                // The line opens now, not with the ticks since the caller connected.
+                                tick.reset_immediately();
                             }
                         }
                     }
@@ -339,6 +348,7 @@ impl Driver {
             Cmd::Close | Cmd::Say(_) => return String::new(),
             Cmd::Start(t) => {
                 self.seq = 1;
+                self.started = true;
                 return t;
             }
             _ => {
