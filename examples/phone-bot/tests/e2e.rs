@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use voxline_emulators::twilio::Said;
 use voxline_phone_bot::fleet::store::CallRow;
 use voxline_phone_bot::sim::simulate::{
     CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, Server, Step, place_call, speech, start_server,
@@ -86,7 +87,7 @@ async fn greets_first_answers_order_status_and_hangs_up() {
     );
     assert!(t.iter().any(|(r, text)| r == "bot" && text.contains("12345")), "{t:?}");
     assert_eq!(row.end_reason, "bot_ended");
-    assert!(log.closed_by_server && log.marks.len() >= 3, "{log:?}");
+    assert!(log.ended_by_bot && log.marks.len() >= 3, "{log:?}");
     assert!(!voxline::pipeline::sync::lock(&emulated.hangups).is_empty(), "REST hang-up expected");
     // stt.* turn-taking keys reach Deepgram's query string.
     let dg = emulated.deepgram.received();
@@ -191,7 +192,8 @@ async fn barge_in_clears_fast() {
     };
     let row = next_record(&mut server, 30).await;
     assert!(log.clears >= 1, "{log:?}");
-    let first = log.clear_after_speech.first().copied().unwrap_or(Duration::MAX);
+    let first = log.said.first().and_then(|s| Some(log.first_clear_after(s.started)? - s.started));
+    let first = first.unwrap_or(Duration::MAX);
     // VAD start confirmation + at most one 20 ms frame of lateness + 100 ms engine budget.
     let start = u64::from(voxline_phone_bot::config::VadConfig::default().start_ms);
     assert!(first <= Duration::from_millis(start + 20 + 100), "clear {first:?} after speech start");
@@ -296,7 +298,7 @@ async fn broken_streams_do_not_affect_other_calls() {
     let vanish = vec![quiet(), Step::Vanish];
     let _ = place_call(&base, "CA00000000000000000000000000000e08", "+15550003333", vanish).await;
     let good = good.await.ok().and_then(Result::ok);
-    assert!(good.is_some_and(|l| l.closed_by_server));
+    assert!(good.is_some_and(|l| l.ended_by_bot));
     let mut rows = Vec::new();
     for _ in 0..3 {
         rows.push(next_record(&mut server, 40).await);
@@ -408,15 +410,17 @@ async fn barge_in_trial(trial: usize, after: Duration) -> Option<String> {
     let _ = std::fs::remove_file(&db);
     let cfg = voxline_phone_bot::config::VadConfig::default();
     let budget = Duration::from_millis(u64::from(cfg.start_ms + cfg.min_barge_in_ms) + 60);
-    let Some(&(onset, Some(voice_end))) = log.said.get(1) else { return Some(format!("no barge-in said: {log:?}")) };
-    let Some(&clear) = log.clear_at.iter().find(|t| **t >= onset) else {
+    let Some(Said { started: onset, voice_end: Some(voice_end), .. }) = log.said.get(1).copied() else {
+        return Some(format!("no barge-in said: {log:?}"));
+    };
+    let Some(clear) = log.first_clear_after(onset) else {
         return Some("no clear after the barge-in".into());
     };
-    eprintln!("trial {trial}: clear {:?} after speech onset", clear.duration_since(onset));
-    if clear.duration_since(onset) > budget {
-        return Some(format!("clear {:?} after speech onset (budget {budget:?})", clear.duration_since(onset)));
+    eprintln!("trial {trial}: clear {:?} after speech onset", clear - onset);
+    if clear - onset > budget {
+        return Some(format!("clear {:?} after speech onset (budget {budget:?})", clear - onset));
     }
-    let leaked = log.media_at.iter().filter(|t| **t > clear && **t <= voice_end).count();
+    let leaked = log.media_times().filter(|t| *t > clear && *t <= voice_end).count();
     if leaked > 0 {
         return Some(format!("{leaked} bot media messages after the clear while the caller spoke"));
     }
@@ -533,11 +537,13 @@ async fn a_backchannel_over_a_long_answer_pauses_the_bot_and_it_resumes() {
     };
     let row = next_record(&mut server, 60).await;
     let _ = std::fs::remove_file(&db);
-    let Some(&(onset, Some(voice_end))) = log.said.get(1) else { panic!("no backchannel said: {log:?}") };
-    let clear = log.clear_at.iter().find(|t| **t >= onset).copied();
+    let Some(Said { started: onset, voice_end: Some(voice_end), .. }) = log.said.get(1).copied() else {
+        panic!("no backchannel said: {log:?}")
+    };
+    let clear = log.first_clear_after(onset);
     let clear = clear.unwrap_or_else(|| panic!("the backchannel never silenced the bot: {log:?}"));
-    assert!(clear.duration_since(onset) < Duration::from_millis(600), "silenced {:?} after onset", clear - onset);
-    let resumed = log.media_at.iter().filter(|t| **t > voice_end).count();
+    assert!(clear - onset < Duration::from_millis(600), "silenced {:?} after onset", clear - onset);
+    let resumed = log.media_times().filter(|t| *t > voice_end).count();
     // The rest of a ~15 s answer interrupted after ~3 s: many seconds of media after the resume.
     assert!(resumed > 200, "the bot resumed with only {resumed} media messages: {log:?}");
     assert_eq!(row.record["interruptions"].as_u64(), Some(0), "{}", row.record);
@@ -631,12 +637,14 @@ async fn a_speculation_at_a_thinking_pause_is_cancelled_and_the_whole_turn_answe
     let spec: Vec<u64> =
         row.record["speculations"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(Value::as_u64).collect());
     assert!(spec.len() == 3 && spec[0] == spec[1] + spec[2] && spec[2] >= 1, "{}", row.record);
-    let (Some(&(first_onset, _)), Some(&(_, Some(second_end)))) = (log.said.first(), log.said.get(1)) else {
+    let (Some(Said { started: first_onset, .. }), Some(Said { voice_end: Some(second_end), .. })) =
+        (log.said.first().copied(), log.said.get(1).copied())
+    else {
         panic!("speech not logged: {log:?}")
     };
-    let early = log.media_at.iter().filter(|t| **t > first_onset && **t < second_end).count();
+    let early = log.media_times().filter(|t| *t > first_onset && *t < second_end).count();
     assert_eq!(early, 0, "bot audio while the caller was mid-turn (a cancelled speculation played)");
-    let answered = log.media_at.iter().filter(|t| **t > second_end).count();
+    let answered = log.media_times().filter(|t| *t > second_end).count();
     assert!(answered > 0, "the turn was answered");
     let reqs = emulated.openai.requests();
     let last_user: Vec<String> = reqs

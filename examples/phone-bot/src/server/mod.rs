@@ -44,31 +44,53 @@ use crate::server::admin::{AdminState, Counters};
 use crate::server::security::RateLimit;
 use crate::server::shutdown::{DrainGuard, Lifecycle};
 
-/// Observer of finished calls.
+/// Observer of finished calls, called once per call with its final record: how `simulate` and
+/// the tests learn a call is over without polling the store.
 pub type CallDoneFn = Arc<dyn Fn(&CallRow) + Send + Sync>;
 
 /// Everything a call needs, shared by all calls.
+///
+/// One value per instance behind an `Arc`: every call's task holds it, so what is per call
+/// (the pipeline, the record) lives in the call, and only what calls share (config, store,
+/// counters, the fleet's shared state) lives here. Public fields are the ones the tests read or
+/// set from outside; the rest are the crate's.
 pub struct App {
-    pub cfg: Arc<Config>,
-    pub secrets: Secrets,
+    /// The validated configuration; an `Arc` because each call's context keeps its own handle.
+    pub(crate) cfg: Arc<Config>,
+    /// Provider keys and tokens, resolved from the environment once at startup.
+    pub(crate) secrets: Secrets,
+    /// Calls, customers, orders, jobs: the tests read a call's outbox from it.
     pub store: Store,
+    /// Call counters (started, active, finished, rejected, stream errors) behind `/health` and
+    /// `/admin/stats`; the tests read them to see a call really ended.
     pub counters: Arc<Counters>,
-    pub summary_llm: SummaryLlm,
-    pub rest: Option<TwilioRest>,
+    /// The LLM endpoint of the post-call summary (same provider as the bot, no streaming).
+    pub(crate) summary_llm: SummaryLlm,
+    /// Twilio's REST API (hang-up, transfer), when an account SID is configured.
+    pub(crate) rest: Option<TwilioRest>,
     /// Live transcript printer (simulation).
-    pub live: Option<LiveFn>,
+    pub(crate) live: Option<LiveFn>,
     /// Called with each finished call's record, after its post-call workflow (simulation, tests).
     pub on_call_done: Option<CallDoneFn>,
     /// Registry, rate limits, cache: Redis when configured.
-    pub shared: Shared,
-    pub jobs: Jobs,
-    pub lifecycle: Arc<Lifecycle>,
+    pub(crate) shared: Shared,
+    /// The durable post-call job queue (this instance's worker identity and lease).
+    pub(crate) jobs: Jobs,
+    /// This instance's calls and whether it is draining: a new call asks here whether it may
+    /// start, and a drain asks live calls here to end politely.
+    pub(crate) lifecycle: Arc<Lifecycle>,
     /// This instance's name in the registry and on job leases.
-    pub instance: String,
+    pub(crate) instance: String,
     /// Stops the background work.
-    pub stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
     /// The end-of-turn model shared by every call (see [`bot::turn_model`]).
-    pub turn_model: Option<Arc<dyn voxline::processors::audio::turn::TurnModel>>,
+    pub(crate) turn_model: Option<Arc<dyn voxline::processors::audio::turn::TurnModel>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
 }
 
 /// `hostname-pid`: unique per process, readable in the registry.
@@ -83,6 +105,9 @@ fn default_instance_id() -> String {
 }
 
 impl App {
+    /// An instance over `store`, with state shared in process (see [`App::with_shared`] for a
+    /// fleet) and no end-of-turn model yet (see `with_turn_model`): building the app does no
+    /// I/O, so a test can adjust it before serving.
     pub fn new(cfg: Config, secrets: Secrets, store: Store) -> Self {
         let rest = secrets.twilio_account_sid.as_ref().map(|sid| {
             TwilioRest::new(
@@ -116,7 +141,7 @@ impl App {
 
     /// Load the configured end-of-turn model (`turn.model`); fails when it is configured but
     /// cannot be loaded.
-    pub fn with_turn_model(mut self) -> anyhow::Result<Self> {
+    pub(crate) fn with_turn_model(mut self) -> anyhow::Result<Self> {
         self.turn_model = bot::turn_model(&self.cfg)?;
         Ok(self)
     }
@@ -136,7 +161,7 @@ impl App {
     }
 
     /// The full router: Twilio routes + admin API.
-    pub fn router(self: &Arc<Self>) -> Router {
+    pub(crate) fn router(self: &Arc<Self>) -> Router {
         let auth = if self.cfg.telephony.validate_signatures { self.secrets.twilio_auth_token.clone() } else { None };
         let mut routes = RoutesConfig::new(self.cfg.server.public_url.clone(), auth);
         routes.params = TwilioParams {
@@ -208,7 +233,7 @@ impl App {
 
     /// Stop taking calls, let live ones finish up to the drain timeout, end the rest politely,
     /// and wait for their records and post-call jobs.
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.lifecycle.start_draining();
         let timeout = Duration::from_millis(self.cfg.server.drain_timeout_ms);
         if !self.lifecycle.wait_idle(timeout).await {
@@ -222,7 +247,7 @@ impl App {
     }
 
     /// Heartbeat, job workers and retention, until `self.stop`.
-    pub fn start_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub(crate) fn start_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         let app = self.clone();
         tasks.push(tokio::spawn(async move {
@@ -500,7 +525,7 @@ impl App {
     }
 
     /// Run a claimed post-call job: the workflow (idempotent steps), then the final record.
-    pub async fn run_job(&self, job: Claimed) {
+    pub(crate) async fn run_job(&self, job: Claimed) {
         let span = tracing::info_span!("post_call_job", call_sid = %job.call_sid, job_id = %job.id,
                                        attempt = job.attempts, instance = %self.instance);
         let renewer = {

@@ -8,7 +8,7 @@
 //! from the echo, as on a real call). What the emulated STT "recognises" is scripted: it fires
 //! the next scripted sentence when the engine sends `Finalize` at the end of each spoken turn.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,37 +16,57 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::routing::post;
-use futures::{SinkExt, StreamExt};
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use voxline::transports::twilio::serializer::{Outbound, client, decode_outbound};
+use voxline::transports::twilio::signature;
 use voxline_emulators::deepgram::{DeepgramConfig, DeepgramEmulator, TranscriptScript, Trigger};
 use voxline_emulators::elevenlabs::{ElevenLabsConfig, ElevenLabsEmulator};
 use voxline_emulators::openai::{OpenAiConfig, OpenAiEmulator, Responder, Scripted, call_center_responder};
+use voxline_emulators::twilio::{Answer, CallerOptions, Heard, Speech, TwilioCaller, incoming_call_form, ring};
 
 use crate::config::{Config, Secrets};
 use crate::fleet::store::{CallRow, Store};
 use crate::server::App;
-use crate::sim::caller::{Answered, ring};
 
 /// What the simulated caller says, in order.
 pub const CALLER_LINES: &[&str] =
     &["Hi, I'm calling about my order.", "My order number is 1 2 3 4 5.", "No, that's all. Thank you, goodbye."];
 
+/// The Twilio auth token of every simulated instance: the caller signs its webhooks with it, as
+/// Twilio signs with the account's token, so the server's signature check runs for real.
 pub const SIM_AUTH_TOKEN: &str = "simulated-twilio-auth-token";
+/// The admin API's bearer token in simulation, so `simulate` can show `/admin/stats` and the
+/// tests can exercise the admin API without configuring one.
 pub const SIM_ADMIN_TOKEN: &str = "simulated-admin-token";
+/// The number the simulated callers dial (the webhook's `To`).
+const SIM_CALLED_NUMBER: &str = "+15550009999";
 
 /// The emulators and the fake Twilio REST API, alive as long as this value.
+///
+/// Fields are public so a test can assert on what each provider received (the Deepgram query,
+/// the LLM requests, the REST hang-ups) next to what the caller heard.
 pub struct Emulated {
+    /// Deepgram live STT, recognising the script handed to [`Emulated::start`].
     pub deepgram: DeepgramEmulator,
+    /// OpenAI chat completions, answering with the responder.
     pub openai: OpenAiEmulator,
+    /// ElevenLabs TTS (a tone voice in the call's μ-law format).
     pub elevenlabs: ElevenLabsEmulator,
+    /// Base URL of the fake Twilio REST API (the bot's `telephony.api_base_url`).
     pub twilio_rest: String,
+    /// Every call update the bot posted to the REST API (`{call} {form}`): how a test sees the
+    /// bot hang up.
     pub hangups: Arc<Mutex<Vec<String>>>,
     _twilio: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Emulated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulated").finish_non_exhaustive()
+    }
+}
+
 impl Emulated {
+    /// Start every emulator with the STT `script` and the call-center LLM responder (order
+    /// lookups, the goodbye), the scripted conversation of `simulate` and the e2e tests.
     pub async fn start(script: Vec<TranscriptScript>) -> anyhow::Result<Self> {
         Self::start_with(script, call_center_responder()).await
     }
@@ -96,7 +116,9 @@ impl Emulated {
         cfg
     }
 
-    pub fn secrets() -> Secrets {
+    /// Keys for the emulators (which take any), the simulated Twilio account and the admin
+    /// token: the same secrets every simulated instance runs with.
+    pub(crate) fn secrets() -> Secrets {
         Secrets {
             deepgram: Some("emulated".into()),
             llm: Some("emulated".into()),
@@ -108,12 +130,23 @@ impl Emulated {
     }
 }
 
-/// A running server on 127.0.0.1.
+/// A running server on 127.0.0.1, in this process (so tests can look at its state).
 pub struct Server {
+    /// `http://127.0.0.1:PORT`, the public URL the webhooks are signed against.
     pub base: String,
+    /// The app, for its counters and store.
     pub app: Arc<App>,
+    /// Each finished call's record, after its post-call workflow: a test waits here rather
+    /// than polling the store. Unbounded on purpose: one message per call, and a test that
+    /// stops reading must not stall the server's call teardown.
     pub done_rx: tokio::sync::mpsc::UnboundedReceiver<CallRow>,
     _task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
 }
 
 /// Bind first (the public URL must carry the port), then build the app and serve.
@@ -161,7 +194,7 @@ pub async fn start_server_with(
 
 /// Accepted sockets send small writes (one 20 ms media message) at once instead of waiting for
 /// the peer's delayed ACK (Nagle), which would add up to ~40 ms to what the bot's latency shows.
-pub fn nodelay(
+pub(crate) fn nodelay(
     listener: tokio::net::TcpListener,
 ) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
     use axum::serve::ListenerExt as _;
@@ -227,281 +260,110 @@ fn synthesize(text: &str) -> Option<Vec<u8>> {
     out
 }
 
-/// What the simulated Twilio side saw.
-#[derive(Debug, Default, Clone)]
-pub struct CallerLog {
-    pub media_frames: usize,
-    pub marks: Vec<String>,
-    pub clears: usize,
-    /// Time from the start of each caller utterance's speech to the first `clear` after it.
-    pub clear_after_speech: Vec<Duration>,
-    pub closed_by_server: bool,
-    pub bot_audio_ms: u64,
-    /// Per `Say` step: from sending the frame holding its last voiced sample to the first bot
-    /// media message after it (`None` if the bot never answered before the next `Say`).
-    pub answer_after_voice: Vec<Option<Duration>>,
-    /// When each bot media message arrived.
-    pub media_at: Vec<Instant>,
-    /// When each `clear` arrived.
-    pub clear_at: Vec<Instant>,
-    /// Per `Say` step: when its speech started and when its last voiced frame was sent.
-    pub said: Vec<(Instant, Option<Instant>)>,
-}
-
-/// One step of a caller script (the simulation uses a few; the tests use them all).
+/// One step of a caller script for [`place_call`]. The simulation uses a few; the e2e tests
+/// compose the rest into barge-ins, hang-ups and broken streams.
 #[derive(Debug, Clone)]
-#[cfg_attr(not(test), allow(dead_code))]
 pub enum Step {
-    /// Wait until the bot's queued audio has played and it stays quiet this long.
+    /// Wait until the bot has spoken since this step began (the greeting, or the answer to the
+    /// line just said), its audio has played, and it has stayed quiet this long: a caller waits
+    /// for the bot to finish before talking.
     WaitQuiet(Duration),
-    /// Wait until some bot audio arrived and this much of it has played.
+    /// Wait until this much bot audio has arrived: a caller barging in mid-sentence.
     WaitBotTalking(Duration),
-    /// Speak these μ-law bytes (then continue with silence).
+    /// Speak these μ-law bytes in place of the line's silence; the step ends with the last chunk.
     Say(Vec<u8>),
     /// Press a key.
     Dtmf(char),
-    /// Send raw text as a websocket message.
+    /// Send raw text as a websocket message (malformed messages for the robustness tests).
     Raw(String),
     /// Silence for this long.
     Pause(Duration),
-    /// Send `stop` and close.
+    /// Send `stop` and close, as Twilio does when the caller hangs up.
     HangUp,
-    /// Drop the TCP connection without `stop` or a close frame.
+    /// Drop the TCP connection without `stop` or a close frame: a network that goes away.
     Vanish,
-    /// Wait (up to the duration) for the server to end the call.
+    /// Wait (up to the duration) for the server to end the call; failing the call if it does not.
     WaitServerClose(Duration),
 }
 
-struct Playback {
-    /// (mark name, when it is played) in queue order.
-    marks: VecDeque<(String, Instant)>,
-    /// When the audio queued so far finishes playing.
-    play_end: Instant,
-    bot_audio_ms: u64,
-    last_audio: Option<Instant>,
+/// The longest a simulated call of [`place_call`] may take: every test call is far shorter, so
+/// reaching it means the bot hung, and the test should fail rather than wait forever.
+const CALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// How long a hanging-up caller waits for the bot to close its side (the emulator's own grace
+/// is 5 s; a little more so that one decides).
+const HANG_UP_WAIT: Duration = Duration::from_secs(6);
+
+/// Ring the bot as Twilio would: the voice webhook for an incoming call from `from`, signed with
+/// [`SIM_AUTH_TOKEN`] (the server refuses unsigned webhooks), then read the TwiML's stream URL
+/// and `<Parameter>`s (the stream token among them).
+///
+/// The signature is computed with the transport's own `signature::compute`: the emulator posts
+/// and parses but never signs, so it cannot share a bug with the code under test.
+pub(crate) async fn ring_signed(
+    http: &reqwest::Client,
+    base: &str,
+    call_sid: &str,
+    from: &str,
+) -> anyhow::Result<Answer> {
+    let url = format!("{base}/voice/twilio");
+    let form = incoming_call_form(call_sid, from, SIM_CALLED_NUMBER);
+    let sig = signature::compute(SIM_AUTH_TOKEN, &url, &form);
+    Ok(ring(http, &url, &form, Some(&sig)).await?)
 }
 
-/// Place a simulated call: signed webhook, then the media stream.
-pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>) -> anyhow::Result<CallerLog> {
-    let Answered { stream_url, custom } = ring(&reqwest::Client::new(), base, call_sid, from).await?;
-    let (ws, _) = tokio_tungstenite::connect_async(&stream_url).await.context("websocket connect")?;
-    let (mut tx, mut rx) = ws.split();
-    let stream_sid = format!("MZ{}", &call_sid[2..].chars().chain(std::iter::repeat('0')).take(32).collect::<String>());
-    tx.send(Message::text(client::connected())).await?;
-    let custom_ref: Vec<(&str, &str)> = custom.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    tx.send(Message::text(client::start(&stream_sid, call_sid, &custom_ref))).await?;
+/// Place a simulated call: the signed webhook, then the emulator's Twilio caller on a line that
+/// carries silence between the steps' speech (Twilio streams the caller continuously, and the
+/// bot's VAD hears the end of a turn in that silence), running `steps` in order, then hanging up
+/// if the script did not end the call. A bot that closes the stream ends the script early
+/// without an error: the result shows it ([`Heard::ended_by_bot`]).
+///
+/// Fails when the call cannot be placed, a [`Step::WaitServerClose`] times out, or the call
+/// takes over two minutes.
+pub async fn place_call(base: &str, call_sid: &str, from: &str, steps: Vec<Step>) -> anyhow::Result<Heard> {
+    let answer = ring_signed(&reqwest::Client::new(), base, call_sid, from).await?;
+    let options = CallerOptions::for_call(call_sid).with_parameters(answer.parameters).continuous();
+    let caller = TwilioCaller::connect(&answer.stream_url, options).await?;
+    tokio::time::timeout(CALL_LIMIT, run_steps(&caller, steps))
+        .await
+        .map_err(|_| anyhow::anyhow!("simulated call did not finish within {CALL_LIMIT:?}"))??;
+    // Dropping the caller drops its socket: after `Vanish`, without a close handshake.
+    Ok(caller.heard())
+}
 
-    let log = Arc::new(Mutex::new(CallerLog::default()));
-    let pb = Arc::new(Mutex::new(Playback {
-        marks: VecDeque::new(),
-        play_end: Instant::now(),
-        bot_audio_ms: 0,
-        last_audio: None,
-    }));
-    let speech_started: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let (echo_tx, mut echo_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-
-    // Reader: the Twilio playback buffer. Audio plays in real time from when it arrives; a mark
-    // is echoed when the audio before it has played; `clear` empties the buffer and echoes every
-    // pending mark at once.
-    // Set when the last voiced frame of an utterance was sent; the reader takes it at the next
-    // bot audio.
-    let awaiting_answer: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let reader = {
-        let (log, pb, speech_started) = (log.clone(), pb.clone(), speech_started.clone());
-        let awaiting_answer = awaiting_answer.clone();
-        let echo_tx = echo_tx.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = rx.next().await {
-                let text = match msg {
-                    Ok(Message::Text(t)) => t.to_string(),
-                    Ok(Message::Close(_)) | Err(_) => break,
-                    Ok(_) => continue,
-                };
-                let Ok((_, out)) = decode_outbound(&text) else { continue };
-                let now = Instant::now();
-                let mut p = voxline::pipeline::sync::lock(&pb);
-                match out {
-                    Outbound::Media { payload } => {
-                        if let Some(t) = voxline::pipeline::sync::lock(&awaiting_answer).take() {
-                            voxline::pipeline::sync::lock(&log).answer_after_voice.push(Some(now.duration_since(t)));
-                        }
-                        let ms = payload.len() as u64 / 8;
-                        p.play_end = p.play_end.max(now) + Duration::from_millis(ms);
-                        p.bot_audio_ms += ms;
-                        p.last_audio = Some(now);
-                        let mut l = voxline::pipeline::sync::lock(&log);
-                        l.media_frames += 1;
-                        l.media_at.push(now);
-                    }
-                    Outbound::Mark { name } => {
-                        let at = p.play_end.max(now);
-                        p.marks.push_back((name.clone(), at));
-                        voxline::pipeline::sync::lock(&log).marks.push(name);
-                    }
-                    Outbound::Clear => {
-                        p.play_end = now;
-                        for (name, _) in p.marks.drain(..) {
-                            let _ = echo_tx.send(name);
-                        }
-                        let mut l = voxline::pipeline::sync::lock(&log);
-                        l.clears += 1;
-                        l.clear_at.push(now);
-                        if let Some(t) = voxline::pipeline::sync::lock(&speech_started).take() {
-                            l.clear_after_speech.push(now.duration_since(t));
-                        }
-                    }
+/// The steps of [`place_call`]; returns early, without an error, once the bot has closed the
+/// stream (a caller cannot do anything on a dead line).
+async fn run_steps(caller: &TwilioCaller, steps: Vec<Step>) -> anyhow::Result<()> {
+    for step in steps {
+        let line_open = match step {
+            Step::WaitQuiet(quiet) => caller.wait_answer(caller.now(), quiet, CALL_LIMIT).await,
+            Step::WaitBotTalking(d) => {
+                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let heard = caller.wait_for(|h| h.bot_audio_ms() >= ms || h.closed.is_some(), CALL_LIMIT).await;
+                heard.is_some_and(|h| h.closed.is_none())
+            }
+            Step::Say(bytes) => caller.say(&Speech::from_mulaw(&bytes)).await.is_ok(),
+            Step::Dtmf(c) => caller.dtmf(c).await.is_ok(),
+            Step::Raw(text) => caller.send_raw(text).await.is_ok(),
+            Step::Pause(d) => caller.wait_for(|h| h.closed.is_some(), d).await.is_none(),
+            Step::HangUp => break,
+            Step::Vanish => return Ok(()),
+            Step::WaitServerClose(d) => {
+                if caller.closed(d).await.is_none() {
+                    bail!("server did not end the call within {d:?}");
                 }
-            }
-            voxline::pipeline::sync::lock(&log).closed_by_server = true;
-        })
-    };
-
-    // Writer: 20 ms frames in real time (speech from the script, silence otherwise) and mark
-    // echoes when their audio has "played".
-    let silence = vec![0xFFu8; 160];
-    let mut seq = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut speaking: VecDeque<u8> = VecDeque::new();
-    let mut steps: VecDeque<Step> = steps.into();
-    let mut waiting: Option<(Step, Instant)> = None;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut vanished = false;
-    // Bytes of the current utterance up to and including its last voiced sample.
-    let mut voiced_left: Option<usize> = None;
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        if now > deadline {
-            bail!("simulated call did not finish within 120 s");
-        }
-        if reader.is_finished() {
-            break;
-        }
-        // Echo marks whose audio has played.
-        {
-            let mut p = voxline::pipeline::sync::lock(&pb);
-            while p.marks.front().is_some_and(|(_, at)| *at <= now) {
-                if let Some((name, _)) = p.marks.pop_front() {
-                    let _ = echo_tx.send(name);
-                }
-            }
-        }
-        while let Ok(name) = echo_rx.try_recv() {
-            if tx.send(Message::text(client::mark(&stream_sid, &name))).await.is_err() {
-                break;
-            }
-        }
-        // Advance the script when not speaking.
-        if speaking.is_empty() {
-            if waiting.is_none() {
-                waiting = steps.pop_front().map(|s| (s, now));
-            }
-            if let Some((step, since)) = waiting.clone() {
-                let done = match step {
-                    Step::WaitQuiet(d) => {
-                        // The bot must have answered (audio after this step began), finished
-                        // playing, and stayed quiet for `d`.
-                        let p = voxline::pipeline::sync::lock(&pb);
-                        p.marks.is_empty()
-                            && p.play_end + d <= now
-                            && p.last_audio.is_some_and(|t| t >= since && t + d <= now)
-                    }
-                    Step::WaitBotTalking(d) => {
-                        let p = voxline::pipeline::sync::lock(&pb);
-                        p.last_audio.is_some() && p.bot_audio_ms >= u64::try_from(d.as_millis()).unwrap_or(0)
-                    }
-                    Step::Say(bytes) => {
-                        if voxline::pipeline::sync::lock(&awaiting_answer).take().is_some() {
-                            voxline::pipeline::sync::lock(&log).answer_after_voice.push(None);
-                        }
-                        voiced_left = Some(last_voiced(&bytes));
-                        voxline::pipeline::sync::lock(&log).said.push((now, None));
-                        speaking.extend(bytes);
-                        *voxline::pipeline::sync::lock(&speech_started) = Some(now);
-                        true
-                    }
-                    Step::Dtmf(c) => {
-                        tx.send(Message::text(client::dtmf(&stream_sid, c))).await?;
-                        true
-                    }
-                    Step::Raw(t) => {
-                        tx.send(Message::text(t)).await?;
-                        true
-                    }
-                    Step::Pause(d) => since + d <= now,
-                    Step::HangUp => {
-                        let _ = tx.send(Message::text(client::stop(&stream_sid, call_sid))).await;
-                        let _ = tx.close().await;
-                        break;
-                    }
-                    Step::Vanish => {
-                        vanished = true;
-                        break;
-                    }
-                    Step::WaitServerClose(d) => {
-                        if since + d <= now {
-                            bail!("server did not end the call within {d:?}");
-                        }
-                        false
-                    }
-                };
-                if done {
-                    waiting = None;
-                }
-            } else {
-                // Script finished: hang up like a caller who is done.
-                let _ = tx.send(Message::text(client::stop(&stream_sid, call_sid))).await;
-                let _ = tx.close().await;
-                break;
-            }
-        }
-        let chunk: Vec<u8> = if speaking.is_empty() {
-            silence.clone()
-        } else {
-            let n = speaking.len().min(160);
-            let mut c: Vec<u8> = speaking.drain(..n).collect();
-            c.resize(160, 0xFF);
-            c
-        };
-        let voice_ends_here = match voiced_left.as_mut() {
-            Some(left) if *left <= 160 => true,
-            Some(left) => {
-                *left -= 160;
                 false
             }
-            None => false,
         };
-        if tx.send(Message::text(client::media(&stream_sid, seq, &chunk))).await.is_err() {
-            break;
+        if !line_open {
+            return Ok(());
         }
-        if voice_ends_here {
-            voiced_left = None;
-            let sent = Instant::now();
-            if let Some(last) = voxline::pipeline::sync::lock(&log).said.last_mut() {
-                last.1 = Some(sent);
-            }
-            *voxline::pipeline::sync::lock(&awaiting_answer) = Some(sent);
-        }
-        seq += 1;
     }
-    if vanished {
-        // Dropping both halves drops the TCP stream with no close handshake.
-        drop(tx);
-        reader.abort();
-    } else {
-        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-    }
-    let mut out = voxline::pipeline::sync::lock(&log).clone();
-    out.bot_audio_ms = voxline::pipeline::sync::lock(&pb).bot_audio_ms;
-    Ok(out)
-}
-
-/// Bytes up to and including the last voiced sample (louder than the near-silence espeak and sox
-/// leave around speech).
-pub(crate) fn last_voiced(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|b| voxline::pipeline::g711::mulaw_decode(*b).unsigned_abs() > 1000).map_or(1, |i| i + 1)
+    // Hang up like a caller who is done (the script's `HangUp`, or its end).
+    let _ = caller.stop().await;
+    let _ = caller.close().await;
+    let _ = caller.closed(HANG_UP_WAIT).await;
+    Ok(())
 }
 
 /// `phone-bot simulate`: one full call, printed live (`--bench-turns` runs [`bench_turns`]
@@ -531,11 +393,11 @@ pub async fn run() -> anyhow::Result<()> {
     println!("\n=== caller side (simulated Twilio) ===");
     println!(
         "bot audio received: {:.1} s in {} media frames, {} marks, {} clears, hung up by server: {}",
-        log.bot_audio_ms as f64 / 1e3,
-        log.media_frames,
+        log.bot_audio_ms() as f64 / 1e3,
+        log.media_messages,
         log.marks.len(),
         log.clears,
-        log.closed_by_server
+        log.ended_by_bot
     );
     println!("REST hang-ups seen by the fake Twilio API: {:?}", voxline::pipeline::sync::lock(&emulated.hangups));
     print_post_call(&row);
@@ -551,7 +413,10 @@ pub async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn print_post_call(row: &CallRow) {
+/// Print what the bot stored for a call (outcome, turns with their latencies, tool calls,
+/// workflow steps): the second half of `simulate`'s live view, from the record rather than the
+/// logs, so it shows what an operator would see.
+fn print_post_call(row: &CallRow) {
     println!("\n=== post-call ({}) ===", row.call_sid);
     println!(
         "end reason: {}   duration: {:.1} s   resolved: {}",
@@ -646,19 +511,14 @@ pub async fn bench_turns(calls: usize, turns: usize) -> anyhow::Result<()> {
         let Ok(Some(row)) = tokio::time::timeout(Duration::from_secs(30), server.done_rx.recv()).await else { break };
         let Some(log) = logs.get(&row.call_sid) else { continue };
         let server_turns = row.record["turns"].as_array().cloned().unwrap_or_default();
-        if server_turns.len() != log.answer_after_voice.len() {
+        if server_turns.len() != log.said.len() {
             // The VAD split or merged an utterance: turns cannot be paired reliably.
-            eprintln!(
-                "{}: {} caller turns vs {} VAD turns; skipped",
-                row.call_sid,
-                log.answer_after_voice.len(),
-                server_turns.len()
-            );
+            eprintln!("{}: {} caller turns vs {} VAD turns; skipped", row.call_sid, log.said.len(), server_turns.len());
             continue;
         }
-        for (i, (caller, t)) in log.answer_after_voice.iter().zip(&server_turns).enumerate() {
+        for (i, (said, t)) in log.said.iter().zip(&server_turns).enumerate() {
             let f = |k: &str| t[k].as_f64();
-            let (Some(caller), Some(server_ms)) = (caller, f("total_ms")) else { continue };
+            let (Some(caller), Some(server_ms)) = (said.answer, f("total_ms")) else { continue };
             let caller_ms = caller.as_secs_f64() * 1e3;
             let providers = [f("stt_ms"), f("llm_ttfb_ms"), f("tts_ttfb_ms")];
             let engine_ms = server_ms - providers.iter().flatten().sum::<f64>();

@@ -20,26 +20,35 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::time::Instant;
 
+use voxline::pipeline::sync::lock;
+use voxline_emulators::twilio::{CallerOptions, Conversation, DEFAULT_CONVERSATION_TIMEOUT, Speech, TwilioCaller};
+
 use crate::config::Config;
 use crate::fleet::store::{Store, new_id};
 use crate::server::admin::percentile;
-use crate::sim::caller::{CallOutcome, Script, caller};
-use crate::sim::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, speech};
-use voxline::pipeline::sync::lock;
+use crate::sim::simulate::{CALLER_LINES, Emulated, SIM_ADMIN_TOKEN, SIM_AUTH_TOKEN, ring_signed, speech};
 
-/// A child instance process.
+/// A child instance process: a real `phone-bot serve`, so a SIGKILL is a real crash and its
+/// RSS and CPU are its own, not the load generator's.
+#[derive(Debug)]
 pub struct Instance {
+    /// The process; killed when this value drops (`kill_on_drop`), so a failed run leaves no
+    /// stray server behind.
     pub child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT`: where to ring it.
     pub base: String,
+    /// For `/proc` (RSS, CPU) and `kill`.
     pub pid: u32,
 }
 
-/// A free loopback port (the public URL must carry it before the instance starts).
+/// A free loopback port: the public URL (which webhooks are signed against) must carry the port
+/// before the instance starts, so the port is picked here rather than by binding `:0` there.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Env vars holding the emulated secrets, named as `cfg` expects them.
+/// Env vars holding the emulated secrets, named as `cfg` expects them: a child instance reads
+/// its secrets from the environment like a production one, never from its config file.
 pub fn secret_env(cfg: &Config) -> Vec<(String, String)> {
     vec![
         (cfg.stt.api_key_env.clone(), "dg-soak-secret-key".into()),
@@ -144,16 +153,71 @@ pub fn fleet_config(
     Ok(cfg)
 }
 
-/// What one soak call saw.
-pub type SoakCall = CallOutcome;
+/// What one simulated caller of the soak or the socket bench saw: whether the call went the
+/// whole way, and the two figures the reports aggregate over every call.
+#[derive(Debug, Default)]
+pub struct CallOutcome {
+    /// Every line was said, the bot answered, and then the bot ended the call (the goodbye).
+    pub completed: bool,
+    /// Why the call did not complete.
+    pub error: Option<String>,
+    /// Outbound jitter samples in ms: |media inter-arrival − 20 ms| after each utterance's
+    /// send-ahead burst.
+    pub jitter_ms: Vec<f64>,
+    /// Per caller line: its last voiced frame sent → the first bot media after it, in ms.
+    pub turn_ms: Vec<f64>,
+}
 
-/// One simulated call saying `lines` (the shared [`caller`]); the server ends the call.
-pub async fn soak_call(base: &str, call_sid: &str, lines: &[Vec<u8>]) -> SoakCall {
-    caller(&reqwest::Client::new(), base, call_sid, &Script::new(lines), Duration::ZERO).await
+/// One simulated call saying `lines` (μ-law) once the greeting is over; the server ends the call.
+/// The ops tests use it to place single calls against a fleet instance.
+pub async fn soak_call(base: &str, call_sid: &str, lines: &[Vec<u8>]) -> CallOutcome {
+    let lines: Vec<Speech> = lines.iter().map(|l| Speech::from_mulaw(l)).collect();
+    converse(&reqwest::Client::new(), base, call_sid, &lines, Duration::ZERO).await
+}
+
+/// The caller of the soak and the socket bench: the signed webhook, then the emulator's
+/// [`Conversation`] (listen to the greeting, hold `hold`, say each line once the bot has answered
+/// the previous one and been quiet for 400 ms) recording only what a load test reads, in the
+/// calling task. Never fails: what went wrong is in [`CallOutcome::error`].
+pub(crate) async fn converse(
+    http: &reqwest::Client,
+    base: &str,
+    call_sid: &str,
+    lines: &[Speech],
+    hold: Duration,
+) -> CallOutcome {
+    let mut conversation = Conversation::new(lines.to_vec());
+    conversation.hold = hold;
+    conversation.timeout = hold + DEFAULT_CONVERSATION_TIMEOUT;
+    let timeout = conversation.timeout;
+    let heard = async {
+        let answer = ring_signed(http, base, call_sid, "+15550001111").await?;
+        let options = CallerOptions::for_call(call_sid).with_parameters(answer.parameters).for_load();
+        anyhow::Ok(TwilioCaller::converse(&answer.stream_url, options, conversation).await?)
+    };
+    let heard = match heard.await {
+        Ok(h) => h,
+        Err(e) => return CallOutcome { error: Some(format!("{e:#}")), ..CallOutcome::default() },
+    };
+    let said = heard.said.iter().filter(|s| s.ended.is_some()).count();
+    let error = if !heard.ended_by_bot {
+        Some(format!("call not ended by the bot within {timeout:?} (said {said} lines)"))
+    } else if said < lines.len() || heard.media_messages == 0 {
+        Some(format!("bot ended the call after {said} of {} caller lines", lines.len()))
+    } else {
+        None
+    };
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    CallOutcome {
+        completed: error.is_none(),
+        error,
+        jitter_ms: heard.jitter.iter().map(ms).collect(),
+        turn_ms: heard.said.iter().filter_map(|s| s.answer.as_ref().map(ms)).collect(),
+    }
 }
 
 /// (RSS bytes, CPU seconds) of a process, from `/proc` (Linux).
-pub fn proc_usage(pid: u32) -> Option<(u64, f64)> {
+pub(crate) fn proc_usage(pid: u32) -> Option<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -165,6 +229,7 @@ pub fn proc_usage(pid: u32) -> Option<(u64, f64)> {
 }
 
 /// `phone-bot soak`: see the module docs. The instances are this executable's `serve`.
+/// Prints the report as JSON on stdout.
 pub async fn run(
     calls: usize,
     concurrency: usize,
@@ -181,7 +246,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Run a soak and return its report.
+/// Run a soak and return its report (see the module docs). Separate from [`run`] so the ops test
+/// can run a short one against its own executable and assert on the figures.
 pub async fn soak(
     calls: usize,
     concurrency: usize,
@@ -209,7 +275,7 @@ pub async fn soak(
     let kill_at = started
         + Duration::from_secs_f64(kill_after_secs.unwrap_or(if let Some(m) = minutes { m * 30.0 } else { 8.0 }));
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let results: Arc<std::sync::Mutex<Vec<SoakCall>>> = Arc::default();
+    let results: Arc<std::sync::Mutex<Vec<CallOutcome>>> = Arc::default();
     let mut joins = Vec::new();
     let mut samples = Vec::new();
     let mut killed = false;

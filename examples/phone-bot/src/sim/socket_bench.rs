@@ -33,12 +33,13 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use voxline::pipeline::sync::lock;
+use voxline_emulators::twilio::Speech;
+
 use crate::fleet::store::new_id;
 use crate::server::admin::percentile;
-use crate::sim::caller::{CallOutcome, Script, caller};
 use crate::sim::simulate::{CALLER_LINES, Emulated, speech};
-use crate::sim::soak::{free_port, proc_usage, spawn_instance};
-use voxline::pipeline::sync::lock;
+use crate::sim::soak::{CallOutcome, converse, free_port, proc_usage, spawn_instance};
 
 /// The core the bot instance is pinned to; the driver takes [`DRIVER_CORE`].
 const BOT_CORE: usize = 0;
@@ -114,7 +115,11 @@ const MB: f64 = 1024.0 * 1024.0;
 pub async fn bench_one(p: &BenchParams) -> anyhow::Result<Value> {
     let n = p.callers.max(1);
     let emulated = Emulated::start(Emulated::script(&[CALLER_LINES[1], CALLER_LINES[2]])).await?;
-    let script = Arc::new(Script::new(&[speech(CALLER_LINES[1], 1)?, speech(CALLER_LINES[2], 2)?]));
+    // Encoded once: every caller shares the chunks.
+    let script: Arc<[Speech]> = [1, 2]
+        .iter()
+        .map(|&i| speech(CALLER_LINES[i], i).map(|b| Speech::from_mulaw(&b)))
+        .collect::<anyhow::Result<_>>()?;
     let db = std::env::temp_dir().join(format!("voxline-sockbench-{}.db", new_id("b")));
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
@@ -163,7 +168,7 @@ async fn drive(
     base: &str,
     bot_pid: u32,
     db_url: &str,
-    script: Arc<Script>,
+    script: Arc<[Speech]>,
 ) -> anyhow::Result<Value> {
     let me = std::process::id();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
@@ -206,7 +211,7 @@ async fn drive(
         let sid = format!("CA{:032x}", run.wrapping_add(i as u128));
         let hold = p.hold;
         joins.push(tokio::spawn(async move {
-            let r = caller(&http, &base, &sid, &script, hold).await;
+            let r = converse(&http, &base, &sid, &script, hold).await;
             done.fetch_add(1, Ordering::Relaxed);
             r
         }));
