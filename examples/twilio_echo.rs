@@ -1,40 +1,38 @@
 //! A Twilio parrot: says back what the caller just said. `cargo run --example twilio_echo`, then
 //! point a Twilio number's voice webhook at `PUBLIC_URL/voice/twilio` (e.g. through a tunnel).
 use std::sync::Arc;
-
 use voxline::pipeline::{AudioFormat, AudioFrame, PipelineParams, PipelineTask};
 use voxline::prelude::*;
-use voxline::processors::audio::VadProcessor;
-use voxline::processors::codec::MulawDecoder;
-use voxline::transports::twilio::routes::BoxFuture;
-use voxline::transports::twilio::{CallHandler, RoutesConfig, TwilioSession, router, serve_call};
+use voxline::processors::{audio::VadProcessor, codec::MulawDecoder};
+use voxline::transports::twilio::{CallHandler, RoutesConfig, TwilioSession, router, routes::BoxFuture, serve_call};
 
-/// Keeps the caller's audio; when they stop speaking, plays it back.
+/// Keeps what the caller says (and the 300 ms before the VAD confirmed it); plays it back.
 #[derive(Debug, Default)]
 struct Parrot {
     heard: Vec<u8>,
-    replay: bool,
+    speaking: bool,
 }
 
 impl Processor for Parrot {
-    async fn process(&mut self, frame: Frame, dir: Direction, cx: &mut Context) -> FlowResult {
-        if let Frame::InputAudio(a) = &frame {
-            self.heard.extend_from_slice(&a.data);
-            if std::mem::take(&mut self.replay) {
-                let said = AudioFrame::new(std::mem::take(&mut self.heard).into(), AudioFormat::pcm16(8000));
-                cx.push(Frame::OutputAudio(said), Direction::Downstream).await;
-            }
-            return Ok(()); // the caller's audio is consumed, not forwarded to the output
+    fn process_now(&mut self, frame: Frame, dir: Direction, cx: &mut Context) -> Result<Option<Frame>, FlowError> {
+        match &frame {
+            Frame::InputAudio(a) => self.heard.extend_from_slice(&a.data), // kept, not forwarded
+            _ => cx.push_now(frame, dir),
         }
-        cx.push(frame, dir).await;
-        Ok(())
+        if !self.speaking {
+            self.heard.drain(..self.heard.len().saturating_sub(4800));
+        }
+        Ok(None)
     }
 
-    fn on_event(&mut self, event: &Event, _cx: &mut Context) -> FlowResult {
+    fn on_event(&mut self, event: &Event, cx: &mut Context) -> FlowResult {
         match event {
-            // Keep 300 ms from before the VAD confirmed speech: its start delay.
-            Event::UserStartedSpeaking => drop(self.heard.drain(..self.heard.len().saturating_sub(4800))),
-            Event::UserStoppedSpeaking => self.replay = true,
+            Event::UserStartedSpeaking => self.speaking = true,
+            Event::UserStoppedSpeaking => {
+                self.speaking = false;
+                let said = AudioFrame::new(std::mem::take(&mut self.heard).into(), AudioFormat::pcm16(8000));
+                cx.push_now(Frame::OutputAudio(said), Direction::Downstream); // an event cannot wait
+            }
             _ => {}
         }
         Ok(())
@@ -42,16 +40,12 @@ impl Processor for Parrot {
 }
 
 struct Echo;
-
 impl CallHandler for Echo {
     fn handle_stream(&self, session: TwilioSession) -> BoxFuture {
         Box::pin(async move {
-            let pipeline = Pipeline::new()
-                .with(MulawDecoder::new())
-                .with(VadProcessor::new())
-                .with(Parrot::default())
-                .with(session.output());
-            let report = serve_call(session, PipelineTask::new(pipeline, PipelineParams::default())).await;
+            let pipeline = Pipeline::new().with(MulawDecoder::new()).with(VadProcessor::new()).with(Parrot::default());
+            let task = PipelineTask::new(pipeline.with(session.output()), PipelineParams::default());
+            let report = serve_call(session, task).await;
             println!("call {} ended: {:?}", report.call_sid, report.reason);
         })
     }
@@ -60,7 +54,6 @@ impl CallHandler for Echo {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let public_url = std::env::var("PUBLIC_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
-    let auth_token = std::env::var("TWILIO_AUTH_TOKEN").ok(); // validates webhook signatures
-    let app = router(RoutesConfig::new(public_url, auth_token), Arc::new(Echo));
+    let app = router(RoutesConfig::new(public_url, std::env::var("TWILIO_AUTH_TOKEN").ok()), Arc::new(Echo));
     axum::serve(tokio::net::TcpListener::bind("0.0.0.0:8080").await?, app).await
 }
