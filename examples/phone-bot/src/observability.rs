@@ -315,6 +315,7 @@ mod tests {
         let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
         let subscriber =
             tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _one_at_a_time = crate::fleet::workflow::tests::WORKFLOW_RUNS.lock().await;
         let _guard = tracing::subscriber::set_default(subscriber);
         let store = crate::fleet::store::tests::temp_store().await;
         let cfg = crate::config::Config::default();

@@ -387,8 +387,13 @@ fn extract_json(text: &str) -> Option<Value> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Held by every test that runs the workflow: tracing caches each callsite's interest when
+    /// it is first hit, so a run on a thread with no subscriber racing the span test's run
+    /// (thread-local subscriber) could leave the step spans disabled for it.
+    pub(crate) static WORKFLOW_RUNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     #[test]
     fn json_extraction() {
@@ -398,6 +403,7 @@ mod tests {
 
     #[tokio::test]
     async fn failing_step_does_not_stop_others() {
+        let _one_at_a_time = WORKFLOW_RUNS.lock().await;
         let path = std::env::temp_dir().join(format!("voxline-wf-{}.db", crate::fleet::store::new_id("t")));
         let store = match Store::connect(&format!("sqlite://{}", path.display()), true).await {
             Ok(s) => s,

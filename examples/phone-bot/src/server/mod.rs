@@ -28,7 +28,8 @@ use tracing::Instrument as _;
 use voxline::pipeline::{CancellationToken, Event, PipelineHandle, PipelineParams, PipelineTask, TaskOutcome};
 use voxline::transports::twilio::routes::BoxFuture;
 use voxline::transports::twilio::{
-    CallHandler, EndReason, RoutesConfig, StatusUpdate, TwilioParams, TwilioRest, TwilioSession, router, serve_call,
+    CallHandler, CallReport, EndReason, RoutesConfig, StatusUpdate, TwilioParams, TwilioRest, TwilioSession, router,
+    serve_call,
 };
 
 use crate::call::bot::{self, CallParts};
@@ -312,26 +313,8 @@ impl App {
         let start = session.start().clone();
         let call_sid = start.call_sid.clone();
         let from = start.custom_parameters.get("from").cloned().unwrap_or_default();
-        let c = &self.counters;
-        if c.calls_active.load(Ordering::Relaxed) >= self.cfg.server.max_calls as u64 {
-            c.calls_rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(call_sid, "at capacity: call refused");
-            return;
-        }
-        c.calls_started.fetch_add(1, Ordering::Relaxed);
-        c.calls_active.fetch_add(1, Ordering::Relaxed);
-        metrics().call_started();
+        let Some(polite_end) = self.admit(&call_sid, &from).await else { return };
         let started_ms = now_ms();
-        let polite_end = self.lifecycle.register(&call_sid);
-        let live = LiveCall {
-            call_sid: call_sid.clone(),
-            instance: self.instance.clone(),
-            started_ms,
-            from_sealed: self.store.seal(&from).unwrap_or_default(),
-        };
-        if let Err(e) = self.shared.register_call(&live).await {
-            tracing::warn!(error = %format!("{e:#}"), "registry: call not announced");
-        }
         let call_span = tracing::Span::current();
         let ended_for_shutdown = Arc::new(AtomicBool::new(false));
         let ctx = CallCtx::new(&call_sid, &from, self.rest.clone(), &self.cfg.telephony.transfer_number);
@@ -372,42 +355,76 @@ impl App {
                 let report = serve_call(session, task).await;
                 ender.abort();
                 recording.abort();
-                c.stream_errors.fetch_add(report.bad_messages, Ordering::Relaxed);
-                metrics().frames_dropped(report.input_audio_dropped);
-                if let Some(TaskOutcome::Failed(why)) = report.pipeline.as_ref().map(|r| &r.outcome) {
-                    recorder.error(format!("pipeline failed: {why}"));
-                }
-                let reason = match &report.reason {
-                    EndReason::Stopped => "caller_hung_up".to_string(),
-                    EndReason::Disconnected => "disconnected".to_string(),
-                    EndReason::PipelineEnded if ended_for_shutdown.load(Ordering::SeqCst) => "shutdown".to_string(),
-                    EndReason::PipelineEnded => "bot_ended".to_string(),
-                    EndReason::ProtocolViolation(why) => format!("protocol_violation: {why}"),
-                };
-                (
-                    reason,
-                    json!({"media_in": report.media_in, "media_out": report.media_out,
-                           "bad_messages": report.bad_messages, "hung_up": report.hung_up,
-                           "drained": report.drained, "input_audio_dropped": report.input_audio_dropped}),
-                )
+                self.account(&report, &recorder, ended_for_shutdown.load(Ordering::SeqCst))
             }
             Err(e) => {
                 recorder.error(format!("pipeline setup failed: {e:#}"));
                 ("setup_failed".to_string(), json!({}))
             }
         };
+        self.release(&call_sid, started_ms, &end_reason, &recorder).await;
+        self.finish_call(&ctx, &recorder, started_ms, &end_reason, outcome).await;
+        self.lifecycle.unregister(&call_sid);
+    }
+
+    /// Admission: refuse the call at capacity; otherwise count it, watch it for the shutdown
+    /// (the returned notify asks it to say goodbye) and announce it in the shared registry.
+    async fn admit(&self, call_sid: &str, from: &str) -> Option<Arc<Notify>> {
+        let c = &self.counters;
+        if c.calls_active.load(Ordering::Relaxed) >= self.cfg.server.max_calls as u64 {
+            c.calls_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(call_sid, "at capacity: call refused");
+            return None;
+        }
+        c.calls_started.fetch_add(1, Ordering::Relaxed);
+        c.calls_active.fetch_add(1, Ordering::Relaxed);
+        metrics().call_started();
+        let polite_end = self.lifecycle.register(call_sid);
+        let live = LiveCall {
+            call_sid: call_sid.to_string(),
+            instance: self.instance.clone(),
+            started_ms: now_ms(),
+            from_sealed: self.store.seal(from).unwrap_or_default(),
+        };
+        if let Err(e) = self.shared.register_call(&live).await {
+            tracing::warn!(error = %format!("{e:#}"), "registry: call not announced");
+        }
+        Some(polite_end)
+    }
+
+    /// What the transport reports about a finished call: counters, the end reason the record
+    /// and metrics use, and the stream figures stored with the call.
+    fn account(&self, report: &CallReport, recorder: &Recorder, for_shutdown: bool) -> (String, serde_json::Value) {
+        self.counters.stream_errors.fetch_add(report.bad_messages, Ordering::Relaxed);
+        metrics().frames_dropped(report.input_audio_dropped);
+        if let Some(TaskOutcome::Failed(why)) = report.pipeline.as_ref().map(|r| &r.outcome) {
+            recorder.error(format!("pipeline failed: {why}"));
+        }
+        let reason = match &report.reason {
+            EndReason::Stopped => "caller_hung_up".to_string(),
+            EndReason::Disconnected => "disconnected".to_string(),
+            EndReason::PipelineEnded if for_shutdown => "shutdown".to_string(),
+            EndReason::PipelineEnded => "bot_ended".to_string(),
+            EndReason::ProtocolViolation(why) => format!("protocol_violation: {why}"),
+        };
+        let stream = json!({"media_in": report.media_in, "media_out": report.media_out,
+                            "bad_messages": report.bad_messages, "hung_up": report.hung_up,
+                            "drained": report.drained, "input_audio_dropped": report.input_audio_dropped});
+        (reason, stream)
+    }
+
+    /// The call is over: uncount it, take it out of the shared registry, record its metrics.
+    async fn release(&self, call_sid: &str, started_ms: i64, end_reason: &str, recorder: &Recorder) {
+        let c = &self.counters;
         c.calls_active.fetch_sub(1, Ordering::Relaxed);
         c.calls_finished.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.shared.unregister_call(&call_sid).await {
+        if let Err(e) = self.shared.unregister_call(call_sid).await {
             tracing::warn!(error = %format!("{e:#}"), "registry: call not removed");
         }
-        let ended_ms = now_ms();
-        metrics().call_ended(&end_reason, (ended_ms - started_ms) as f64 / 1e3);
+        metrics().call_ended(end_reason, (now_ms() - started_ms) as f64 / 1e3);
         for t in recorder.snapshot().turns {
             metrics().turn(t.stt_ms, t.llm_ttfb_ms, t.tts_ttfb_ms, t.total_ms);
         }
-        self.finish_call(&ctx, &recorder, started_ms, &end_reason, outcome).await;
-        self.lifecycle.unregister(&call_sid);
     }
 
     /// Store the call and enqueue its workflow in one transaction, then run the job here.
