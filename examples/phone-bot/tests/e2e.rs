@@ -264,6 +264,8 @@ async fn caller_hangs_up_mid_sentence() {
     }
     let row = next_record(&mut server, 30).await;
     assert_eq!(row.end_reason, "caller_hung_up");
+    // The transport cut the greeting when the caller left: not a barge-in.
+    assert_eq!(row.record["interruptions"].as_u64(), Some(0), "{}", row.record);
     // Unresolved: the workflow opened a follow-up ticket.
     let wf = row.workflow.clone().unwrap_or(Value::Null);
     let ticket = wf["steps"].as_array().and_then(|s| s.iter().find(|s| s["step"] == "support_ticket").cloned());

@@ -69,7 +69,8 @@ pub(crate) struct CallRecord {
     pub(crate) transcript: Vec<TranscriptLine>,
     pub(crate) tool_calls: Vec<ToolCallLine>,
     pub(crate) turns: Vec<TurnLatency>,
-    /// Times the caller barged in (a cancelled speculation's `Interrupt` does not count).
+    /// Times the caller barged in: an `Interrupt` after the caller started speaking over the bot
+    /// (a cancelled speculation's, or the transport's when the caller hung up, does not count).
     pub(crate) interruptions: u32,
     /// Speculative LLM requests: `[started, used, cancelled]`.
     pub(crate) speculations: [u32; 3],
@@ -93,6 +94,9 @@ struct State {
     /// A speculation was just cancelled: the `Interrupt` that follows aborts its request; it is
     /// not the caller barging in.
     speculation_cancelled: bool,
+    /// The caller started speaking since the bot last started: only then is an `Interrupt` a
+    /// barge-in (the transport also interrupts a bot answering a caller who hung up).
+    caller_over_bot: bool,
     user_spoke: bool,
     live: Option<LiveFn>,
 }
@@ -120,6 +124,7 @@ impl Recorder {
                 turn_first_audio: false,
                 bot_speaking_line: None,
                 speculation_cancelled: false,
+                caller_over_bot: false,
                 user_spoke: false,
                 live,
             })),
@@ -263,10 +268,15 @@ impl Recorder {
                     st.rec.turns.push(TurnLatency { turn, ..TurnLatency::default() });
                 }
             }
+            Event::BotStartedSpeaking => st.caller_over_bot = false,
+            Event::UserStartedSpeaking => st.caller_over_bot = true,
             Event::Interrupt if std::mem::take(&mut st.speculation_cancelled) => {}
             Event::Interrupt => {
-                st.rec.interruptions += 1;
-                Self::say(&st, &format!("[{:>6.2}s] -- caller barged in --", ms(st.t0) as f64 / 1e3));
+                // Cut either way (the caller did not hear the rest); counted only as a barge-in.
+                if std::mem::take(&mut st.caller_over_bot) {
+                    st.rec.interruptions += 1;
+                    Self::say(&st, &format!("[{:>6.2}s] -- caller barged in --", ms(st.t0) as f64 / 1e3));
+                }
                 if let Some(i) = st.bot_speaking_line
                     && let Some(l) = st.rec.transcript.get_mut(i)
                 {
@@ -356,4 +366,27 @@ fn ms(t0: Instant) -> u64 {
 
 fn fmt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} ms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A barge-in is an `Interrupt` after the caller started over the bot; the one the transport
+    /// sends when the caller hangs up mid-answer (or a cancelled speculation's) is not.
+    #[test]
+    fn only_an_interrupt_over_the_bot_counts_as_a_barge_in() {
+        let rec = Recorder::new("CA1", "+1", None);
+        for ev in [Event::UserStartedSpeaking, Event::UserStoppedSpeaking, Event::BotStartedSpeaking, Event::Interrupt]
+        {
+            rec.event(&ev);
+        }
+        assert_eq!(rec.snapshot().interruptions, 0, "a hang-up mid-answer is not a barge-in");
+        for ev in [Event::BotStartedSpeaking, Event::UserStartedSpeaking, Event::Interrupt] {
+            rec.event(&ev);
+        }
+        assert_eq!(rec.snapshot().interruptions, 1);
+        rec.event(&Event::Interrupt);
+        assert_eq!(rec.snapshot().interruptions, 1, "one barge-in, one count");
+    }
 }
